@@ -1,0 +1,79 @@
+"""The op registry: one function per ONNX op_type, named exactly like it, with the spec's attribute names
+and defaults as keyword arguments (https://onnx.ai/onnx/operators/).
+
+Modules in this package register their ops with ``@onnx_op``; a ``*_cuda`` module beside an op module adds
+the CUDA variant with ``@<Op>.cuda`` and is imported only when a CUDA session is created, so that
+``import runtime`` needs neither numba-cuda nor a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable
+
+BACKENDS = ("cpu", "cuda")
+
+
+class OpDef:
+    """One ONNX op_type and its implementation on each backend."""
+
+    def __init__(self, fn: Callable, domain: str = ""):
+        self.op_type = fn.__name__
+        self.domain = domain
+        self.impl: dict[str, Callable] = {"cpu": fn}
+        params = inspect.signature(fn).parameters.values()
+        self.attributes = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+        self.max_inputs = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        self.variadic = any(p.kind is p.VAR_POSITIONAL for p in params)
+
+    def cuda(self, fn: Callable) -> Callable:
+        """Register ``fn`` as this op's CUDA implementation (same signature, device arrays in and out)."""
+        self.impl["cuda"] = fn
+        return fn
+
+    def __call__(self, *args, **kwargs):
+        return self.impl["cpu"](*args, **kwargs)
+
+
+OPS: dict[tuple[str, str], OpDef] = {}
+
+
+def onnx_op(fn: Callable | None = None, *, domain: str = ""):
+    """Register a CPU op function under its own name as the ONNX op_type (in ``domain``)."""
+
+    def register(f: Callable) -> OpDef:
+        op = OpDef(f, domain)
+        OPS[(domain, op.op_type)] = op
+        return op
+
+    return register(fn) if fn is not None else register
+
+
+def _import_op_modules(cuda: bool) -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name.endswith("_cuda") != cuda:
+            continue
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_cuda_loaded = False
+
+
+def load_cuda_ops() -> None:
+    """Import the ``*_cuda`` modules (which import numba.cuda) and attach their kernels to the ops."""
+    global _cuda_loaded
+    if not _cuda_loaded:
+        _import_op_modules(cuda=True)
+        _cuda_loaded = True
+
+
+def supported_ops(backend: str = "cpu") -> list[str]:
+    """The op_types (prefixed by their domain when not the default one) that ``backend`` implements."""
+    if backend == "cuda":
+        load_cuda_ops()
+    return sorted(f"{d}.{t}" if d else t for (d, t), op in OPS.items() if backend in op.impl)
+
+
+_import_op_modules(cuda=False)

@@ -1,0 +1,74 @@
+"""Numba CPU kernels shared by several ops: activation epilogues applied in place over a 2-D buffer.
+
+``fastmath`` stays off everywhere: it lets LLVM assume no NaN, and NaN must propagate as in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+# Activation codes used by the fused epilogues (CPU and CUDA share them).
+ACTIVATIONS = {"": 0, "Sigmoid": 1, "Relu": 2, "Tanh": 3}
+
+# Below this many elements a parallel loop costs more in thread start-up than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+@numba.njit(inline="always")
+def activate(v, activation):
+    if activation == 1:
+        # exp(-v) overflows to inf for v < -88 and 1/inf is the exact limit 0; NaN stays NaN.
+        return 1.0 / (1.0 + math.exp(-v))
+    if activation == 2:
+        return v if v > 0 or v != v else 0.0 * v
+    if activation == 3:
+        return math.tanh(v)
+    return v
+
+
+def _bias_activation(y, bias, beta, activation):
+    # y: (M, N) written in place; bias: (Mb, Nb) with Mb in {1, M}, Nb in {1, N} (ONNX unidirectional broadcast)
+    M, N = y.shape
+    row_step = 1 if bias.shape[0] > 1 else 0
+    col_step = 1 if bias.shape[1] > 1 else 0
+    for i in numba.prange(M):
+        bi = i * row_step
+        for j in range(N):
+            y[i, j] = activate(y[i, j] + beta * bias[bi, j * col_step], activation)
+
+
+def _activation(y, activation):
+    # y: (M, N) in place
+    M, N = y.shape
+    for i in numba.prange(M):
+        for j in range(N):
+            y[i, j] = activate(y[i, j], activation)
+
+
+_bias_activation_serial = numba.njit(cache=True)(_bias_activation)
+_bias_activation_parallel = numba.njit(cache=True, parallel=True)(_bias_activation)
+_activation_serial = numba.njit(cache=True)(_activation)
+_activation_parallel = numba.njit(cache=True, parallel=True)(_activation)
+
+
+def bias_activation_(y: np.ndarray, bias: np.ndarray | None, beta: float, activation: int) -> np.ndarray:
+    """In place on the 2-D ``y``: ``y = act(y + beta * bias)``; ``bias`` is 2-D and broadcastable to ``y``."""
+    parallel = y.size >= PARALLEL_MIN_ELEMENTS
+    if bias is None:
+        if activation:
+            (_activation_parallel if parallel else _activation_serial)(y, activation)
+        return y
+    fn = _bias_activation_parallel if parallel else _bias_activation_serial
+    fn(y, bias.astype(y.dtype, copy=False), y.dtype.type(beta), activation)
+    return y
+
+
+def unary_(x: np.ndarray, activation: int) -> np.ndarray:
+    """A new array ``act(x)`` of any shape."""
+    y = np.array(x, copy=True, order="C")
+    y2 = y.reshape(-1, y.shape[-1] if y.ndim else 1)  # (rows, last) view of the copy
+    bias_activation_(y2, None, 0.0, activation)
+    return y

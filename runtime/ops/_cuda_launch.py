@@ -1,0 +1,66 @@
+"""Launch configuration and shared device code for the Numba-CUDA kernels.
+
+Every kernel is declared with ``@kernel(signature, ...)``: it is compiled lazily for the argument types it
+meets at run time, and the listed signatures are what ``tests/test_ptx.py`` compiles to real PTX for
+compute capabilities 8.0 and 9.0, so a kernel that runs in the simulator but would not build for a GPU fails.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+
+import numpy as np
+from numba import cuda
+
+# One place for launch geometry; tests may patch these before a kernel is first compiled.
+THREADS_PER_BLOCK = 256
+TILE = 16  # GEMM tile edge: (TILE, TILE) threads per block, two (TILE, TILE) float32 tiles of shared memory
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+class KernelRecord:
+    def __init__(self, py_func: Callable, signatures: tuple[str, ...]):
+        self.name = f"{py_func.__module__}.{py_func.__name__}"
+        self.py_func = py_func
+        self.signatures = signatures
+
+
+KERNELS: list[KernelRecord] = []
+
+
+def kernel(*signatures: str):
+    """``@cuda.jit`` that also records the kernel and its representative signatures for the PTX check."""
+
+    def register(fn: Callable):
+        KERNELS.append(KernelRecord(fn, signatures))
+        return cuda.jit(fn)
+
+    return register
+
+
+def grid_1d(n: int) -> int:
+    """Blocks for a grid-stride loop over ``n`` elements (capped: each thread then loops)."""
+    return max(1, min(math.ceil(n / THREADS_PER_BLOCK), 65535))
+
+
+@cuda.jit(device=True, inline=True)
+def activate(v, activation):
+    # Same codes as runtime.ops._cpu_kernels.ACTIVATIONS; NaN propagates (no fastmath).
+    if activation == 1:
+        return 1.0 / (1.0 + math.exp(-v))
+    if activation == 2:
+        return v if v > 0 or v != v else v * 0
+    if activation == 3:
+        return math.tanh(v)
+    return v
+
+
+def as_float32(x, what: str):
+    from runtime.errors import InvalidFeed
+
+    if x.dtype != np.float32:
+        raise InvalidFeed(f"the cuda backend's {what} takes float32 tensors, got {x.dtype}")
+    return x

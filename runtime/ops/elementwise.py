@@ -1,0 +1,48 @@
+"""Element-wise ops: activations (Sigmoid, Relu, Tanh) as Numba kernels, and the broadcasting arithmetic
+ops (Add, Sub, Mul, Div) with NumPy's multidirectional broadcasting, which is ONNX's.
+https://onnx.ai/onnx/operators/ (one page per op_type).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.ops import onnx_op
+from runtime.ops._cpu_kernels import ACTIVATIONS, unary_
+
+
+@onnx_op
+def Sigmoid(X):
+    return unary_(X, ACTIVATIONS["Sigmoid"])
+
+
+@onnx_op
+def Relu(X):
+    return unary_(X, ACTIVATIONS["Relu"])
+
+
+@onnx_op
+def Tanh(X):
+    return unary_(X, ACTIVATIONS["Tanh"])
+
+
+@onnx_op
+def Add(A, B):
+    return np.add(A, B)
+
+
+@onnx_op
+def Sub(A, B):
+    return np.subtract(A, B)
+
+
+@onnx_op
+def Mul(A, B):
+    return np.multiply(A, B)
+
+
+@onnx_op
+def Div(A, B):
+    if np.issubdtype(A.dtype, np.integer):
+        return np.trunc(A / B).astype(A.dtype)  # ONNX integer Div truncates toward zero
+    return np.divide(A, B)

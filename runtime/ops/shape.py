@@ -1,0 +1,48 @@
+"""Ops that only rearrange or name data: Identity, Reshape, Flatten
+(https://onnx.ai/onnx/operators/onnx__Reshape.html, onnx__Flatten.html). They return views, never copies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.errors import InvalidFeed
+from runtime.ops import onnx_op
+
+
+def reshape_target(in_shape: tuple[int, ...], shape, allowzero: int = 0) -> tuple[int, ...]:
+    """The output shape of ONNX Reshape: 0 copies the input dimension (unless allowzero), -1 is inferred."""
+    out = [int(s) for s in np.asarray(shape).reshape(-1)]
+    if not allowzero:
+        out = [in_shape[i] if s == 0 else s for i, s in enumerate(out)]
+    size = int(np.prod(in_shape))
+    if out.count(-1) > 1:
+        raise InvalidFeed(f"Reshape target {out} has more than one -1")
+    if -1 in out:
+        known = int(np.prod([s for s in out if s != -1]))
+        if known == 0 or size % known:
+            raise InvalidFeed(f"cannot reshape a tensor of shape {in_shape} to {out}")
+        out[out.index(-1)] = size // known
+    if int(np.prod(out)) != size:
+        raise InvalidFeed(f"cannot reshape a tensor of shape {in_shape} to {out}")
+    return tuple(out)
+
+
+def flatten_shape(in_shape: tuple[int, ...], axis: int) -> tuple[int, int]:
+    axis = axis + len(in_shape) if axis < 0 else axis
+    return int(np.prod(in_shape[:axis])), int(np.prod(in_shape[axis:]))
+
+
+@onnx_op
+def Identity(input):
+    return input
+
+
+@onnx_op
+def Reshape(data, shape, *, allowzero=0):
+    return data.reshape(reshape_target(data.shape, shape, allowzero))
+
+
+@onnx_op
+def Flatten(input, *, axis=1):
+    return input.reshape(flatten_shape(input.shape, axis))

@@ -1,0 +1,215 @@
+"""InferenceSession: onnxruntime's API shape over the runtime's graph executor, so that switching between
+the two is one line: ``runtime.InferenceSession(path, backend="cpu")`` for
+``onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.errors import BackendUnavailable, InvalidFeed, ZooRuntimeError
+from runtime.fusion import optimize
+from runtime.graph import Graph, ValueInfo, build_graph, read_model
+
+BACKENDS = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """An input or output of the graph, as onnxruntime's ``NodeArg``."""
+
+    name: str
+    shape: list
+    type: str
+
+    def __repr__(self) -> str:
+        return f"NodeArg(name='{self.name}', type='{self.type}', shape={self.shape})"
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """As onnxruntime's ``ModelMetadata``: the model's ``metadata_props`` are in ``custom_metadata_map``."""
+
+    producer_name: str
+    graph_name: str
+    description: str
+    custom_metadata_map: dict = field(default_factory=dict)
+
+
+class _CPU:
+    name = "cpu"
+
+    def to_device(self, a: np.ndarray):
+        return a
+
+    def to_host(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+
+class _CUDA:
+    name = "cuda"
+
+    def __init__(self):
+        try:
+            from numba import cuda
+
+            from runtime.ops import load_cuda_ops
+
+            load_cuda_ops()
+        except ImportError as e:
+            raise BackendUnavailable(
+                f"backend 'cuda' needs the numba-cuda package ({e}); install deconv-zoo[cuda] or use backend='cpu'"
+            ) from None
+        if not cuda.is_available():
+            raise BackendUnavailable(
+                "backend 'cuda' found no usable NVIDIA GPU (numba.cuda.is_available() is False); use backend='cpu', "
+                "or set NUMBA_ENABLE_CUDASIM=1 before numba is imported to run the kernels in the simulator"
+            )
+        self.cuda = cuda
+
+    def to_device(self, a: np.ndarray):
+        # Shape tensors (integers) stay on the host: the ops that read them need their values there.
+        if a.dtype.kind == "f" and a.size:
+            return self.cuda.to_device(np.ascontiguousarray(a))
+        return a
+
+    def to_host(self, a) -> np.ndarray:
+        return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+
+
+class InferenceSession:
+    """Runs an ONNX model on the ``cpu`` (Numba) or ``cuda`` (Numba-CUDA) backend."""
+
+    def __init__(self, path_or_bytes, backend: str = "cpu", *, optimize_graph: bool = True):
+        if backend not in BACKENDS:
+            raise BackendUnavailable(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
+        self._device = _CUDA() if backend == "cuda" else _CPU()
+        self.backend = backend
+        model, base_dir = read_model(path_or_bytes)
+        graph = build_graph(model, base_dir, backend)
+        self._graph: Graph = optimize(graph, backend) if optimize_graph else graph
+        self._weights = {k: self._device.to_device(np.ascontiguousarray(v)) for k, v in graph.initializers.items()}
+        self._last_use = self._plan_lifetimes()
+        self._trace = os.environ.get("ZOO_TRACE") == "1"
+
+    # --- the onnxruntime-shaped API -------------------------------------------------------------------
+    def get_inputs(self) -> list[NodeArg]:
+        return [NodeArg(v.name, list(v.shape), v.type) for v in self._graph.inputs]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [NodeArg(v.name, list(v.shape), v.type) for v in self._graph.outputs]
+
+    def get_modelmeta(self) -> ModelMetadata:
+        g = self._graph
+        return ModelMetadata(g.producer, g.graph_name, g.doc_string, dict(g.metadata))
+
+    def get_providers(self) -> list[str]:
+        return [self.backend]
+
+    def run(self, output_names, input_feed: dict, run_options=None) -> list[np.ndarray]:
+        wanted = self._check_output_names(output_names)
+        feed = self._check_feed(input_feed)
+        values = dict(self._weights)
+        values.update({k: self._device.to_device(v) for k, v in feed.items()})
+        keep = set(wanted)
+        for step, node in enumerate(self._graph.nodes):
+            args = [values[i] if i else None for i in node.inputs]
+            start = time.perf_counter() if self._trace else 0.0
+            try:
+                result = node.op.impl[self.backend](*args, **node.attrs)
+            except ZooRuntimeError as e:
+                raise type(e)(f"{node.describe()}: {e}") from None
+            results = result if isinstance(result, tuple) else (result,)
+            for name, value in zip(node.outputs, results):
+                if name:
+                    values[name] = value
+            if self._trace:
+                self._print_trace(node, results, time.perf_counter() - start)
+            for name in self._last_use.get(step, ()):
+                if name not in keep:
+                    values.pop(name, None)
+        return [self._device.to_host(values[name]) for name in wanted]
+
+    # --- internals -------------------------------------------------------------------------------------
+    def _plan_lifetimes(self) -> dict[int, list[str]]:
+        """For each step, the intermediate values read for the last time there (freed after it)."""
+        last = {}
+        for step, node in enumerate(self._graph.nodes):
+            for name in node.inputs:
+                if name and name not in self._weights:
+                    last[name] = step
+        plan: dict[int, list[str]] = {}
+        for name, step in last.items():
+            plan.setdefault(step, []).append(name)
+        return plan
+
+    def _check_output_names(self, output_names) -> list[str]:
+        declared = [v.name for v in self._graph.outputs]
+        if output_names is None:
+            return declared
+        if isinstance(output_names, str):
+            raise InvalidFeed(f"output_names must be a list of names or None, got the string '{output_names}'")
+        for name in output_names:
+            if name not in declared:
+                raise InvalidFeed(f"unknown output '{name}'; the model's outputs are {declared}")
+        return list(output_names)
+
+    def _check_feed(self, input_feed) -> dict[str, np.ndarray]:
+        if not isinstance(input_feed, dict):
+            raise InvalidFeed(f"the feed must be a dict {{input name: ndarray}}, got {type(input_feed).__name__}")
+        expected = {v.name: v for v in self._graph.inputs}
+        unknown = sorted(set(input_feed) - set(expected))
+        if unknown:
+            raise InvalidFeed(f"unknown input name(s) {unknown}; the model's inputs are {sorted(expected)}")
+        missing = sorted(set(expected) - set(input_feed))
+        if missing:
+            raise InvalidFeed(f"missing input(s) {missing}; the model's inputs are {sorted(expected)}")
+        symbols: dict[str, tuple[str, int]] = {}
+        feed = {}
+        for name, value in input_feed.items():
+            feed[name] = _check_one_input(expected[name], value, symbols)
+        return feed
+
+    def _print_trace(self, node, results, seconds: float) -> None:
+        shapes = ", ".join(str(tuple(r.shape)) for r in results if r is not None)
+        print(f"[zoo-trace] {node.describe():<48} -> {shapes:<24} {seconds * 1e3:8.3f} ms", file=sys.stderr)
+
+
+def _check_one_input(info: ValueInfo, value, symbols: dict) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        if hasattr(value, "__array__") or isinstance(value, (list, tuple, int, float)):
+            raise InvalidFeed(
+                f"input '{info.name}' must be a numpy.ndarray of {info.type}, got {type(value).__name__}"
+            )
+        raise InvalidFeed(f"input '{info.name}' must be a numpy.ndarray, got {type(value).__name__}")
+    if value.dtype != info.dtype:
+        raise InvalidFeed(
+            f"input '{info.name}' has dtype {value.dtype}; expected {info.type} (numpy {info.dtype})"
+        )
+    if info.shape and value.ndim != len(info.shape) or (not info.shape and value.ndim != 0 and info.shape != []):
+        raise InvalidFeed(
+            f"input '{info.name}' has rank {value.ndim} (shape {value.shape}); expected rank {len(info.shape)} "
+            f"with shape {_shape_text(info.shape)}"
+        )
+    for axis, (want, got) in enumerate(zip(info.shape, value.shape)):
+        if isinstance(want, int) and want > 0 and want != got:
+            raise InvalidFeed(
+                f"input '{info.name}' has shape {value.shape}; expected {_shape_text(info.shape)} "
+                f"(dimension {axis} must be {want})"
+            )
+        if isinstance(want, str):
+            seen = symbols.setdefault(want, (info.name, got))
+            if seen[1] != got:
+                raise InvalidFeed(
+                    f"input '{info.name}' has {want}={got} but input '{seen[0]}' has {want}={seen[1]}"
+                )
+    return np.ascontiguousarray(value)
+
+
+def _shape_text(shape: list) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
