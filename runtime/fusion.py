@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 from runtime.graph import Graph, Node
 from runtime.ops import OPS
 from runtime.ops.gemm import FUSED_DOMAIN
@@ -46,7 +48,28 @@ def fuse_gemm_activation(graph: Graph, backend: str) -> Graph:
     return graph
 
 
-PASSES = (fuse_gemm_activation,)
+def pretranspose_constant_weights(graph: Graph, backend: str) -> Graph:
+    """On CUDA, store a constant Gemm weight read with transB=1 as its (K, N) transpose once at load, so the
+    kernels read it with consecutive threads on consecutive addresses. (BLAS takes either layout: CPU unchanged.)"""
+    if backend != "cuda":
+        return graph
+    readers = Counter(i for n in graph.nodes for i in n.inputs if i)
+    for n in graph.nodes:
+        if n.op_type not in ("Gemm", "FusedGemm") or not n.attrs.get("transB", 0):
+            continue
+        B = n.inputs[1]
+        if B not in graph.initializers or graph.initializers[B].ndim != 2:
+            continue
+        name = f"{B}__transposed"
+        graph.initializers[name] = np.ascontiguousarray(graph.initializers[B].T)  # (K, N)
+        if readers[B] == 1:
+            del graph.initializers[B]
+        n.inputs = [n.inputs[0], name, *n.inputs[2:]]
+        n.attrs = {**n.attrs, "transB": 0}
+    return graph
+
+
+PASSES = (fuse_gemm_activation, pretranspose_constant_weights)
 
 
 def optimize(graph: Graph, backend: str) -> Graph:

@@ -93,7 +93,7 @@ class InferenceSession:
         model, base_dir = read_model(path_or_bytes)
         graph = build_graph(model, base_dir, backend)
         self._graph: Graph = optimize(graph, backend) if optimize_graph else graph
-        self._weights = {k: self._device.to_device(np.ascontiguousarray(v)) for k, v in graph.initializers.items()}
+        self._weights = {k: self._device.to_device(np.ascontiguousarray(v)) for k, v in self._graph.initializers.items()}
         self._last_use = self._plan_lifetimes()
         self._trace = os.environ.get("ZOO_TRACE") == "1"
 

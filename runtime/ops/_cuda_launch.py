@@ -17,6 +17,9 @@ from numba import cuda
 # One place for launch geometry; tests may patch these before a kernel is first compiled.
 THREADS_PER_BLOCK = 256
 TILE = 16  # GEMM tile edge: (TILE, TILE) threads per block, two (TILE, TILE) float32 tiles of shared memory
+# GEMMs with at most this many rows (batch-1 inference and other skinny products) use one thread per output
+# element looping over K: no shared memory or barriers, coalesced reads of a (K, N) weight.
+SKINNY_MAX_ROWS = 16
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 

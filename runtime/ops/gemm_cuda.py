@@ -14,7 +14,7 @@ import numpy as np
 from numba import cuda, float32
 
 from runtime.ops import OPS
-from runtime.ops._cuda_launch import TILE, activate, as_float32, kernel
+from runtime.ops._cuda_launch import SKINNY_MAX_ROWS, THREADS_PER_BLOCK, TILE, activate, as_float32, kernel
 from runtime.ops._cpu_kernels import ACTIVATIONS
 from runtime.ops.gemm import FUSED_DOMAIN, bias_2d, gemm_shapes
 
@@ -58,6 +58,31 @@ def _gemm_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activation):
         Y[row, col] = activate(v, activation)
 
 
+@kernel(_SIG.replace("float32[:, :]", "float32[:, ::1]"), _SIG)
+def _gemm_skinny_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activation):
+    # Same contract as _gemm_kernel. Grid: (N / THREADS_PER_BLOCK, M); thread (row, col) computes Y[row, col].
+    # Consecutive threads take consecutive columns: B[k, col] reads coalesce (B is (K, N), as the loader
+    # arranges for constant weights) and A[row, k] is one broadcast read per warp.
+    col = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    row = cuda.blockIdx.y
+    M = Y.shape[0]
+    N = Y.shape[1]
+    if row >= M or col >= N:
+        return
+    K = A.shape[0] if transA else A.shape[1]
+    acc = float32(0.0)
+    for k in range(K):
+        a = A[k, row] if transA else A[row, k]
+        b = B[col, k] if transB else B[k, col]
+        acc += a * b
+    v = alpha * acc
+    if has_bias:
+        bi = row if C.shape[0] > 1 else 0
+        bj = col if C.shape[1] > 1 else 0
+        v += beta * C[bi, bj]
+    Y[row, col] = activate(v, activation)
+
+
 def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation=0):
     """Y = act(alpha * op(A) @ op(B) + beta * C) on the device; A, B, C are float32 device arrays."""
     as_float32(A, "Gemm")
@@ -65,8 +90,11 @@ def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation
     M, N, _ = gemm_shapes(A.shape, B.shape, transA, transB)
     Y = cuda.device_array((M, N), dtype=np.float32)
     C2 = bias_2d(C, M, N) if C is not None else cuda.device_array((1, 1), dtype=np.float32)
-    grid = (math.ceil(N / TILE), math.ceil(M / TILE))
-    _gemm_kernel[grid, (TILE, TILE)](
+    if M <= SKINNY_MAX_ROWS:
+        launch = _gemm_skinny_kernel[(math.ceil(N / THREADS_PER_BLOCK), M), THREADS_PER_BLOCK]
+    else:
+        launch = _gemm_kernel[(math.ceil(N / TILE), math.ceil(M / TILE)), (TILE, TILE)]
+    launch(
         A, B, C2, Y, np.float32(alpha), np.float32(beta), np.int32(transA), np.int32(transB),
         np.int32(C is not None), np.int32(activation),
     )

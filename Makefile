@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv and install everything on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-quick test-cuda lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[all]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/zoo demo --out runs/demo
+
+# Two pytest processes: the CUDA simulator is chosen when numba is first imported, so the tests that run the
+# CUDA kernels under NUMBA_ENABLE_CUDASIM=1 need a process of their own. Both must run tests (exit 5 fails).
+test: $(STAMP)
+	$(BIN)/pytest -m "not cuda and not slow"
+	NUMBA_ENABLE_CUDASIM=1 $(BIN)/pytest -m "cuda and not slow"
+
+test-quick: $(STAMP)
+	$(BIN)/pytest -m "not cuda and not slow" -x -q
+
+# On a machine with an NVIDIA GPU: the same CUDA tests on the real device.
+test-cuda: $(STAMP)
+	$(BIN)/pytest -m cuda
+
+lint: $(STAMP)
+	$(BIN)/ruff check zoo runtime cli tests
+	$(BIN)/ruff format --check zoo runtime cli tests
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The ``zoo`` command (a thin click group over ``zoo`` and ``runtime``)."""

@@ -1,0 +1,263 @@
+"""``zoo``: train, export, run and inspect the zoo's models. Heavy imports (torch, numba) happen inside the
+commands, so ``zoo --help`` is instant and the inference commands never import torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+BACKEND_CHOICES = ["cpu", "cuda", "ort"]
+
+
+class ZooGroup(click.Group):
+    """Turns the project's own errors into one-line messages and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx):
+        from runtime.errors import ZooRuntimeError
+        from zoo.errors import ZooError
+
+        try:
+            return super().invoke(ctx)
+        except (ZooError, ZooRuntimeError) as e:
+            raise click.ClickException(str(e)) from None
+        except ModuleNotFoundError as e:
+            extra = {"torch": "torch", "safetensors": "torch", "onnxruntime": "test", "mlxtend": "torch",
+                     "sklearn": "torch", "numba_cuda": "cuda"}.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise
+            raise click.ClickException(
+                f"this command needs the '{e.name}' package; install it with: pip install 'deconv-zoo[{extra}]'"
+            ) from None
+
+
+@click.group(cls=ZooGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option("0.1.0", prog_name="zoo")
+def cli():
+    """Deconv Zoo: autoencoders, deconvolution and GANs, trained in PyTorch and served by a torch-free
+    Numba / Numba-CUDA ONNX runtime."""
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("ZOO_WEIGHTS_DIR", Path(__file__).resolve().parents[1] / "weights"))
+
+
+@cli.command("list")
+def list_cmd():
+    """Registered models, their shipped weights and headline metrics."""
+    from zoo.cards import load_cards
+
+    cards = load_cards(weights_dir())
+    try:
+        import zoo
+
+        names = [(n, zoo.get_model_entry(n).description) for n in zoo.list_models()]
+    except ModuleNotFoundError:  # no torch: the shipped cards still say what there is
+        names = sorted({(c["model"], c.get("description", "")) for c in cards})
+    rows = [("model", "shipped weights", "headline metric", "description")]
+    for name, description in names:
+        mine = [c for c in cards if c["model"] == name]
+        weights = ", ".join(c["name"] for c in mine) or "-"
+        headline = ", ".join(f"{c['headline']}={c['metrics'][c['headline']]:.4g}" for c in mine) or "-"
+        rows.append((name, weights, headline, description))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        click.echo("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+
+
+def _parse_overrides(items: tuple[str, ...]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{item}' is not KEY=VALUE", param_hint="--set")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the model's).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (default: the model's).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam step (default: the model's).")
+@click.option("--seed", type=int, default=0, help="Seed for initialisation and shuffling: same seed, same weights.")
+@click.option("--data", default=None, help="mnist, digits8, a folder of images or an .npy file (default: the model's).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training examples.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field, e.g. hidden=100.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder [runs/MODEL].")
+@click.option("--force", is_flag=True, help="Train into a folder that already holds a trained model.")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+def train(model, epochs, batch_size, lr, seed, data, limit, overrides, out_dir, force, quiet):
+    """Train MODEL; writes a checkpoint every epoch, metrics.json and the pictures."""
+    from zoo.errors import ZooError
+    from zoo.train import train as run_training
+
+    out = Path(out_dir or Path("runs") / model)
+    final = out / f"{model}.safetensors"
+    if final.exists() and not force:
+        raise ZooError(f"'{final}' already exists; choose another --out or pass --force to train over it")
+    result = run_training(model, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, data=data, limit=limit,
+                          progress=not quiet, **_parse_overrides(overrides))
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in result["final"].items() if isinstance(v, float))
+    click.echo(f"trained {model} in {result['train_seconds']:.1f} s: {shown}")
+    click.echo(f"weights: {final}")
+    for p in [out / "metrics.json", *result["pictures"]]:
+        click.echo(f"wrote {p}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--weights", "weights_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.safetensors).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@click.option("--opset", type=click.IntRange(17, 23), default=18, help="ONNX opset of the default domain.")
+@click.option("--force", is_flag=True, help="Overwrite an existing ONNX file.")
+def export(model, weights_path, out_path, opset, force):
+    """Export MODEL's trained weights to a checked ONNX file (and a test_data_set_0 folder beside it)."""
+    from zoo.checkpoint import load_checkpoint
+    from zoo.data import load_dataset
+    from zoo.errors import ZooError
+    from zoo.export import export_onnx
+    from zoo.io import check_writable
+
+    check_writable(out_path, force)
+    net, meta = load_checkpoint(weights_path)
+    if meta["model"] != model:
+        raise ZooError(f"'{weights_path}' holds a '{meta['model']}' checkpoint, not '{model}'")
+    data = meta.get("data", net.config.dataset)
+    try:
+        sample = load_dataset(data, "val", size=tuple(net.config.image_size)).flat[:8]
+    except ZooError:
+        sample = None  # the training data is not here: the test data set is made from random inputs
+    report = export_onnx(net, out_path, sample=sample, metrics=meta.get("metrics"), overwrite=force, opset=opset)
+    click.echo(f"wrote {report['path']} (opset {report['opset']}, IR {report['ir_version']}, "
+               f"nodes: {' '.join(report['nodes'])})")
+    for k, v in report.items():
+        if k.startswith("max_abs_err"):
+            click.echo(f"  {k} = {v:.3g} on a batch of {report['batch']}")
+    click.echo(f"wrote {report['test_data']}")
+
+
+def _read_array(path: str):
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise click.BadParameter(f"'{path}' does not exist", param_hint="--input")
+    if p.suffix == ".pb":
+        import onnx
+        from onnx import numpy_helper
+
+        t = onnx.TensorProto()
+        try:
+            t.ParseFromString(p.read_bytes())
+        except Exception:
+            raise click.BadParameter(f"'{path}' is not a serialized ONNX TensorProto", param_hint="--input") from None
+        return numpy_helper.to_array(t)
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise click.BadParameter(f"'{path}' is not a .npy array ({e})", param_hint="--input") from None
+
+
+def open_session(model_path: str, backend: str):
+    """An inference session on ``backend``: this runtime's cpu/cuda, or ``ort`` (onnxruntime's CPU provider)."""
+    if backend == "ort":
+        import onnxruntime as ort
+
+        return ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    import runtime
+
+    return runtime.InferenceSession(model_path, backend=backend)
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "inputs", multiple=True, required=True, metavar="[NAME=]FILE",
+              help="Input array (.npy or ONNX .pb); NAME= is needed only for models with several inputs.")
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write: .npy for one output, .npz for all outputs by name.")
+@click.option("--output-name", default=None, help="Which output goes to a .npy file [the first].")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="cpu", help="cpu/cuda: this runtime; ort: onnxruntime.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+def run(model_path, inputs, output_path, output_name, backend, force):
+    """Run MODEL.onnx on arrays from files (no torch is imported)."""
+    import io
+
+    import numpy as np
+
+    from zoo.io import atomic_write, check_writable
+
+    out = check_writable(output_path, force)
+    if out.suffix not in (".npy", ".npz"):
+        raise click.BadParameter(f"'{output_path}' must end in .npy or .npz", param_hint="--output")
+    named, positional = {}, []
+    for item in inputs:
+        name, sep, path = item.partition("=")
+        if sep and not Path(item).exists():
+            named[name] = _read_array(path)
+        else:
+            positional.append(_read_array(item))
+    sess = open_session(model_path, backend)
+    if positional:
+        free = [i.name for i in sess.get_inputs() if i.name not in named]
+        if len(positional) > len(free):
+            raise click.BadParameter(f"got {len(positional)} unnamed inputs for the model's inputs {free}; "
+                                     "name them as NAME=FILE", param_hint="--input")
+        named.update(zip(free, positional))
+    names = [o.name for o in sess.get_outputs()]
+    outputs = sess.run(None, named)
+    buf = io.BytesIO()
+    if out.suffix == ".npz":
+        np.savez(buf, **dict(zip(names, outputs)))
+    else:
+        if output_name is not None and output_name not in names:
+            raise click.BadParameter(f"unknown output '{output_name}'; the model's outputs are {names}",
+                                     param_hint="--output-name")
+        k = names.index(output_name) if output_name else 0
+        np.save(buf, outputs[k])
+    atomic_write(out, buf.getvalue(), overwrite=force)
+    for name, y in zip(names, outputs):
+        click.echo(f"{name}: {y.dtype} {tuple(y.shape)}", err=True)
+    click.echo(f"wrote {out} ({backend})")
+
+
+@cli.command()
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False))
+def info(model_path):
+    """Inputs, outputs, ops and metadata of an ONNX file (as this runtime loads it)."""
+    import runtime
+
+    sess = runtime.InferenceSession(model_path, backend="cpu", optimize_graph=False)
+    for arg in sess.get_inputs():
+        click.echo(f"input  {arg.name}: {arg.type} {arg.shape}")
+    for arg in sess.get_outputs():
+        click.echo(f"output {arg.name}: {arg.type} {arg.shape}")
+    click.echo("nodes  " + " ".join(n.op_type for n in sess._graph.nodes))
+    for k, v in sess.get_modelmeta().custom_metadata_map.items():
+        click.echo(f"meta   {k} = {v}")
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/demo", help="Output folder.")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, help="Training epochs for the demo model.")
+@click.option("--seed", type=int, default=0, help="Training seed.")
+def demo(out_dir, epochs, seed):
+    """The main job on the bundled data: train the sparse autoencoder briefly, export it, run the ONNX file on
+    this runtime's CPU and CUDA backends and on onnxruntime, print the agreement, write the pictures."""
+    from cli.demo import run_demo
+
+    run_demo(Path(out_dir), epochs=epochs, seed=seed)
+
+
+def main():
+    cli(prog_name="zoo")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Shared helpers: one-node ONNX graphs, the onnxruntime oracle (CPU provider, requested explicitly), and
+the ``cuda`` marker, whose tests run where a CUDA backend exists: a GPU, or NUMBA_ENABLE_CUDASIM=1
+(``make test`` runs them in a second pytest process with the simulator)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "weights"
+IR_VERSION = 10
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+ATOL = 1e-5  # float32 agreement with onnxruntime
+
+
+def cuda_available() -> bool:
+    try:
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if cuda_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA backend: no GPU and NUMBA_ENABLE_CUDASIM is not 1")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset: int = 18) -> bytes:
+    """A model from helper-built nodes; inputs/outputs are (name, np dtype, shape) triples."""
+
+    def vi(name, dtype, shape):
+        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape)
+
+    graph = helper.make_graph(
+        nodes, "test", [vi(*i) for i in inputs], [vi(*o) for o in outputs],
+        [numpy_helper.from_array(np.asarray(v), name) for name, v in dict(initializers).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = IR_VERSION
+    return model.SerializeToString()
+
+
+def ort_run(model: bytes | str, feed: dict) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)
+
+
+def runtime_run(model: bytes | str, feed: dict, backend: str = "cpu") -> list[np.ndarray]:
+    import runtime
+
+    return runtime.InferenceSession(model, backend=backend).run(None, feed)
+
+
+def assert_close(got, expected, atol: float = ATOL):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape, (g.shape, e.shape)
+        assert g.dtype == e.dtype, (g.dtype, e.dtype)
+        np.testing.assert_allclose(g, e, rtol=0, atol=atol, equal_nan=True)
+
+
+__all__ = ["TensorProto", "helper", "onnx"]

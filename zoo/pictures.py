@@ -1,0 +1,88 @@
+"""Pictures for students, from NumPy arrays only (no torch), so they can also be drawn from shipped weights
+or runtime outputs: tile grids, captioned panels, and the sparse autoencoder's figures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from zoo.io import atomic_write
+
+
+def _unit_range(t: np.ndarray) -> np.ndarray:
+    lo, hi = float(t.min()), float(t.max())
+    return np.zeros_like(t) if hi - lo < 1e-12 else (t - lo) / (hi - lo)
+
+
+def tile_grid(tiles: np.ndarray, cols: int | None = None, pad: int = 1, per_tile: bool = False) -> np.ndarray:
+    """tiles: (n, h, w) or (n, h, w, 3) with values in [0, 1] (or any range with per_tile=True, which
+    stretches each tile to [0, 1]); returns a uint8 grid (rows*(h+pad)+pad, cols*(w+pad)+pad[, 3])."""
+    n, h, w = tiles.shape[:3]
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, *tiles.shape[3:]), 0.5, dtype=np.float32)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        t = _unit_range(tiles[k]) if per_tile else np.clip(tiles[k], 0.0, 1.0)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = t
+    return (grid * 255.0 + 0.5).astype(np.uint8)
+
+
+def panels(items: list[tuple[str, np.ndarray]], scale: int = 2, margin: int = 8) -> Image.Image:
+    """Grids side by side, each scaled up ``scale`` times (nearest) under its caption."""
+    font = ImageFont.load_default()
+    imgs = [Image.fromarray(g).convert("RGB") for _, g in items]
+    imgs = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in imgs]
+    caption_h = 16
+    width = sum(im.width for im in imgs) + margin * (len(imgs) + 1)
+    height = max(im.height for im in imgs) + caption_h + 2 * margin
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = margin
+    for (title, _), im in zip(items, imgs):
+        draw.text((x, margin // 2), title, fill="black", font=font)
+        canvas.paste(im, (x, margin + caption_h))
+        x += im.width + margin
+    return canvas
+
+
+def save_png(path: str | Path, image: Image.Image | np.ndarray) -> Path:
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def sparse_ae_figures(sd: dict, image_size, X: np.ndarray, recon: np.ndarray, out_dir) -> list[Path]:
+    """receptive_fields.png (the lecture's figure) and reconstructions.png.
+
+    sd: the state dict as NumPy arrays (encoder.weight (N1, D), decoder.weight (D, N1), decoder.bias (D,));
+    X, recon: (n, D) inputs and their reconstructions."""
+    h, w = image_size
+    W1, W2, b2 = sd["encoder.weight"], sd["decoder.weight"], sd["decoder.bias"]
+    n = min(100, W1.shape[0])
+    # Unit j's decoder output when the code is the one-hot e_j: a2 = sigmoid(W2 e_j + b2) = sigmoid(W2[:, j] + b2)
+    decoded = sigmoid(W2[:, :n].T + b2[None, :]).reshape(n, h, w)  # (n, h, w)
+    # The all-zero code decodes to sigmoid(b2), a blurred mean digit that dominates every tile; what unit j
+    # adds to it is its stroke.
+    added = decoded - sigmoid(b2).reshape(1, h, w)  # (n, h, w)
+    encoder = W1[:n] / np.linalg.norm(W1[:n], axis=1, keepdims=True)  # W.j / ||W.j||: (n, D)
+    out_dir = Path(out_dir)
+    scale = max(1, 56 // h)
+    fig = panels(
+        [
+            (f"decoder(e_j), units 0-{n - 1}", tile_grid(decoded, per_tile=True)),
+            ("minus the all-zero code's output", tile_grid(added, per_tile=True)),
+            ("encoder weights W1[j] / ||W1[j]||", tile_grid(encoder.reshape(n, h, w), per_tile=True)),
+        ],
+        scale=scale,
+    )
+    k = len(X)
+    pairs = np.concatenate([X.reshape(k, h, w), recon.reshape(k, h, w)])  # (2k, h, w): inputs then outputs
+    rec = panels([("top: held-out inputs, bottom: reconstructions", tile_grid(pairs, cols=k))], scale=scale)
+    return [save_png(out_dir / "receptive_fields.png", fig), save_png(out_dir / "reconstructions.png", rec)]

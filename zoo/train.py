@@ -1,0 +1,90 @@
+"""Training loop shared by the zoo's models: seeded and reproducible, a progress bar, a checkpoint and a
+metrics file written (atomically) after every epoch, pictures at the end.
+
+A model brings its own objective (``training_step``), held-out figures (``evaluate``) and pictures
+(``write_pictures``); its config dataclass carries the defaults (``epochs``, ``batch_size``, ``lr``, ``dataset``).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from zoo.checkpoint import save_checkpoint
+from zoo.data import load_dataset
+from zoo.errors import ZooError
+from zoo.io import atomic_write
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def train(name: str, out_dir, *, epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
+          data: str | None = None, lr: float | None = None, limit: int | None = None, progress: bool = True,
+          command: str | None = None, **overrides) -> dict:
+    """Train registered model ``name`` into ``out_dir``; returns the final metrics (also in metrics.json)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from zoo.registry import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(name, **overrides)
+    cfg = model.config
+    epochs = cfg.epochs if epochs is None else epochs
+    batch_size = cfg.batch_size if batch_size is None else batch_size
+    lr = cfg.lr if lr is None else lr
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise ZooError(f"epochs={epochs}, batch_size={batch_size}, lr={lr}; expected positive values")
+    data = data or cfg.dataset
+    size = tuple(cfg.image_size)
+    train_set = load_dataset(data, "train", size=size)
+    val_set = load_dataset(data, "val", size=size)
+    X = train_set.flat if limit is None else train_set.flat[:limit]  # (N, D)
+    X_val = val_set.flat if limit is None else val_set.flat[: max(1, limit // 4)]
+    if len(X) == 0 or len(X_val) == 0:
+        raise ZooError(f"data '{data}' has {len(X)} training and {len(X_val)} held-out examples; need at least one of each")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x_all = torch.from_numpy(X)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    run = {
+        "model": name, "config": {**vars(cfg)}, "data": data, "seed": seed, "epochs": epochs,
+        "batch_size": batch_size, "lr": lr, "train_examples": len(X), "val_examples": len(X_val),
+        "command": command or "zoo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "history": [],
+    }
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(X), generator=generator)
+        batches = range(0, len(X), batch_size)
+        bar = tqdm(batches, desc=f"{name} epoch {epoch}/{epochs}", disable=not progress, leave=False, file=sys.stderr)
+        for i in bar:
+            loss, logs = model.training_step(x_all[order[i : i + batch_size]])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
+        model.eval()
+        metrics = model.evaluate(X_val)
+        run["history"].append({"epoch": epoch, "seconds": round(time.perf_counter() - start, 3), **metrics})
+        save_checkpoint(model, out_dir / "checkpoint.safetensors", epoch=epoch, metrics=metrics)
+        _write_json(out_dir / "metrics.json", run)
+        if progress:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+            print(f"epoch {epoch}/{epochs}: {shown}", file=sys.stderr)
+    run["train_seconds"] = round(time.perf_counter() - start, 3)
+    run["final"] = run["history"][-1]
+    save_checkpoint(model, out_dir / f"{name}.safetensors", epoch=epochs, metrics=run["final"],
+                    extra={"command": run["command"], "data": data, "seed": seed})
+    run["pictures"] = [str(p) for p in model.write_pictures(out_dir, X_val[:16])]
+    _write_json(out_dir / "metrics.json", run)
+    return run
