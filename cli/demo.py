@@ -33,8 +33,20 @@ def _cuda_outputs(onnx_path: Path, x: np.ndarray, work: Path) -> tuple[np.ndarra
     x = x[:SIMULATED_BATCH]
     np.save(work / "cuda_input.npy", x)
     out = work / "cuda_output.npy"
-    cmd = [sys.executable, "-m", "cli.main", "run", str(onnx_path), "--input", str(work / "cuda_input.npy"),
-           "--output", str(out), "--backend", "cuda", "--force"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "run",
+        str(onnx_path),
+        "--input",
+        str(work / "cuda_input.npy"),
+        "--output",
+        str(out),
+        "--backend",
+        "cuda",
+        "--force",
+    ]
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -54,18 +66,28 @@ def run_demo(out: Path, epochs: int, seed: int) -> None:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     click.echo(f"1. training sparse-ae for {epochs} epochs on the bundled MNIST digits -> {out}")
-    result = train("sparse-ae", out, epochs=epochs, seed=seed, progress=False,
-                   command=f"zoo demo --out {out} --epochs {epochs} --seed {seed}")
+    result = train(
+        "sparse-ae",
+        out,
+        epochs=epochs,
+        seed=seed,
+        progress=False,
+        command=f"zoo demo --out {out} --epochs {epochs} --seed {seed}",
+    )
     final = result["final"]
-    click.echo(f"   held-out MSE {final['val_mse']:.4f}, mean rho_hat {final['mean_rho_hat']:.4f} "
-               f"(rho {final['rho']}), KL term {final['kl_term']:.4f}, {result['train_seconds']:.1f} s")
+    click.echo(
+        f"   held-out MSE {final['val_mse']:.4f}, mean rho_hat {final['mean_rho_hat']:.4f} "
+        f"(rho {final['rho']}), KL term {final['kl_term']:.4f}, {result['train_seconds']:.1f} s"
+    )
 
     onnx_path = out / "sparse-ae.onnx"
     click.echo(f"2. exporting to {onnx_path}")
     model, meta = load_checkpoint(out / "sparse-ae.safetensors")
     X = load_dataset("mnist", "val", size=(28, 28)).flat  # (500, 784)
     report = export_onnx(model, onnx_path, sample=X[:8], metrics=meta["metrics"], overwrite=True)
-    click.echo(f"   nodes: {' '.join(report['nodes'])}; checker passed; IR {report['ir_version']}, opset {report['opset']}")
+    click.echo(
+        f"   nodes: {' '.join(report['nodes'])}; checker passed; IR {report['ir_version']}, opset {report['opset']}"
+    )
 
     click.echo(f"3. running {onnx_path.name} on {len(X)} held-out digits")
     oracle = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -80,8 +102,14 @@ def run_demo(out: Path, epochs: int, seed: int) -> None:
     rows.append(("runtime cpu (Numba)", len(X), float(np.abs(got - expected).max()), (time.perf_counter() - t) * 1e3))
     t = time.perf_counter()
     got, label = _cuda_outputs(onnx_path, X, out)
-    rows.append((f"runtime {label}", len(got), float(np.abs(got - expected[: len(got)]).max()),
-                 (time.perf_counter() - t) * 1e3))
+    rows.append(
+        (
+            f"runtime {label}",
+            len(got),
+            float(np.abs(got - expected[: len(got)]).max()),
+            (time.perf_counter() - t) * 1e3,
+        )
+    )
     click.echo(f"   {'backend':<44} {'batch':>5}  {'max |y - y_ort|':>15}  {'ms':>9}")
     for name, n, err, ms in rows:
         click.echo(f"   {name:<44} {n:>5}  {err:>15.3g}  {ms:>9.1f}")

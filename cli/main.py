@@ -25,8 +25,14 @@ class ZooGroup(click.Group):
         except (ZooError, ZooRuntimeError) as e:
             raise click.ClickException(str(e)) from None
         except ModuleNotFoundError as e:
-            extra = {"torch": "torch", "safetensors": "torch", "onnxruntime": "test", "mlxtend": "torch",
-                     "sklearn": "torch", "numba_cuda": "cuda"}.get((e.name or "").split(".")[0])
+            extra = {
+                "torch": "torch",
+                "safetensors": "torch",
+                "onnxruntime": "test",
+                "mlxtend": "torch",
+                "sklearn": "torch",
+                "numba_cuda": "cuda",
+            }.get((e.name or "").split(".")[0])
             if extra is None:
                 raise
             raise click.ClickException(
@@ -41,7 +47,7 @@ def cli():
     Numba / Numba-CUDA ONNX runtime."""
 
 
-def weights_dir() -> Path:
+def weights_dir_default() -> Path:
     return Path(os.environ.get("ZOO_WEIGHTS_DIR", Path(__file__).resolve().parents[1] / "weights"))
 
 
@@ -50,7 +56,7 @@ def list_cmd():
     """Registered models, their shipped weights and headline metrics."""
     from zoo.cards import load_cards
 
-    cards = load_cards(weights_dir())
+    cards = load_cards(weights_dir_default())
     try:
         import zoo
 
@@ -85,11 +91,18 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
 @click.argument("model")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (default: the model's).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (default: the model's).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam step (default: the model's).")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Adam step (default: the model's).",
+)
 @click.option("--seed", type=int, default=0, help="Seed for initialisation and shuffling: same seed, same weights.")
 @click.option("--data", default=None, help="mnist, digits8, a folder of images or an .npy file (default: the model's).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training examples.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field, e.g. hidden=100.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field, e.g. hidden=100."
+)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder [runs/MODEL].")
 @click.option("--force", is_flag=True, help="Train into a folder that already holds a trained model.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
@@ -102,8 +115,18 @@ def train(model, epochs, batch_size, lr, seed, data, limit, overrides, out_dir, 
     final = out / f"{model}.safetensors"
     if final.exists() and not force:
         raise ZooError(f"'{final}' already exists; choose another --out or pass --force to train over it")
-    result = run_training(model, out, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, data=data, limit=limit,
-                          progress=not quiet, **_parse_overrides(overrides))
+    result = run_training(
+        model,
+        out,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        data=data,
+        limit=limit,
+        progress=not quiet,
+        **_parse_overrides(overrides),
+    )
     shown = ", ".join(f"{k}={v:.4g}" for k, v in result["final"].items() if isinstance(v, float))
     click.echo(f"trained {model} in {result['train_seconds']:.1f} s: {shown}")
     click.echo(f"weights: {final}")
@@ -113,7 +136,13 @@ def train(model, epochs, batch_size, lr, seed, data, limit, overrides, out_dir, 
 
 @cli.command()
 @click.argument("model")
-@click.option("--weights", "weights_path", required=True, type=click.Path(dir_okay=False), help="Checkpoint (.safetensors).")
+@click.option(
+    "--weights",
+    "weights_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Checkpoint (.safetensors).",
+)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
 @click.option("--opset", type=click.IntRange(17, 23), default=18, help="ONNX opset of the default domain.")
 @click.option("--force", is_flag=True, help="Overwrite an existing ONNX file.")
@@ -135,12 +164,33 @@ def export(model, weights_path, out_path, opset, force):
     except ZooError:
         sample = None  # the training data is not here: the test data set is made from random inputs
     report = export_onnx(net, out_path, sample=sample, metrics=meta.get("metrics"), overwrite=force, opset=opset)
-    click.echo(f"wrote {report['path']} (opset {report['opset']}, IR {report['ir_version']}, "
-               f"nodes: {' '.join(report['nodes'])})")
+    click.echo(
+        f"wrote {report['path']} (opset {report['opset']}, IR {report['ir_version']}, "
+        f"nodes: {' '.join(report['nodes'])})"
+    )
     for k, v in report.items():
         if k.startswith("max_abs_err"):
             click.echo(f"  {k} = {v:.3g} on a batch of {report['batch']}")
     click.echo(f"wrote {report['test_data']}")
+
+
+@cli.command()
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(exists=True, file_okay=False))
+@click.option("--name", required=True, help="Name of the shipped weights, e.g. sparse-ae-mnist.")
+@click.option(
+    "--weights-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Target folder [the repo's weights/].",
+)
+@click.option("--force", is_flag=True, help="Replace weights of the same name.")
+def publish(run_dir, name, weights_dir, force):
+    """Ship a finished `zoo train` run: checkpoint, checked ONNX export, model card, manifest sha256."""
+    from zoo.cards import publish as publish_run
+
+    card = publish_run(run_dir, name, weights_dir or weights_dir_default(), overwrite=force)
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in card["metrics"].items() if isinstance(v, float))
+    click.echo(f"published {name} ({card['model']}): {shown}")
 
 
 def _read_array(path: str):
@@ -178,12 +228,28 @@ def open_session(model_path: str, backend: str):
 
 @cli.command()
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False))
-@click.option("--input", "inputs", multiple=True, required=True, metavar="[NAME=]FILE",
-              help="Input array (.npy or ONNX .pb); NAME= is needed only for models with several inputs.")
-@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
-              help="Where to write: .npy for one output, .npz for all outputs by name.")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    required=True,
+    metavar="[NAME=]FILE",
+    help="Input array (.npy or ONNX .pb); NAME= is needed only for models with several inputs.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write: .npy for one output, .npz for all outputs by name.",
+)
 @click.option("--output-name", default=None, help="Which output goes to a .npy file [the first].")
-@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="cpu", help="cpu/cuda: this runtime; ort: onnxruntime.")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKEND_CHOICES),
+    default="cpu",
+    help="cpu/cuda: this runtime; ort: onnxruntime.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 def run(model_path, inputs, output_path, output_name, backend, force):
     """Run MODEL.onnx on arrays from files (no torch is imported)."""
@@ -207,8 +273,10 @@ def run(model_path, inputs, output_path, output_name, backend, force):
     if positional:
         free = [i.name for i in sess.get_inputs() if i.name not in named]
         if len(positional) > len(free):
-            raise click.BadParameter(f"got {len(positional)} unnamed inputs for the model's inputs {free}; "
-                                     "name them as NAME=FILE", param_hint="--input")
+            raise click.BadParameter(
+                f"got {len(positional)} unnamed inputs for the model's inputs {free}; name them as NAME=FILE",
+                param_hint="--input",
+            )
         named.update(zip(free, positional))
     names = [o.name for o in sess.get_outputs()]
     outputs = sess.run(None, named)
@@ -217,8 +285,9 @@ def run(model_path, inputs, output_path, output_name, backend, force):
         np.savez(buf, **dict(zip(names, outputs)))
     else:
         if output_name is not None and output_name not in names:
-            raise click.BadParameter(f"unknown output '{output_name}'; the model's outputs are {names}",
-                                     param_hint="--output-name")
+            raise click.BadParameter(
+                f"unknown output '{output_name}'; the model's outputs are {names}", param_hint="--output-name"
+            )
         k = names.index(output_name) if output_name else 0
         np.save(buf, outputs[k])
     atomic_write(out, buf.getvalue(), overwrite=force)

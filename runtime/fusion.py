@@ -40,8 +40,13 @@ def fuse_gemm_activation(graph: Graph, backend: str) -> Graph:
         absorbed.add(id(act))
         nodes.append(
             Node(
-                name=f"{n.name}+{act.name}", op_type="FusedGemm", domain=FUSED_DOMAIN,
-                inputs=n.inputs, outputs=act.outputs, attrs={**n.attrs, "activation": act.op_type}, op=fused_op,
+                name=f"{n.name}+{act.name}",
+                op_type="FusedGemm",
+                domain=FUSED_DOMAIN,
+                inputs=n.inputs,
+                outputs=act.outputs,
+                attrs={**n.attrs, "activation": act.op_type},
+                op=fused_op,
             )
         )
     graph.nodes = nodes

@@ -99,7 +99,9 @@ def _tensor_to_array(t: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
     if t.data_location == onnx.TensorProto.EXTERNAL:
         info = {e.key: e.value for e in t.external_data}
         if base_dir is None:
-            raise InvalidModel(f"initializer '{t.name}' refers to external data, which a model given as bytes cannot have")
+            raise InvalidModel(
+                f"initializer '{t.name}' refers to external data, which a model given as bytes cannot have"
+            )
         location = os.path.realpath(os.path.join(base_dir, info.get("location", "")))
         if os.path.commonpath([location, os.path.realpath(base_dir)]) != os.path.realpath(base_dir):
             raise InvalidModel(
@@ -133,10 +135,15 @@ def _attribute(node: onnx.NodeProto, a: onnx.AttributeProto):
 
 
 def _constant_value(node: Node) -> np.ndarray:
-    (key, value), = node.attrs.items()
+    ((key, value),) = node.attrs.items()
     if key == "value":
         return value
-    dtypes = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+    dtypes = {
+        "value_float": np.float32,
+        "value_floats": np.float32,
+        "value_int": np.int64,
+        "value_ints": np.int64,
+    }
     if key not in dtypes:
         raise UnsupportedOp(f"{node.describe()} uses attribute '{key}'; supported: value, {', '.join(dtypes)}")
     return np.array(value, dtype=dtypes[key])
@@ -223,7 +230,12 @@ def build_graph(model: onnx.ModelProto, base_dir: str | None, backend: str) -> G
         if v.name not in produced:
             raise InvalidModel(f"graph output '{v.name}' is produced by no node, input or initializer")
     return Graph(
-        inputs, outputs, initializers, nodes,
+        inputs,
+        outputs,
+        initializers,
+        nodes,
         metadata={p.key: p.value for p in model.metadata_props},
-        producer=model.producer_name, graph_name=g.name, doc_string=model.doc_string,
+        producer=model.producer_name,
+        graph_name=g.name,
+        doc_string=model.doc_string,
     )

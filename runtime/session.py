@@ -93,7 +93,9 @@ class InferenceSession:
         model, base_dir = read_model(path_or_bytes)
         graph = build_graph(model, base_dir, backend)
         self._graph: Graph = optimize(graph, backend) if optimize_graph else graph
-        self._weights = {k: self._device.to_device(np.ascontiguousarray(v)) for k, v in self._graph.initializers.items()}
+        self._weights = {
+            k: self._device.to_device(np.ascontiguousarray(v)) for k, v in self._graph.initializers.items()
+        }
         self._last_use = self._plan_lifetimes()
         self._trace = os.environ.get("ZOO_TRACE") == "1"
 
@@ -183,14 +185,10 @@ class InferenceSession:
 def _check_one_input(info: ValueInfo, value, symbols: dict) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         if hasattr(value, "__array__") or isinstance(value, (list, tuple, int, float)):
-            raise InvalidFeed(
-                f"input '{info.name}' must be a numpy.ndarray of {info.type}, got {type(value).__name__}"
-            )
+            raise InvalidFeed(f"input '{info.name}' must be a numpy.ndarray of {info.type}, got {type(value).__name__}")
         raise InvalidFeed(f"input '{info.name}' must be a numpy.ndarray, got {type(value).__name__}")
     if value.dtype != info.dtype:
-        raise InvalidFeed(
-            f"input '{info.name}' has dtype {value.dtype}; expected {info.type} (numpy {info.dtype})"
-        )
+        raise InvalidFeed(f"input '{info.name}' has dtype {value.dtype}; expected {info.type} (numpy {info.dtype})")
     if info.shape and value.ndim != len(info.shape) or (not info.shape and value.ndim != 0 and info.shape != []):
         raise InvalidFeed(
             f"input '{info.name}' has rank {value.ndim} (shape {value.shape}); expected rank {len(info.shape)} "
@@ -205,9 +203,7 @@ def _check_one_input(info: ValueInfo, value, symbols: dict) -> np.ndarray:
         if isinstance(want, str):
             seen = symbols.setdefault(want, (info.name, got))
             if seen[1] != got:
-                raise InvalidFeed(
-                    f"input '{info.name}' has {want}={got} but input '{seen[0]}' has {want}={seen[1]}"
-                )
+                raise InvalidFeed(f"input '{info.name}' has {want}={got} but input '{seen[0]}' has {want}={seen[1]}")
     return np.ascontiguousarray(value)
 
 

@@ -44,7 +44,10 @@ def make_model(nodes, inputs, outputs, initializers=(), opset: int = 18) -> byte
         return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape)
 
     graph = helper.make_graph(
-        nodes, "test", [vi(*i) for i in inputs], [vi(*o) for o in outputs],
+        nodes,
+        "test",
+        [vi(*i) for i in inputs],
+        [vi(*o) for o in outputs],
         [numpy_helper.from_array(np.asarray(v), name) for name, v in dict(initializers).items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

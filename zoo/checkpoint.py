@@ -13,8 +13,15 @@ from zoo.io import atomic_write
 FORMAT = "deconv-zoo/1"
 
 
-def save_checkpoint(model, path, *, epoch: int | None = None, metrics: dict | None = None, extra: dict | None = None,
-                    overwrite: bool = True) -> Path:
+def save_checkpoint(
+    model,
+    path,
+    *,
+    epoch: int | None = None,
+    metrics: dict | None = None,
+    extra: dict | None = None,
+    overwrite: bool = True,
+) -> Path:
     from safetensors.torch import save
 
     meta = {
@@ -41,7 +48,9 @@ def read_metadata(path) -> dict:
     except Exception as e:  # safetensors raises its own error types for malformed headers
         raise ZooError(f"'{path}' is not a safetensors checkpoint: {e}") from None
     if meta.get("format") != FORMAT:
-        raise ZooError(f"'{path}' is not a Deconv Zoo checkpoint (metadata format {meta.get('format')!r}, expected {FORMAT})")
+        raise ZooError(
+            f"'{path}' is not a Deconv Zoo checkpoint (metadata format {meta.get('format')!r}, expected {FORMAT})"
+        )
     return {k: (v if k in ("format", "model") else json.loads(v)) for k, v in meta.items()}
 
 

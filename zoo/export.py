@@ -30,7 +30,10 @@ TOLERANCE = 1e-5  # max abs difference allowed between torch and the exported gr
 def source_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True, text=True, timeout=5,
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
         return out.stdout.strip() or "unknown"
@@ -63,14 +66,28 @@ def torch_to_onnx(model, example: tuple, opset: int = OPSET) -> onnx.ModelProto:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, example, dynamo=True, input_names=names_in, output_names=names_out,
-            dynamic_shapes=dynamic, opset_version=opset, optimize=True, verbose=False,
+            model,
+            example,
+            dynamo=True,
+            input_names=names_in,
+            output_names=names_out,
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
         )
     return _clean(program.model_proto)
 
 
-def export_onnx(model, out_path, *, sample: np.ndarray | None = None, metrics: dict | None = None,
-                overwrite: bool = False, opset: int = OPSET) -> dict:
+def export_onnx(
+    model,
+    out_path,
+    *,
+    sample: np.ndarray | None = None,
+    metrics: dict | None = None,
+    overwrite: bool = False,
+    opset: int = OPSET,
+) -> dict:
     """Export ``model`` to ``out_path``; ``sample`` (a batch of real inputs) becomes test_data_set_0 and the
     comparison input. Returns the report: path, opset, IR version, max errors against torch."""
     import torch
@@ -107,8 +124,13 @@ def export_onnx(model, out_path, *, sample: np.ndarray | None = None, metrics: d
         expected = model(torch.from_numpy(x))
     expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
     feed = {model.input_names[0]: x}
-    report = {"path": str(out_path), "opset": opset, "ir_version": IR_VERSION, "batch": len(x),
-              "nodes": [n.op_type for n in proto.graph.node]}
+    report = {
+        "path": str(out_path),
+        "opset": opset,
+        "ir_version": IR_VERSION,
+        "batch": len(x),
+        "nodes": [n.op_type for n in proto.graph.node],
+    }
     got = runtime.InferenceSession(data, backend="cpu").run(None, feed)
     report["max_abs_err_runtime_vs_torch"] = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
     try:

@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from zoo.checkpoint import save_checkpoint
 from zoo.data import load_dataset
 from zoo.errors import ZooError
@@ -25,9 +23,20 @@ def _write_json(path: Path, obj: dict) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def train(name: str, out_dir, *, epochs: int | None = None, batch_size: int | None = None, seed: int = 0,
-          data: str | None = None, lr: float | None = None, limit: int | None = None, progress: bool = True,
-          command: str | None = None, **overrides) -> dict:
+def train(
+    name: str,
+    out_dir,
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    data: str | None = None,
+    lr: float | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    **overrides,
+) -> dict:
     """Train registered model ``name`` into ``out_dir``; returns the final metrics (also in metrics.json)."""
     import torch
     from tqdm.auto import tqdm
@@ -49,17 +58,28 @@ def train(name: str, out_dir, *, epochs: int | None = None, batch_size: int | No
     X = train_set.flat if limit is None else train_set.flat[:limit]  # (N, D)
     X_val = val_set.flat if limit is None else val_set.flat[: max(1, limit // 4)]
     if len(X) == 0 or len(X_val) == 0:
-        raise ZooError(f"data '{data}' has {len(X)} training and {len(X_val)} held-out examples; need at least one of each")
+        raise ZooError(
+            f"data '{data}' has {len(X)} training and {len(X_val)} held-out examples; need at least one of each"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     x_all = torch.from_numpy(X)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     run = {
-        "model": name, "config": {**vars(cfg)}, "data": data, "seed": seed, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "train_examples": len(X), "val_examples": len(X_val),
+        "model": name,
+        "config": {**vars(cfg)},
+        "data": data,
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "train_examples": len(X),
+        "val_examples": len(X_val),
         "command": command or "zoo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "history": [],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "history": [],
     }
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
@@ -83,8 +103,13 @@ def train(name: str, out_dir, *, epochs: int | None = None, batch_size: int | No
             print(f"epoch {epoch}/{epochs}: {shown}", file=sys.stderr)
     run["train_seconds"] = round(time.perf_counter() - start, 3)
     run["final"] = run["history"][-1]
-    save_checkpoint(model, out_dir / f"{name}.safetensors", epoch=epochs, metrics=run["final"],
-                    extra={"command": run["command"], "data": data, "seed": seed})
+    save_checkpoint(
+        model,
+        out_dir / f"{name}.safetensors",
+        epoch=epochs,
+        metrics=run["final"],
+        extra={"command": run["command"], "data": data, "seed": seed},
+    )
     run["pictures"] = [str(p) for p in model.write_pictures(out_dir, X_val[:16])]
     _write_json(out_dir / "metrics.json", run)
     return run

@@ -83,9 +83,13 @@ def _binary(A, B, op_type: str):
     if n == 0:
         return Y
     _binary_kernel[grid_1d(n), THREADS_PER_BLOCK](
-        A.reshape(A.size), cuda.to_device(_broadcast_strides(A.shape, out_shape)),
-        B.reshape(B.size), cuda.to_device(_broadcast_strides(B.shape, out_shape)),
-        Y.reshape(n), cuda.to_device(np.array(out_shape or (1,), dtype=np.int64)), np.int32(BINARY_CODES[op_type]),
+        A.reshape(A.size),
+        cuda.to_device(_broadcast_strides(A.shape, out_shape)),
+        B.reshape(B.size),
+        cuda.to_device(_broadcast_strides(B.shape, out_shape)),
+        Y.reshape(n),
+        cuda.to_device(np.array(out_shape or (1,), dtype=np.int64)),
+        np.int32(BINARY_CODES[op_type]),
     )
     return Y
 

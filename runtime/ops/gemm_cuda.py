@@ -14,8 +14,8 @@ import numpy as np
 from numba import cuda, float32
 
 from runtime.ops import OPS
-from runtime.ops._cuda_launch import SKINNY_MAX_ROWS, THREADS_PER_BLOCK, TILE, activate, as_float32, kernel
 from runtime.ops._cpu_kernels import ACTIVATIONS
+from runtime.ops._cuda_launch import SKINNY_MAX_ROWS, THREADS_PER_BLOCK, TILE, activate, as_float32, kernel
 from runtime.ops.gemm import FUSED_DOMAIN, bias_2d, gemm_shapes
 
 _SIG = "void(float32[:, :], float32[:, :], float32[:, :], float32[:, :], float32, float32, int32, int32, int32, int32)"
@@ -95,8 +95,16 @@ def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation
     else:
         launch = _gemm_kernel[(math.ceil(N / TILE), math.ceil(M / TILE)), (TILE, TILE)]
     launch(
-        A, B, C2, Y, np.float32(alpha), np.float32(beta), np.int32(transA), np.int32(transB),
-        np.int32(C is not None), np.int32(activation),
+        A,
+        B,
+        C2,
+        Y,
+        np.float32(alpha),
+        np.float32(beta),
+        np.int32(transA),
+        np.int32(transB),
+        np.int32(C is not None),
+        np.int32(activation),
     )
     return Y
 

@@ -129,6 +129,15 @@ def sparse_ae(**cfg) -> SparseAutoencoder:
 @register_model
 def sparse_ae_digits8(**cfg) -> SparseAutoencoder:
     """Sparse autoencoder 64-25-64 on scikit-learn's 8x8 digits (UFLDL's patch settings)."""
-    defaults = dict(visible=64, hidden=25, rho=0.01, beta=3.0, weight_decay=1e-4, image_size=[8, 8],
-                    dataset="digits8", epochs=200, batch_size=256)
+    defaults = dict(
+        visible=64,
+        hidden=25,
+        rho=0.01,
+        beta=3.0,
+        weight_decay=1e-4,
+        image_size=[8, 8],
+        dataset="digits8",
+        epochs=200,
+        batch_size=256,
+    )
     return SparseAutoencoder(SparseAEConfig(**{**defaults, **cfg}))
