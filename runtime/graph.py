@@ -38,6 +38,7 @@ class ValueInfo:
     name: str
     elem_type: int
     shape: list  # ints for fixed dimensions, strings for symbolic ones, None where unknown
+    has_rank: bool = True  # False when the model declares no shape at all (any rank accepted)
 
     @property
     def type(self) -> str:
@@ -120,7 +121,7 @@ def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
     shape = []
     for d in tt.shape.dim:
         shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-    return ValueInfo(v.name, tt.elem_type, shape)
+    return ValueInfo(v.name, tt.elem_type, shape, has_rank=tt.HasField("shape"))
 
 
 def _attribute(node: onnx.NodeProto, a: onnx.AttributeProto):
@@ -219,7 +220,8 @@ def build_graph(model: onnx.ModelProto, base_dir: str | None, backend: str) -> G
             )
         if len(node.inputs) > op.max_inputs and not op.variadic:
             raise UnsupportedOp(
-                f"{node.describe()} has {len(node.inputs)} inputs; this runtime's {p.op_type} takes at most {op.max_inputs}"
+                f"{node.describe()} has {len(node.inputs)} inputs; "
+                f"this runtime's {p.op_type} takes at most {op.max_inputs}"
             )
         node.op = op
         nodes.append(node)

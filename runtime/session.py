@@ -189,7 +189,7 @@ def _check_one_input(info: ValueInfo, value, symbols: dict) -> np.ndarray:
         raise InvalidFeed(f"input '{info.name}' must be a numpy.ndarray, got {type(value).__name__}")
     if value.dtype != info.dtype:
         raise InvalidFeed(f"input '{info.name}' has dtype {value.dtype}; expected {info.type} (numpy {info.dtype})")
-    if info.shape and value.ndim != len(info.shape) or (not info.shape and value.ndim != 0 and info.shape != []):
+    if info.has_rank and value.ndim != len(info.shape):
         raise InvalidFeed(
             f"input '{info.name}' has rank {value.ndim} (shape {value.shape}); expected rank {len(info.shape)} "
             f"with shape {_shape_text(info.shape)}"

@@ -23,7 +23,7 @@ def activate(v, activation):
         # exp(-v) overflows to inf for v < -88 and 1/inf is the exact limit 0; NaN stays NaN.
         return 1.0 / (1.0 + math.exp(-v))
     if activation == 2:
-        return v if v > 0 or v != v else 0.0 * v
+        return v if v > 0 or v != v else 0.0  # +0.0 as onnxruntime, also for -inf
     if activation == 3:
         return math.tanh(v)
     return v

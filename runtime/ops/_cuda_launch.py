@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 
 import numpy as np
-from numba import cuda
+from numba import cuda, float32
 
 # One place for launch geometry; tests may patch these before a kernel is first compiled.
 THREADS_PER_BLOCK = 256
@@ -51,11 +51,12 @@ def grid_1d(n: int) -> int:
 
 @cuda.jit(device=True, inline=True)
 def activate(v, activation):
-    # Same codes as runtime.ops._cpu_kernels.ACTIVATIONS; NaN propagates (no fastmath).
+    # Same codes as runtime.ops._cpu_kernels.ACTIVATIONS; NaN propagates (no fastmath). float32 constants keep
+    # the arithmetic in single precision on the device.
     if activation == 1:
-        return 1.0 / (1.0 + math.exp(-v))
+        return float32(1.0) / (float32(1.0) + math.exp(-v))
     if activation == 2:
-        return v if v > 0 or v != v else v * 0
+        return v if v > 0 or v != v else float32(0.0)  # +0.0 as onnxruntime, also for -inf
     if activation == 3:
         return math.tanh(v)
     return v

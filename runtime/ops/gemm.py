@@ -39,7 +39,8 @@ def _fused_gemm(A, B, C, alpha, beta, transA, transB, activation):
     M, N, _ = gemm_shapes(A.shape, B.shape, transA, transB)
     a = A.T if transA else A  # (M, K)
     b = B.T if transB else B  # (K, N)
-    y = np.matmul(a, b)  # (M, N), BLAS sgemm for float32
+    with np.errstate(all="ignore"):  # inf and NaN propagate silently, as in onnxruntime
+        y = np.matmul(a, b)  # (M, N), BLAS sgemm for float32
     if alpha != 1.0:
         y *= y.dtype.type(alpha)
     return bias_activation_(y, bias_2d(C, M, N), beta, activation)
