@@ -137,7 +137,8 @@ def sparse_ae_digits8(**cfg) -> SparseAutoencoder:
         weight_decay=1e-4,
         image_size=[8, 8],
         dataset="digits8",
-        epochs=200,
+        epochs=1500,
+        lr=1e-2,
         batch_size=256,
     )
     return SparseAutoencoder(SparseAEConfig(**{**defaults, **cfg}))
