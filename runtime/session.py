@@ -75,7 +75,7 @@ class _CUDA:
     def to_device(self, a: np.ndarray):
         # Shape tensors (integers) stay on the host: the ops that read them need their values there.
         if a.dtype.kind == "f" and a.size:
-            return self.cuda.to_device(np.ascontiguousarray(a))
+            return self.cuda.to_device(np.asarray(a, order="C"))
         return a
 
     def to_host(self, a) -> np.ndarray:
@@ -94,7 +94,7 @@ class InferenceSession:
         graph = build_graph(model, base_dir, backend)
         self._graph: Graph = optimize(graph, backend) if optimize_graph else graph
         self._weights = {
-            k: self._device.to_device(np.ascontiguousarray(v)) for k, v in self._graph.initializers.items()
+            k: self._device.to_device(np.asarray(v, order="C")) for k, v in self._graph.initializers.items()
         }
         self._last_use = self._plan_lifetimes()
         self._trace = os.environ.get("ZOO_TRACE") == "1"
@@ -135,7 +135,9 @@ class InferenceSession:
             for name in self._last_use.get(step, ()):
                 if name not in keep:
                     values.pop(name, None)
-        return [self._device.to_host(values[name]) for name in wanted]
+        outputs = [self._device.to_host(values[name]) for name in wanted]
+        # A view (Identity, Reshape) of a feed or a weight must not let the caller write into either.
+        return [y.copy() if not y.flags.owndata or any(y is f for f in feed.values()) else y for y in outputs]
 
     # --- internals -------------------------------------------------------------------------------------
     def _plan_lifetimes(self) -> dict[int, list[str]]:
@@ -204,7 +206,7 @@ def _check_one_input(info: ValueInfo, value, symbols: dict) -> np.ndarray:
             seen = symbols.setdefault(want, (info.name, got))
             if seen[1] != got:
                 raise InvalidFeed(f"input '{info.name}' has {want}={got} but input '{seen[0]}' has {want}={seen[1]}")
-    return np.ascontiguousarray(value)
+    return np.asarray(value, order="C")  # copies only what is not C-contiguous; 0-d stays 0-d
 
 
 def _shape_text(shape: list) -> str:

@@ -102,14 +102,13 @@ def gemm_case(
     act=None,
     bias_specials=False,
     dtype=F32,
-    tag="",
     **kw,
 ) -> Case:
     """Gemm (or Gemm→``act``, fused at load into FusedGemm) of op(A) (M, K) by op(B) (K, N) plus bias C."""
     parts = [f"M{M}", f"N{N}", f"K{K}", f"tA{transA}", f"tB{transB}", f"C{bias}"]
     parts += [f"alpha{alpha}"] * (alpha is not None) + [f"beta{beta}"] * (beta is not None)
     parts += ["constB"] * const_b + ["constC"] * const_c + ["nonfinite"] * bias_specials
-    parts += [np.dtype(dtype).name] * (dtype != F32) + [tag] * bool(tag)
+    parts += [np.dtype(dtype).name] * (dtype != F32)
     cid = "-".join([f"FusedGemm-{act}" if act else "Gemm", *parts])
     rng = _rng(cid)
     A = _randn(rng, (K, M) if transA else (M, K), dtype)
@@ -160,6 +159,13 @@ def gemm_cases() -> list[Case]:
         gemm_case(17, 3, 1),
         gemm_case(2, 10, 64, transB=1),
         gemm_case(2, 300, 4),  # several x-blocks of the skinny kernel
+        gemm_case(6, 6, 6, bias="N"),  # square: a 1-D bias runs along N, never along M
+        gemm_case(20, 1, 3, bias="M1"),
+        # empty products: no rows, no columns, and K = 0 (Y is the bias alone)
+        gemm_case(0, 3, 4),
+        gemm_case(3, 0, 4, bias="none"),
+        gemm_case(3, 4, 0, bias="MN"),
+        gemm_case(20, 4, 0, bias="N", alpha=2.0),
         # constant weights: with transB=1 the CUDA loader stores their transpose once
         gemm_case(2, 12, 10, transB=1, const_b=True, const_c=True),
         gemm_case(20, 9, 13, transB=1, const_b=True),
@@ -264,6 +270,7 @@ def matmul_cases() -> list[Case]:
     return [
         matmul_case((3, 5), (5, 4)),
         matmul_case((20, 18), (18, 7)),
+        matmul_case((4, 0), (0, 3)),
         matmul_case((2, 7), (7, 6), const_b=True),
         matmul_case((2, 3, 6), (6, 5), const_b=True),  # 6 stacked rows: skinny kernel
         matmul_case((3, 7, 10), (10, 6)),  # 21 stacked rows: tiled kernel
@@ -319,12 +326,11 @@ def _operand(rng, shape, dtype, divisor: bool) -> np.ndarray:
     return np.where(x < 0, x - 0.5, x + 0.5).astype(dtype) if divisor else x
 
 
-def binary_case(op, a_shape, b_shape, *, dtype=F32, const_b=False, tag="", **kw) -> Case:
+def binary_case(op, a_shape, b_shape, *, dtype=F32, const_b=False, **kw) -> Case:
     def text(s):
         return "x".join(map(str, s)) or "scalar"
 
     cid = f"{op}-{text(a_shape)}-{text(b_shape)}" + "-constB" * const_b + f"-{np.dtype(dtype).name}" * (dtype != F32)
-    cid += f"-{tag}" * bool(tag)
     rng = _rng(cid)
     a = _operand(rng, a_shape, dtype, divisor=False)
     b = _operand(rng, b_shape, dtype, divisor=op == "Div")
@@ -348,10 +354,12 @@ def arithmetic_cases() -> list[Case]:
             binary_case(op, (3, 1, 6), (1, 4, 1)),  # both sides broadcast
             binary_case(op, (2, 3, 1, 5), (3, 4, 1)),  # rank 4 against rank 3
             binary_case(op, (2, 1, 2, 1, 3, 2), (1, 2, 1, 2, 1, 2)),  # rank 6, the cuda maximum
+            binary_case(op, (0, 3), (3,)),  # empty
             binary_case(op, (3, 1, 4), (2, 4), dtype=F64),
             binary_case(op, (2, 3, 4), (4,), dtype=np.int64),
             binary_case(op, (3, 1), (1, 5), dtype=np.int32),
         ]
+    cases.append(binary_case("Mul", (), (), const_b=True))  # a 0-d initializer
     # float division by zero: ±inf and NaN, as onnxruntime
     a = np.array([[1.0, -1.0, 0.0, 2.0, np.inf, np.nan], [3.0, -2.0, 0.0, -0.0, 1.0, -np.inf]], F32)
     b = np.array([[0.0, 0.0, 0.0, np.inf, np.inf, 1.0], [-0.0, -0.0, -0.0, 5.0, -np.inf, 2.0]], F32)
@@ -367,10 +375,10 @@ def arithmetic_cases() -> list[Case]:
 # --- Reshape, Flatten, Identity -----------------------------------------------------------------------------
 
 
-def reshape_case(in_shape, target, *, allowzero=None, shape_input=False, dtype=F32, tag="", **kw) -> Case:
+def reshape_case(in_shape, target, *, allowzero=None, shape_input=False, dtype=F32, **kw) -> Case:
     cid = "Reshape-" + "x".join(map(str, in_shape)) + "-to-" + ",".join(map(str, target))
     cid += f"-allowzero{allowzero}" * (allowzero is not None) + "-shapeinput" * shape_input
-    cid += f"-{np.dtype(dtype).name}" * (dtype != F32) + f"-{tag}" * bool(tag)
+    cid += f"-{np.dtype(dtype).name}" * (dtype != F32)
     rng = _rng(cid)
     x = _randn(rng, in_shape, F32) if dtype == F32 else rng.integers(-1000, 1000, in_shape).astype(dtype)
     shape = np.array(target, np.int64)

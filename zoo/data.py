@@ -53,6 +53,17 @@ def _digits8() -> tuple[np.ndarray, np.ndarray]:
 BUNDLED = {"mnist": _mnist, "digits8": _digits8}
 
 
+def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (H, W) or (H, W, C) floats in [0, 1] to (size[0], size[1])."""
+    from PIL import Image
+
+    if a.shape[:2] == tuple(size):
+        return a
+    planes = [a] if a.ndim == 2 else [a[:, :, c] for c in range(a.shape[2])]
+    resized = [np.asarray(Image.fromarray(p, mode="F").resize((size[1], size[0]), Image.BILINEAR)) for p in planes]
+    return np.clip(resized[0] if a.ndim == 2 else np.stack(resized, axis=2), 0.0, 1.0)
+
+
 def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None, channels: int = 1) -> np.ndarray:
     """All images under ``folder`` (sorted by path), resized to ``size`` (H, W); (N, H, W) or (N, H, W, C)."""
     from PIL import Image, UnidentifiedImageError
@@ -65,10 +76,12 @@ def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None, c
     for p in files:
         try:
             with Image.open(p) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                if size is not None and im.size != (size[1], size[0]):
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
-                out.append(np.asarray(im, dtype=np.float32) / 255.0)
+                if im.mode.startswith("I;16"):  # 16-bit grey: convert("L") would clip, so scale by 65535
+                    a = np.asarray(im, dtype=np.float32) / 65535.0  # (H, W)
+                    a = a if channels == 1 else np.repeat(a[:, :, None], 3, axis=2)
+                else:
+                    a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+            out.append(a if size is None else _resize(a, size))
         except (UnidentifiedImageError, OSError) as e:
             raise ZooError(f"cannot read image '{p}': {e}") from None
     shapes = {a.shape for a in out}
@@ -84,6 +97,8 @@ def _load_npy(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     if X.ndim != 3:
         raise ZooError(f"'{path}' holds an array of shape {X.shape}; expected (N, H, W) or (N, H*W)")
     X = X.astype(np.float32)
+    if not np.isfinite(X).all():
+        raise ZooError(f"'{path}' holds NaN or infinite values; expected pixels in [0, 1]")
     if X.max(initial=0) > 1.0 or X.min(initial=0) < 0.0:
         raise ZooError(f"'{path}' has values in [{X.min()}, {X.max()}]; expected pixels in [0, 1]")
     return X

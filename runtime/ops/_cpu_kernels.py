@@ -23,7 +23,7 @@ def activate(v, activation):
         # exp(-v) overflows to inf for v < -88 and 1/inf is the exact limit 0; NaN stays NaN.
         return 1.0 / (1.0 + math.exp(-v))
     if activation == 2:
-        return v if v > 0 or v != v else 0.0  # +0.0 as onnxruntime, also for -inf
+        return v if v >= 0 or v != v else 0.0  # max(v, 0) as onnxruntime: -0.0 stays, -inf gives 0
     if activation == 3:
         return math.tanh(v)
     return v
@@ -69,6 +69,8 @@ def bias_activation_(y: np.ndarray, bias: np.ndarray | None, beta: float, activa
 def unary_(x: np.ndarray, activation: int) -> np.ndarray:
     """A new array ``act(x)`` of any shape."""
     y = np.array(x, copy=True, order="C")
+    if y.size == 0:
+        return y
     y2 = y.reshape(-1, y.shape[-1] if y.ndim else 1)  # (rows, last) view of the copy
     bias_activation_(y2, None, 0.0, activation)
     return y

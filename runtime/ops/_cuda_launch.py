@@ -56,7 +56,7 @@ def activate(v, activation):
     if activation == 1:
         return float32(1.0) / (float32(1.0) + math.exp(-v))
     if activation == 2:
-        return v if v > 0 or v != v else float32(0.0)  # +0.0 as onnxruntime, also for -inf
+        return v if v >= 0 or v != v else float32(0.0)  # max(v, 0): -0.0 stays, -inf gives 0
     if activation == 3:
         return math.tanh(v)
     return v

@@ -43,6 +43,10 @@ def Mul(A, B):
 
 @onnx_op
 def Div(A, B):
-    if np.issubdtype(A.dtype, np.integer):
-        return np.trunc(A / B).astype(A.dtype)  # ONNX integer Div truncates toward zero
-    return np.divide(A, B)
+    with np.errstate(all="ignore"):  # x/0 gives inf or NaN silently, as in onnxruntime
+        if np.issubdtype(A.dtype, np.integer):
+            # ONNX integer Div truncates toward zero; floor division corrected where the signs differ, exact
+            # beyond 2**53 where a float64 quotient would not be.
+            q = A // B
+            return (q + ((A % B != 0) & ((A < 0) != (B < 0)))).astype(A.dtype)
+        return np.divide(A, B)
