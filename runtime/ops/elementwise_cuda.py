@@ -82,13 +82,14 @@ def _binary(A, B, op_type: str):
     n = Y.size
     if n == 0:
         return Y
+    index_shape = out_shape or (1,)  # a 0-d result is indexed as one element of rank 1
     _binary_kernel[grid_1d(n), THREADS_PER_BLOCK](
         A.reshape(A.size),
-        cuda.to_device(_broadcast_strides(A.shape, out_shape)),
+        cuda.to_device(_broadcast_strides(A.shape, index_shape)),
         B.reshape(B.size),
-        cuda.to_device(_broadcast_strides(B.shape, out_shape)),
+        cuda.to_device(_broadcast_strides(B.shape, index_shape)),
         Y.reshape(n),
-        cuda.to_device(np.array(out_shape or (1,), dtype=np.int64)),
+        cuda.to_device(np.array(index_shape, dtype=np.int64)),
         np.int32(BINARY_CODES[op_type]),
     )
     return Y
