@@ -37,20 +37,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def make_model(nodes, inputs, outputs, initializers=(), opset: int = 18) -> bytes:
-    """A model from helper-built nodes; inputs/outputs are (name, np dtype, shape) triples."""
+def make_model(nodes, inputs, outputs, initializers=(), opset: int = 18, opsets=None, name: str = "test") -> bytes:
+    """A model from helper-built nodes; inputs/outputs are (name, np dtype, shape) triples; ``opsets``, a list
+    of (domain, version), replaces the single default-domain ``opset``. Never passes through onnx.checker."""
 
     def vi(name, dtype, shape):
         return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape)
 
     graph = helper.make_graph(
         nodes,
-        "test",
+        name,
         [vi(*i) for i in inputs],
         [vi(*o) for o in outputs],
         [numpy_helper.from_array(np.asarray(v), name) for name, v in dict(initializers).items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    opsets = opsets if opsets is not None else [("", opset)]
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
     model.ir_version = IR_VERSION
     return model.SerializeToString()
 

@@ -77,21 +77,7 @@ def batch(n: int, seed: int = 1) -> np.ndarray:
 
 
 def raw_model(nodes, inputs, outputs, initializers=(), opsets=(("", 18),)) -> bytes:
-    """Like conftest.make_model, but with any opset imports; never passes through onnx.checker."""
-
-    def vi(name, dtype, shape):
-        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), shape)
-
-    graph = helper.make_graph(
-        nodes,
-        "hand-built",
-        [vi(*i) for i in inputs],
-        [vi(*o) for o in outputs],
-        [numpy_helper.from_array(np.asarray(v), name) for name, v in dict(initializers).items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
-    model.ir_version = IR_VERSION
-    return model.SerializeToString()
+    return make_model(nodes, inputs, outputs, initializers, opsets=list(opsets), name="hand-built")
 
 
 # --- fixtures -----------------------------------------------------------------------------------------

@@ -21,6 +21,17 @@ from runtime.ops.gemm import FUSED_DOMAIN, bias_2d, gemm_shapes
 _SIG = "void(float32[:, :], float32[:, :], float32[:, :], float32[:, :], float32, float32, int32, int32, int32, int32)"
 
 
+@cuda.jit(device=True, inline=True)
+def _store(Y, row, col, acc, C, alpha, beta, has_bias, activation):
+    # The fused epilogue: Y[row, col] = act(alpha * acc + beta * C[row|0, col|0]), C broadcast as (1|M, 1|N)
+    v = alpha * acc
+    if has_bias:
+        bi = row if C.shape[0] > 1 else 0
+        bj = col if C.shape[1] > 1 else 0
+        v += beta * C[bi, bj]
+    Y[row, col] = activate(v, activation)
+
+
 @kernel(_SIG.replace("float32[:, :]", "float32[:, ::1]"), _SIG)
 def _gemm_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activation):
     # A: (M, K) or (K, M) if transA; B: (K, N) or (N, K) if transB; C: (1|M, 1|N); Y: (M, N)
@@ -50,12 +61,7 @@ def _gemm_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activation):
             acc += a_tile[ty, i] * b_tile[i, tx]
         cuda.syncthreads()
     if row < M and col < N:
-        v = alpha * acc
-        if has_bias:
-            bi = row if C.shape[0] > 1 else 0
-            bj = col if C.shape[1] > 1 else 0
-            v += beta * C[bi, bj]
-        Y[row, col] = activate(v, activation)
+        _store(Y, row, col, acc, C, alpha, beta, has_bias, activation)
 
 
 @kernel(_SIG.replace("float32[:, :]", "float32[:, ::1]"), _SIG)
@@ -75,12 +81,7 @@ def _gemm_skinny_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activ
         a = A[k, row] if transA else A[row, k]
         b = B[col, k] if transB else B[k, col]
         acc += a * b
-    v = alpha * acc
-    if has_bias:
-        bi = row if C.shape[0] > 1 else 0
-        bj = col if C.shape[1] > 1 else 0
-        v += beta * C[bi, bj]
-    Y[row, col] = activate(v, activation)
+    _store(Y, row, col, acc, C, alpha, beta, has_bias, activation)
 
 
 def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation=0):
