@@ -160,7 +160,8 @@ def export(model, weights_path, out_path, opset, force):
         raise ZooError(f"'{weights_path}' holds a '{meta['model']}' checkpoint, not '{model}'")
     data = meta.get("data", net.config.dataset)
     try:
-        sample = load_dataset(data, "val", size=tuple(net.config.image_size)).flat[:8]
+        val = load_dataset(data, "val", size=tuple(net.config.image_size))
+        sample = net.onnx_sample(val.images, val.labels)
     except ZooError:
         sample = None  # the training data is not here: the test data set is made from random inputs
     report = export_onnx(net, out_path, sample=sample, metrics=meta.get("metrics"), overwrite=force, opset=opset)

@@ -88,7 +88,8 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False) -> dict
         check_writable(p, overwrite)
     weights_dir.mkdir(parents=True, exist_ok=True)
     model, meta = load_checkpoint(ckpt)
-    sample = load_dataset(run["data"], "val", size=tuple(model.config.image_size)).flat[:8]
+    val = load_dataset(run["data"], "val", size=tuple(model.config.image_size))
+    sample = model.onnx_sample(val.images, val.labels)
     report = export_onnx(model, files[".onnx"], sample=sample, metrics=run["final"], overwrite=overwrite)
     atomic_write(files[".safetensors"], ckpt.read_bytes(), overwrite=overwrite)
     from zoo.registry import get_model_entry

@@ -55,8 +55,11 @@ def train(
     size = tuple(cfg.image_size)
     train_set = load_dataset(data, "train", size=size)
     val_set = load_dataset(data, "val", size=size)
-    X = train_set.flat if limit is None else train_set.flat[:limit]  # (N, D)
-    X_val = val_set.flat if limit is None else val_set.flat[: max(1, limit // 4)]
+    X, y = train_set.images, train_set.labels  # (N, H, W), (N,) or None
+    X_val, y_val = val_set.images, val_set.labels
+    if limit is not None:
+        X, y = X[:limit], (None if y is None else y[:limit])
+        X_val, y_val = X_val[: max(1, limit // 4)], (None if y_val is None else y_val[: max(1, limit // 4)])
     if len(X) == 0 or len(X_val) == 0:
         raise ZooError(
             f"data '{data}' has {len(X)} training and {len(X_val)} held-out examples; need at least one of each"
@@ -64,8 +67,9 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     x_all = torch.from_numpy(X)
+    y_all = None if y is None else torch.from_numpy(y)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizers = model.configure_optimizers(lr)
     run = {
         "model": name,
         "config": {**vars(cfg)},
@@ -88,15 +92,14 @@ def train(
         batches = range(0, len(X), batch_size)
         bar = tqdm(batches, desc=f"{name} epoch {epoch}/{epochs}", disable=not progress, leave=False, file=sys.stderr)
         for i in bar:
-            loss, logs = model.training_step(x_all[order[i : i + batch_size]])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            idx = order[i : i + batch_size]
+            logs = model.training_step(x_all[idx], None if y_all is None else y_all[idx], optimizers, epoch)
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
         model.eval()
-        metrics = model.evaluate(X_val)
+        metrics = model.evaluate(X_val, y_val)
         run["history"].append({"epoch": epoch, "seconds": round(time.perf_counter() - start, 3), **metrics})
         save_checkpoint(model, out_dir / "checkpoint.safetensors", epoch=epoch, metrics=metrics)
+        run.setdefault("epoch_pictures", []).extend(str(p) for p in model.on_epoch_end(out_dir, epoch))
         _write_json(out_dir / "metrics.json", run)
         if progress:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
@@ -110,6 +113,6 @@ def train(
         metrics=run["final"],
         extra={"command": run["command"], "data": data, "seed": seed},
     )
-    run["pictures"] = [str(p) for p in model.write_pictures(out_dir, X_val[:16])]
+    run["pictures"] = [str(p) for p in model.write_pictures(out_dir, X_val, y_val)]
     _write_json(out_dir / "metrics.json", run)
     return run

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ZooError
+from zoo.models.base import ZooModel
 from zoo.registry import register_model
 
 
@@ -44,7 +45,7 @@ def kl_bernoulli(rho: float, rho_hat: torch.Tensor) -> torch.Tensor:
     return rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
 
 
-class SparseAutoencoder(nn.Module):
+class SparseAutoencoder(ZooModel):
     input_names = ("image",)
     output_names = ("reconstruction", "code")
 
@@ -82,12 +83,14 @@ class SparseAutoencoder(nn.Module):
         parts = dict(z1=z1, a1=a1, z2=z2, a2=a2, rho_hat=rho_hat, reconstruction=reconstruction, kl=kl, decay=decay)
         return total, parts
 
-    def training_step(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        total, p = self.loss(x)
-        return total, {"loss": total.item(), "recon": p["reconstruction"].item(), "kl": p["kl"].item()}
+    def training_step(self, x: torch.Tensor, y, optimizers: dict, epoch: int) -> dict:
+        # x: (M, H, W) -> (M, D)
+        total, p = self.loss(x.reshape(len(x), -1))
+        self.step(optimizers["model"], total)
+        return {"loss": total.item(), "recon": p["reconstruction"].item(), "kl": p["kl"].item()}
 
     @torch.no_grad()
-    def evaluate(self, X: np.ndarray) -> dict:
+    def evaluate(self, X: np.ndarray, labels=None) -> dict:
         """Held-out figures on X: (M, D). rho_hat and the KL term are over the whole set."""
         x = torch.from_numpy(X.reshape(len(X), -1))
         total, p = self.loss(x)
@@ -104,6 +107,9 @@ class SparseAutoencoder(nn.Module):
     def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
         return (torch.rand(batch, self.config.visible),)
 
+    def onnx_sample(self, images: np.ndarray, labels=None) -> np.ndarray:
+        return images[:8].reshape(min(8, len(images)), -1)  # (8, D)
+
     def onnx_metadata(self) -> dict:
         h, w = self.config.image_size
         return {
@@ -112,12 +118,13 @@ class SparseAutoencoder(nn.Module):
             "image_size": f"{h}x{w}",
         }
 
-    def write_pictures(self, out_dir, X: np.ndarray) -> list:
+    def write_pictures(self, out_dir, X: np.ndarray, labels=None) -> list:
         from zoo.pictures import sparse_ae_figures
 
         sd = {k: v.detach().cpu().numpy() for k, v in self.state_dict().items()}
-        recon = self(torch.from_numpy(X[:16].reshape(16, -1)))[0].detach().numpy()
-        return sparse_ae_figures(sd, self.config.image_size, X[:16], recon, out_dir)
+        X = X[:16].reshape(min(16, len(X)), -1)  # (n, D)
+        recon = self(torch.from_numpy(X))[0].detach().numpy()
+        return sparse_ae_figures(sd, self.config.image_size, X, recon, out_dir)
 
 
 @register_model
