@@ -84,7 +84,7 @@ def run_demo(out: Path, epochs: int, seed: int) -> None:
     click.echo(f"2. exporting to {onnx_path}")
     model, meta = load_checkpoint(out / "sparse-ae.safetensors")
     X = load_dataset("mnist", "val", size=(28, 28)).flat  # (500, 784)
-    report = export_onnx(model, onnx_path, sample=X[:8], metrics=meta["metrics"], overwrite=True)
+    report = export_onnx(model, onnx_path, data=(X[:8], None), metrics=meta["metrics"], overwrite=True)
     click.echo(
         f"   nodes: {' '.join(report['nodes'])}; checker passed; IR {report['ir_version']}, opset {report['opset']}"
     )

@@ -4,7 +4,6 @@ commands, so ``zoo --help`` is instant and the inference commands never import t
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -48,7 +47,9 @@ def cli():
 
 
 def weights_dir_default() -> Path:
-    return Path(os.environ.get("ZOO_WEIGHTS_DIR", Path(__file__).resolve().parents[1] / "weights"))
+    from zoo.cards import default_weights_dir
+
+    return default_weights_dir()
 
 
 @cli.command("list")
@@ -67,7 +68,9 @@ def list_cmd():
     for name, description in names:
         mine = [c for c in cards if c["model"] == name]
         weights = ", ".join(c["name"] for c in mine) or "-"
-        headline = ", ".join(f"{c['headline']}={c['metrics'][c['headline']]:.4g}" for c in mine) or "-"
+        headline = (
+            ", ".join(f"{c['headline']}={c['metrics'].get(c['headline'], float('nan')):.4g}" for c in mine) or "-"
+        )
         rows.append((name, weights, headline, description))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
@@ -145,8 +148,9 @@ def train(model, epochs, batch_size, lr, seed, data, limit, overrides, out_dir, 
 )
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
 @click.option("--opset", type=click.IntRange(17, 23), default=18, help="ONNX opset of the default domain.")
+@click.option("--part", default=None, help="For models exported in parts (a GAN): generator or discriminator.")
 @click.option("--force", is_flag=True, help="Overwrite an existing ONNX file.")
-def export(model, weights_path, out_path, opset, force):
+def export(model, weights_path, out_path, opset, part, force):
     """Export MODEL's trained weights to a checked ONNX file (and a test_data_set_0 folder beside it)."""
     from zoo.checkpoint import load_checkpoint
     from zoo.data import load_dataset
@@ -158,13 +162,14 @@ def export(model, weights_path, out_path, opset, force):
     net, meta = load_checkpoint(weights_path)
     if meta["model"] != model:
         raise ZooError(f"'{weights_path}' holds a '{meta['model']}' checkpoint, not '{model}'")
-    data = meta.get("data", net.config.dataset)
     try:
-        val = load_dataset(data, "val", size=tuple(net.config.image_size))
-        sample = net.onnx_sample(val.images, val.labels)
+        val = load_dataset(
+            meta.get("data", net.config.dataset), "val", tuple(net.config.image_size), getattr(net.config, "nc", 1)
+        )
+        data = (val.images, val.labels)
     except ZooError:
-        sample = None  # the training data is not here: the test data set is made from random inputs
-    report = export_onnx(net, out_path, sample=sample, metrics=meta.get("metrics"), overwrite=force, opset=opset)
+        data = None  # the training data is not here: the test data set is made from random inputs
+    report = export_onnx(net, out_path, part=part, data=data, metrics=meta.get("metrics"), overwrite=force, opset=opset)
     click.echo(
         f"wrote {report['path']} (opset {report['opset']}, IR {report['ir_version']}, "
         f"nodes: {' '.join(report['nodes'])})"
@@ -311,6 +316,72 @@ def info(model_path):
     click.echo("nodes  " + " ".join(n.op_type for n in sess._graph.nodes))
     for k, v in sess.get_modelmeta().custom_metadata_map.items():
         click.echo(f"meta   {k} = {v}")
+
+
+def _generator_path(model: str) -> Path:
+    """A shipped generator's ONNX file from its weights name (dcgan-mnist, cgen-mnist), or a path."""
+    p = Path(model)
+    if p.suffix == ".onnx":
+        return p
+    folder = weights_dir_default()
+    for candidate in (folder / f"{model}.generator.onnx", folder / f"{model}.onnx"):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(q.name.split(".")[0] for q in folder.glob("*.onnx"))
+    raise click.BadParameter(f"no shipped generator '{model}' in {folder}; shipped: {', '.join(shipped)}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--n", "count", type=click.IntRange(1, 1024), default=64, help="Number of samples.")
+@click.option("--seed", type=int, default=0, help="Seed of the latent points.")
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="cpu", help="cpu/cuda: this runtime; ort.")
+@click.option("--interpolate", is_flag=True, help="A row of images between two latent points (or two class codes).")
+@click.option("--steps", type=click.IntRange(2, 64), default=10, help="Images in the --interpolate row.")
+@click.option("--classes", nargs=2, type=int, default=(0, 9), help="Class codes to interpolate between (cgen).")
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="PNG to write [MODEL-samples.png]."
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing PNG.")
+def sample(model, count, seed, backend, interpolate, steps, classes, out_path, force):
+    """Draw samples from a generator (dcgan-mnist, cgen-mnist or an ONNX file) into a PNG grid (no torch)."""
+    import math
+
+    import numpy as np
+
+    from zoo.io import check_writable
+    from zoo.pictures import save_png, tile_grid
+
+    path = _generator_path(model)
+    out = check_writable(out_path or f"{Path(model).stem}-{'interpolation' if interpolate else 'samples'}.png", force)
+    sess = open_session(str(path), backend)
+    (arg,) = sess.get_inputs()
+    width = arg.shape[1]
+    if not isinstance(width, int):
+        raise click.BadParameter(f"'{path}' has input {arg.name} of shape {arg.shape}; expected (batch, width)")
+    rng = np.random.default_rng(seed)
+    if arg.name == "class_code":
+        a, b = (np.eye(width, dtype=np.float32)[c % width] for c in classes)
+        codes = np.eye(width, dtype=np.float32)[np.arange(count) % width]  # (count, classes), class by column
+    else:
+        a, b = rng.standard_normal((2, width)).astype(np.float32)
+        codes = rng.standard_normal((count, width)).astype(np.float32)  # (count, nz)
+    if interpolate:
+        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+        codes = (1 - t) * a + t * b  # (steps, width): straight line between the two points
+    (images,) = sess.run(None, {arg.name: np.ascontiguousarray(codes)})[:1]  # (n, C, H, W)
+    meta = sess.get_modelmeta().custom_metadata_map
+    if meta.get("output_range") == "[-1, 1]":
+        images = (images + 1) / 2
+    images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
+    cols = len(images) if interpolate else (width if arg.name == "class_code" else int(math.ceil(math.sqrt(count))))
+    grid = tile_grid(np.clip(images, 0, 1), cols=min(cols, len(images)))
+    scale = max(1, 256 // grid.shape[1]) if interpolate else 2
+    from PIL import Image
+
+    picture = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    save_png(out, picture)
+    click.echo(f"wrote {out} ({len(images)} samples of {path.name}, {backend})")
 
 
 @cli.command()

@@ -13,6 +13,13 @@ from zoo.io import sha256_of
 MANIFEST = "MANIFEST.json"
 
 
+def default_weights_dir() -> Path:
+    """The repository's weights/ folder, or $ZOO_WEIGHTS_DIR."""
+    import os
+
+    return Path(os.environ.get("ZOO_WEIGHTS_DIR", Path(__file__).resolve().parents[1] / "weights"))
+
+
 def load_cards(folder) -> list[dict]:
     folder = Path(folder)
     cards = []
@@ -83,14 +90,20 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False) -> dict
     if "final" not in run:
         raise ZooError(f"the run in '{run_dir}' did not finish (metrics.json has no final figures)")
     ckpt = run_dir / f"{run['model']}.safetensors"
-    files = {ext: weights_dir / f"{name}{ext}" for ext in (".safetensors", ".onnx", ".card.json", ".md")}
-    for p in files.values():
+    model, meta = load_checkpoint(ckpt)
+    parts = list(model.export_parts()) or [None]
+    onnx_files = {part: weights_dir / (f"{name}.{part}.onnx" if part else f"{name}.onnx") for part in parts}
+    files = {ext: weights_dir / f"{name}{ext}" for ext in (".safetensors", ".card.json", ".md")}
+    for p in [*files.values(), *onnx_files.values()]:
         check_writable(p, overwrite)
     weights_dir.mkdir(parents=True, exist_ok=True)
-    model, meta = load_checkpoint(ckpt)
-    val = load_dataset(run["data"], "val", size=tuple(model.config.image_size))
-    sample = model.onnx_sample(val.images, val.labels)
-    report = export_onnx(model, files[".onnx"], sample=sample, metrics=run["final"], overwrite=overwrite)
+    val = load_dataset(run["data"], "val", tuple(model.config.image_size), getattr(model.config, "nc", 1))
+    reports = {
+        part: export_onnx(
+            model, path, part=part, data=(val.images, val.labels), metrics=run["final"], overwrite=overwrite
+        )
+        for part, path in onnx_files.items()
+    }
     atomic_write(files[".safetensors"], ckpt.read_bytes(), overwrite=overwrite)
     from zoo.registry import get_model_entry
 
@@ -107,16 +120,21 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False) -> dict
         "train_seconds": run["train_seconds"],
         "threads": run["threads"],
         "torch": run["torch"],
-        "headline": "val_mse",
+        "headline": model.headline_metric,
         "metrics": {k: v for k, v in run["final"].items() if k not in ("epoch", "seconds")},
-        "export": {k: v for k, v in report.items() if k != "path" and k != "test_data"},
-        "files": [p.name for p in (files[".safetensors"], files[".onnx"])],
+        "export": {
+            (part or "model"): {k: v for k, v in r.items() if k not in ("path", "test_data")}
+            for part, r in reports.items()
+        },
+        "files": [files[".safetensors"].name, *(p.name for p in onnx_files.values())],
     }
     atomic_write(files[".card.json"], (json.dumps(card, indent=2, sort_keys=True) + "\n").encode(), overwrite=overwrite)
     atomic_write(files[".md"], render_card(card).encode(), overwrite=overwrite)
     manifest = load_manifest(weights_dir)
-    test_dir = Path(report["test_data"])
-    for p in [files[".safetensors"], files[".onnx"], *sorted(test_dir.glob("*.pb"))]:
+    shipped = [files[".safetensors"], *onnx_files.values()]
+    for r in reports.values():
+        shipped += sorted(Path(r["test_data"]).glob("*.pb"))
+    for p in shipped:
         manifest[str(p.relative_to(weights_dir))] = sha256_of(p)
     atomic_write(weights_dir / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     picture = run_dir / "receptive_fields.png"

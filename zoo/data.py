@@ -50,7 +50,22 @@ def _digits8() -> tuple[np.ndarray, np.ndarray]:
     return (d.data / 16.0).astype(np.float32).reshape(-1, 8, 8), d.target.astype(np.int64)
 
 
-BUNDLED = {"mnist": _mnist, "digits8": _digits8}
+def _photos64() -> tuple[np.ndarray, None]:
+    """64x64 RGB patches of scikit-learn's two sample photos (halved), every 16 pixels, and their mirror images."""
+    from sklearn.datasets import load_sample_images
+
+    patches = []
+    for photo in load_sample_images().images:  # (427, 640, 3) uint8
+        half = photo[: photo.shape[0] // 2 * 2, : photo.shape[1] // 2 * 2].astype(np.float32)
+        half = half.reshape(half.shape[0] // 2, 2, half.shape[1] // 2, 2, 3).mean(axis=(1, 3)) / 255.0  # (213, 320, 3)
+        for i in range(0, half.shape[0] - 64 + 1, 16):
+            for j in range(0, half.shape[1] - 64 + 1, 16):
+                patches.append(half[i : i + 64, j : j + 64])
+    X = np.stack(patches)  # (n, 64, 64, 3)
+    return np.concatenate([X, X[:, :, ::-1]]).astype(np.float32), None
+
+
+BUNDLED = {"mnist": _mnist, "digits8": _digits8, "photos64": _photos64}
 
 
 def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -117,9 +132,9 @@ def split_indices(n: int, labels: np.ndarray | None, val_fraction: float = VAL_F
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def load_dataset(source: str, split: str = "train", size: tuple[int, int] | None = None) -> Dataset:
-    """``source`` is a bundled name (``mnist``, ``digits8``), a folder of images or an ``.npy`` file;
-    ``split`` is ``train``, ``val`` or ``all``."""
+def load_dataset(source: str, split: str = "train", size: tuple[int, int] | None = None, channels: int = 1) -> Dataset:
+    """``source`` is a bundled name (``mnist``, ``digits8``, ``photos64``), a folder of images or an ``.npy``
+    file; ``split`` is ``train``, ``val`` or ``all``; ``channels`` 1 gives (N, H, W), 3 gives (N, H, W, 3)."""
     if split not in ("train", "val", "all"):
         raise ZooError(f"unknown split '{split}'; expected train, val or all")
     if source in BUNDLED:
@@ -127,13 +142,16 @@ def load_dataset(source: str, split: str = "train", size: tuple[int, int] | None
     else:
         path = Path(source)
         if path.is_dir():
-            X, y = load_image_folder(path, size), None
+            X, y = load_image_folder(path, size, channels), None
         elif path.suffix == ".npy" and path.is_file():
             X, y = _load_npy(path, size), None
         else:
             raise ZooError(
                 f"unknown data '{source}'; expected one of {', '.join(BUNDLED)}, a folder of images or an .npy file"
             )
+    have = 1 if X.ndim == 3 else X.shape[3]
+    if have != channels:
+        raise ZooError(f"data '{source}' has {have}-channel images; this model expects {channels} channel(s)")
     if size is not None and X.shape[1:3] != tuple(size):
         raise ZooError(f"data '{source}' has {X.shape[1]}x{X.shape[2]} images; this model expects {size[0]}x{size[1]}")
     if split != "all":

@@ -79,23 +79,38 @@ def torch_to_onnx(model, example: tuple, opset: int = OPSET) -> onnx.ModelProto:
     return _clean(program.model_proto)
 
 
+def model_part(model, part: str | None):
+    """The module to export: the model itself, or one of its ``export_parts()`` (a GAN's generator)."""
+    parts = model.export_parts()
+    if part is None:
+        if parts:
+            raise ZooError(f"'{model.model_name}' is exported in parts; choose one of: {', '.join(parts)}")
+        return model
+    if part not in parts:
+        raise ZooError(f"'{model.model_name}' has no part '{part}'; its parts: {', '.join(parts) or 'none'}")
+    return parts[part]
+
+
 def export_onnx(
     model,
     out_path,
     *,
-    sample: np.ndarray | None = None,
+    part: str | None = None,
+    data: tuple | None = None,
     metrics: dict | None = None,
     overwrite: bool = False,
     opset: int = OPSET,
 ) -> dict:
-    """Export ``model`` to ``out_path``; ``sample`` (a batch of real inputs) becomes test_data_set_0 and the
-    comparison input. Returns the report: path, opset, IR version, max errors against torch."""
+    """Export ``model`` (or its ``part``) to ``out_path``. ``data`` = (images, labels) of held-out data gives
+    the real inputs for the comparison and test_data_set_0 (else random example inputs are used).
+    Returns the report: path, opset, IR version, max errors against torch."""
     import torch
 
     import runtime
 
     out_path = check_writable(out_path, overwrite)
-    model = model.eval()
+    full = model.eval()
+    model = model_part(full, part)
     example = model.example_input(2)
     proto = torch_to_onnx(model, example, opset)
     proto.ir_version = IR_VERSION
@@ -103,8 +118,9 @@ def export_onnx(
     proto.producer_version = "0.1.0"
     proto.doc_string = (type(model).__doc__ or "").strip().splitlines()[0] if type(model).__doc__ else ""
     meta = {
-        "model": model.model_name,
-        "config": json.dumps(asdict(model.config), sort_keys=True),
+        "model": full.model_name,
+        **({"part": part} if part else {}),
+        "config": json.dumps(asdict(full.config), sort_keys=True),
         "metrics": json.dumps(metrics or {}, sort_keys=True),
         "source_commit": source_commit(),
         "torch_version": torch.__version__,
@@ -115,8 +131,9 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ZooError(f"the exported graph fails onnx.checker: {str(e).splitlines()[0]}") from None
-    data = proto.SerializeToString()
+    onnx_bytes = proto.SerializeToString()
 
+    sample = model.onnx_sample(*data) if data is not None else None
     if sample is None:
         sample = example[0].numpy()
     x = np.ascontiguousarray(sample, dtype=np.float32)
@@ -131,21 +148,21 @@ def export_onnx(
         "batch": len(x),
         "nodes": [n.op_type for n in proto.graph.node],
     }
-    got = runtime.InferenceSession(data, backend="cpu").run(None, feed)
+    got = runtime.InferenceSession(onnx_bytes, backend="cpu").run(None, feed)
     report["max_abs_err_runtime_vs_torch"] = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
     try:
         import onnxruntime as ort
     except ImportError:
         ort = None
     if ort is not None:
-        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
         got = sess.run(None, feed)
         report["max_abs_err_onnxruntime_vs_torch"] = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
     worst = max(v for k, v in report.items() if k.startswith("max_abs_err"))
     if not worst <= TOLERANCE:
         raise ZooError(f"the exported graph differs from torch by {worst:.3g} (tolerance {TOLERANCE}); not written")
 
-    atomic_write(out_path, data, overwrite=overwrite)
+    atomic_write(out_path, onnx_bytes, overwrite=overwrite)
     test_dir = out_path.parent / out_path.stem / "test_data_set_0"
     test_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(test_dir / "input_0.pb", numpy_helper.from_array(x, model.input_names[0]).SerializeToString())

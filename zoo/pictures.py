@@ -49,6 +49,38 @@ def panels(items: list[tuple[str, np.ndarray]], scale: int = 2, margin: int = 8)
     return canvas
 
 
+def line_plot(series: dict[str, list[tuple[float, float]]], title: str = "", cols: int = 3) -> Image.Image:
+    """Small multiples: one panel per named series of (x, y) points, each with its own y range."""
+    font = ImageFont.load_default()
+    w, h, margin = 260, 150, 30
+    names = list(series)
+    rows = max(1, math.ceil(len(names) / cols))
+    canvas = Image.new("RGB", (cols * w, rows * h + 20), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((6, 4), title, fill="black", font=font)
+    for k, name in enumerate(names):
+        pts = [(x, y) for x, y in series[name] if math.isfinite(y)]
+        ox, oy = (k % cols) * w, 20 + (k // cols) * h
+        draw.rectangle([ox + margin, oy + 16, ox + w - 8, oy + h - 16], outline="grey")
+        draw.text((ox + margin, oy + 2), name, fill="black", font=font)
+        if not pts:
+            continue
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+        y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
+        draw.text((ox + 2, oy + 16), f"{y1:.3g}", fill="grey", font=font)
+        draw.text((ox + 2, oy + h - 28), f"{y0:.3g}", fill="grey", font=font)
+
+        def px(x, y, ox=ox, oy=oy, x0=x0, x1=x1, y0=y0, y1=y1):
+            return (
+                ox + margin + (x - x0) / (x1 - x0) * (w - margin - 8),
+                oy + h - 16 - (y - y0) / (y1 - y0) * (h - 32),
+            )
+
+        draw.line([px(x, y) for x, y in pts], fill=(31, 119, 180), width=2)
+    return canvas
+
+
 def save_png(path: str | Path, image: Image.Image | np.ndarray) -> Path:
     image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

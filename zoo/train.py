@@ -19,6 +19,19 @@ from zoo.errors import ZooError
 from zoo.io import atomic_write
 
 
+def training_curves(run: dict, path: Path) -> Path:
+    """One panel per logged quantity: the training losses (epoch means) and the held-out figures."""
+    from zoo.pictures import line_plot, save_png
+
+    series = {}
+    for rows, prefix in ((run.get("train_history", []), "train "), (run["history"], "held-out ")):
+        for row in rows:
+            for k, v in row.items():
+                if k not in ("epoch", "seconds", "phase") and isinstance(v, (int, float)):
+                    series.setdefault(prefix + k, []).append((row["epoch"], float(v)))
+    return save_png(path, line_plot(series, title=f"{run['model']}: per-epoch figures"))
+
+
 def _write_json(path: Path, obj: dict) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
@@ -53,8 +66,9 @@ def train(
         raise ZooError(f"epochs={epochs}, batch_size={batch_size}, lr={lr}; expected positive values")
     data = data or cfg.dataset
     size = tuple(cfg.image_size)
-    train_set = load_dataset(data, "train", size=size)
-    val_set = load_dataset(data, "val", size=size)
+    channels = getattr(cfg, "nc", 1)
+    train_set = load_dataset(data, "train", size=size, channels=channels)
+    val_set = load_dataset(data, "val", size=size, channels=channels)
     X, y = train_set.images, train_set.labels  # (N, H, W), (N,) or None
     X_val, y_val = val_set.images, val_set.labels
     if limit is not None:
@@ -91,13 +105,17 @@ def train(
         order = torch.randperm(len(X), generator=generator)
         batches = range(0, len(X), batch_size)
         bar = tqdm(batches, desc=f"{name} epoch {epoch}/{epochs}", disable=not progress, leave=False, file=sys.stderr)
+        sums: dict[str, float] = {}
         for i in bar:
             idx = order[i : i + batch_size]
             logs = model.training_step(x_all[idx], None if y_all is None else y_all[idx], optimizers, epoch)
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
         model.eval()
         metrics = model.evaluate(X_val, y_val)
         run["history"].append({"epoch": epoch, "seconds": round(time.perf_counter() - start, 3), **metrics})
+        run.setdefault("train_history", []).append({"epoch": epoch, **{k: v / len(batches) for k, v in sums.items()}})
         save_checkpoint(model, out_dir / "checkpoint.safetensors", epoch=epoch, metrics=metrics)
         run.setdefault("epoch_pictures", []).extend(str(p) for p in model.on_epoch_end(out_dir, epoch))
         _write_json(out_dir / "metrics.json", run)
@@ -114,5 +132,6 @@ def train(
         extra={"command": run["command"], "data": data, "seed": seed},
     )
     run["pictures"] = [str(p) for p in model.write_pictures(out_dir, X_val, y_val)]
+    run["pictures"].append(str(training_curves(run, out_dir / "training_curves.png")))
     _write_json(out_dir / "metrics.json", run)
     return run

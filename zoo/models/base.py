@@ -35,6 +35,12 @@ class ZooModel(nn.Module):
     def onnx_metadata(self) -> dict:
         return {}
 
+    headline_metric = "val_loss"  # the figure `zoo list` shows for shipped weights
+
+    def export_parts(self) -> dict:
+        """Modules exported as separate ONNX graphs (a GAN's generator and discriminator); empty: the model."""
+        return {}
+
     def onnx_sample(self, images, labels):
         """Real inputs for the export's comparison and test_data_set_0 (None: random example inputs)."""
         return None

@@ -48,6 +48,7 @@ def kl_bernoulli(rho: float, rho_hat: torch.Tensor) -> torch.Tensor:
 class SparseAutoencoder(ZooModel):
     input_names = ("image",)
     output_names = ("reconstruction", "code")
+    headline_metric = "val_mse"
 
     def __init__(self, config: SparseAEConfig):
         super().__init__()

@@ -1,0 +1,104 @@
+"""Evaluating generated digits offline, with the zoo's own LeNet in place of an Inception network (no
+downloads): the Fréchet distance between its penultimate features of generated and real digits (Heusel et
+al. 2017's FID, on 84-d LeNet features), a classifier-based Inception score (Salimans et al. 2016: 10 is the
+ceiling for 10 classes), and per-class accuracy for class-conditional generators.
+
+The classifier runs from the shipped ``lenet-mnist.onnx`` through this runtime, so these figures can be
+recomputed on a machine without torch. No torch here.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+CLASSIFIER = "lenet-mnist"
+IMAGE_SIZE = (28, 28)
+
+
+@functools.lru_cache(maxsize=4)
+def _classifier(path: str, backend: str):
+    import runtime
+
+    return runtime.InferenceSession(path, backend=backend)
+
+
+def classifier_path(weights_dir=None) -> Path:
+    from zoo.cards import default_weights_dir
+
+    return Path(weights_dir or default_weights_dir()) / f"{CLASSIFIER}.onnx"
+
+
+def classify(images: np.ndarray, weights_dir=None, backend: str = "cpu", batch: int = 500):
+    """(logits (N, 10), features (N, 84)) of LeNet for digits (N, 28, 28) in [0, 1]."""
+    sess = _classifier(str(classifier_path(weights_dir)), backend)
+    x = np.ascontiguousarray(images, dtype=np.float32)[:, None]  # (N, 1, 28, 28)
+    outs = [sess.run(None, {"image": x[i : i + batch]}) for i in range(0, len(x), batch)]
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between Gaussians fitted to two feature sets."""
+    from scipy import linalg
+
+    f1, f2 = f1.astype(np.float64), f2.astype(np.float64)
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2)
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real  # numerical noise from a nearly singular product
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def inception_score(logits: np.ndarray) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) over one split."""
+    p = softmax(logits)  # (N, classes)
+    p_y = p.mean(axis=0, keepdims=True)  # (1, classes)
+    kl = (p * (np.log(p + 1e-12) - np.log(p_y + 1e-12))).sum(axis=1)
+    return float(np.exp(kl.mean()))
+
+
+def available(weights_dir=None) -> bool:
+    return classifier_path(weights_dir).is_file()
+
+
+def gan_metrics(generated: np.ndarray, real: np.ndarray, weights_dir=None) -> dict:
+    """FID against ``real`` and the Inception-style score of ``generated``: both (N, 28, 28) in [0, 1].
+    Empty when the classifier is not shipped or the images are not 28x28 digits."""
+    if generated.shape[1:] != IMAGE_SIZE or not available(weights_dir):
+        return {}
+    g_logits, g_features = classify(generated, weights_dir)
+    _, r_features = classify(real, weights_dir)
+    return {"fid": frechet_distance(g_features, r_features), "inception_score": inception_score(g_logits)}
+
+
+def class_accuracy(generated: np.ndarray, classes: np.ndarray, weights_dir=None) -> dict:
+    """The classifier's accuracy on generated digits whose intended classes are ``classes``."""
+    if generated.shape[1:] != IMAGE_SIZE or not available(weights_dir):
+        return {}
+    predicted = classify(generated, weights_dir)[0].argmax(axis=1)
+    return {"class_accuracy": float((predicted == classes).mean())}
+
+
+def real_data_floor(weights_dir=None) -> dict:
+    """What real digits score: FID between the training and held-out split, held-out Inception score."""
+    from zoo.data import load_dataset
+
+    train = load_dataset("mnist", "train", size=IMAGE_SIZE).images
+    val = load_dataset("mnist", "val", size=IMAGE_SIZE).images
+    t_logits, t_features = classify(train, weights_dir)
+    v_logits, v_features = classify(val, weights_dir)
+    return {
+        "fid_train_vs_val": frechet_distance(t_features[: len(v_features)], v_features),
+        "fid_train_vs_val_all_train": frechet_distance(t_features, v_features),
+        "inception_score_val": inception_score(v_logits),
+        "inception_score_train": inception_score(t_logits),
+    }

@@ -1,0 +1,293 @@
+"""DCGAN (Radford, Metz & Chintala 2016), as the lecture draws it: the generator projects z to a small stack of
+feature maps and doubles their size with strided transposed convolutions (BatchNorm and ReLU inside, Tanh at
+the output); the discriminator mirrors it with strided convolutions (LeakyReLU 0.2, BatchNorm except at the
+input) down to one probability.
+
+    dcgan-64:    z(100) -> 4x4x1024 -> 8x8x512 -> 16x16x256 -> 32x32x128 -> 64x64x3   (5x5 kernels, stride 2)
+    dcgan-mnist: z(100) -> 7x7x128 -> 14x14x64 -> 28x28x1                            (5x5 kernels, stride 2)
+
+The projection of z is a transposed convolution from 1x1 to the first stage's size (the same linear map as
+"project and reshape", kept as a convolution so the graph is convolutions throughout).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.errors import ZooError
+from zoo.models.base import ZooModel
+from zoo.registry import register_model
+
+G_LOSSES = ("non-saturating", "minimax")
+
+
+@dataclass
+class DCGANConfig:
+    nz: int = 100  # latent size
+    ngf: int = 128  # generator width: the last hidden stage has ngf channels, each earlier one twice as many
+    ndf: int = 128  # discriminator width, mirrored
+    nc: int = 3  # image channels
+    image_size: list = field(default_factory=lambda: [64, 64])
+    kernel_size: int = 5  # 5 (the lecture: padding 2, output_padding 1) or 4 (PyTorch's example: padding 1)
+    g_loss: str = "non-saturating"  # or "minimax": minimise log(1 - D(G(z))) as in the lecture's objective
+    phase1_epochs: int = 1  # phase 1: D against the untrained G
+    phase2_epochs: int = 1  # phase 2: G against the frozen D
+    dataset: str = "photos64"
+    lr: float = 2e-4
+    beta1: float = 0.5
+    epochs: int = 25
+    batch_size: int = 64
+    samples_per_epoch_grid: int = 64
+
+    def __post_init__(self):
+        self.image_size = [int(s) for s in self.image_size]
+        if self.image_size[0] != self.image_size[1]:
+            raise ZooError(f"image_size {self.image_size}: DCGAN here takes square images")
+        if self.kernel_size not in (4, 5):
+            raise ZooError(f"kernel_size={self.kernel_size}; expected 4 or 5")
+        if self.g_loss not in G_LOSSES:
+            raise ZooError(f"g_loss='{self.g_loss}'; expected one of {', '.join(G_LOSSES)}")
+        if self.stages < 1:
+            raise ZooError(f"image_size {self.image_size[0]} cannot be halved; expected e.g. 28, 32 or 64")
+
+    @property
+    def stages(self) -> int:
+        """Stride-2 stages: halve the size while it is even and above 4 (64 -> 4: 4 stages; 28 -> 7: 2)."""
+        size, n = self.image_size[0], 0
+        while size % 2 == 0 and size > 4:
+            size, n = size // 2, n + 1
+        return n
+
+    @property
+    def base_size(self) -> int:
+        return self.image_size[0] >> self.stages
+
+
+def _up(c_in: int, c_out: int, k: int) -> nn.ConvTranspose2d:
+    # doubles H and W: 5x5 with padding 2 and output_padding 1, or 4x4 with padding 1
+    pad, out_pad = (2, 1) if k == 5 else (1, 0)
+    return nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=pad, output_padding=out_pad, bias=False)
+
+
+def _down(c_in: int, c_out: int, k: int) -> nn.Conv2d:
+    # halves H and W (no bias, as in the PyTorch reference: BatchNorm or the next layer absorbs it)
+    return nn.Conv2d(c_in, c_out, k, stride=2, padding=2 if k == 5 else 1, bias=False)
+
+
+def dcgan_init(m: nn.Module) -> None:
+    """The paper's initialisation: weights N(0, 0.02); BatchNorm scale N(1, 0.02), shift 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+class Generator(ZooModel):
+    input_names = ("z",)
+    output_names = ("image",)
+
+    def __init__(self, c: DCGANConfig):
+        super().__init__()
+        self.config = c
+        widths = [c.ngf * 2 ** (c.stages - 1 - i) for i in range(c.stages)]  # e.g. [1024, 512, 256, 128]
+        layers = [
+            # project: (N, nz, 1, 1) -> (N, widths[0], base, base)
+            nn.ConvTranspose2d(c.nz, widths[0], c.base_size, stride=1, padding=0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(True),
+        ]
+        for w_in, w_out in zip(widths, widths[1:]):
+            # (N, w_in, s, s) -> (N, w_out, 2s, 2s)
+            layers += [_up(w_in, w_out, c.kernel_size), nn.BatchNorm2d(w_out), nn.ReLU(True)]
+        # (N, widths[-1], S/2, S/2) -> (N, nc, S, S), no BatchNorm at the output
+        layers += [_up(widths[-1], c.nc, c.kernel_size), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(dcgan_init)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        # z: (N, nz) -> image: (N, nc, S, S) in [-1, 1]
+        return self.net(z[:, :, None, None])
+
+    def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(batch, self.config.nz),)
+
+    def onnx_sample(self, images, labels) -> np.ndarray:
+        return np.random.default_rng(0).standard_normal((8, self.config.nz)).astype(np.float32)  # (8, nz)
+
+    def onnx_metadata(self) -> dict:
+        s = self.config.image_size[0]
+        return {
+            "input_range": "z ~ N(0, 1)",
+            "output_range": "[-1, 1]",
+            "normalisation": f"output (N, {self.config.nc}, {s}, {s}) in [-1, 1]; pixel = (y + 1) / 2",
+            "image_size": f"{s}x{s}",
+        }
+
+
+class Discriminator(ZooModel):
+    input_names = ("image",)
+    output_names = ("probability",)
+
+    def __init__(self, c: DCGANConfig):
+        super().__init__()
+        self.config = c
+        widths = [c.ndf * 2**i for i in range(c.stages)]  # e.g. [128, 256, 512, 1024]
+        layers = [_down(c.nc, widths[0], c.kernel_size), nn.LeakyReLU(0.2, True)]  # no BatchNorm at the input
+        for w_in, w_out in zip(widths, widths[1:]):
+            # (N, w_in, s, s) -> (N, w_out, s/2, s/2)
+            layers += [_down(w_in, w_out, c.kernel_size), nn.BatchNorm2d(w_out), nn.LeakyReLU(0.2, True)]
+        # (N, widths[-1], base, base) -> (N, 1, 1, 1): one logit
+        layers += [nn.Conv2d(widths[-1], 1, c.base_size, stride=1, padding=0, bias=False)]
+        self.net = nn.Sequential(*layers)
+        self.apply(dcgan_init)
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image).flatten(1)  # (N, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # image: (N, nc, S, S) in [-1, 1] -> probability that it is real: (N, 1)
+        return torch.sigmoid(self.logits(image))
+
+    def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
+        s = self.config.image_size[0]
+        return (torch.rand(batch, self.config.nc, s, s) * 2 - 1,)
+
+    def onnx_sample(self, images: np.ndarray, labels=None) -> np.ndarray:
+        x = images[:8]  # (8, H, W) or (8, H, W, C) in [0, 1]
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x * 2 - 1, dtype=np.float32)  # (8, nc, H, W) in [-1, 1]
+
+    def onnx_metadata(self) -> dict:
+        s = self.config.image_size[0]
+        return {
+            "input_range": "[-1, 1]",
+            "normalisation": f"(N, {self.config.nc}, {s}, {s}) images, pixel * 2 - 1",
+            "image_size": f"{s}x{s}",
+        }
+
+
+class DCGAN(ZooModel):
+    """A generator and a discriminator trained against each other; exported as two ONNX graphs."""
+
+    headline_metric = "fid"
+
+    def __init__(self, config: DCGANConfig):
+        super().__init__()
+        self.config = config
+        self.generator = Generator(config)
+        self.discriminator = Discriminator(config)
+        fixed = torch.Generator().manual_seed(1234)  # the same z every epoch, so the grids show G's progress
+        self.register_buffer("fixed_z", torch.randn(config.samples_per_epoch_grid, config.nz, generator=fixed))
+
+    def export_parts(self) -> dict[str, ZooModel]:
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        betas = (self.config.beta1, 0.999)
+        return {
+            "generator": torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas),
+            "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas),
+        }
+
+    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        # pixels (M, H, W) or (M, H, W, C) in [0, 1] -> (M, nc, H, W) in [-1, 1]
+        x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        return x * 2 - 1
+
+    def phase(self, epoch: int) -> int:
+        c = self.config
+        return 1 if epoch <= c.phase1_epochs else 2 if epoch <= c.phase1_epochs + c.phase2_epochs else 3
+
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        # max_D  E[log D(x)] + E[log(1 - D(G(z)))], as a loss to minimise
+        real_logits = self.discriminator.logits(real)
+        fake_logits = self.discriminator.logits(fake)
+        return F.binary_cross_entropy_with_logits(
+            real_logits, torch.ones_like(real_logits)
+        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+
+    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        logits = self.discriminator.logits(fake)
+        if self.config.g_loss == "minimax":
+            # min_G E[log(1 - D(G(z)))] = -BCE(D(G(z)), 0); saturates while D rejects the fakes
+            return -F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+        # non-saturating: max_G E[log D(G(z))] = min_G BCE(D(G(z)), 1)
+        return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+    def training_step(self, x: torch.Tensor, y, optimizers: dict, epoch: int) -> dict:
+        real = self.to_model_space(x)  # (M, nc, S, S)
+        z = torch.randn(len(real), self.config.nz)
+        phase = self.phase(epoch)
+        logs = {"phase": float(phase)}
+        if phase in (1, 3):
+            # update D: its loss on real data and on G's current output (G not updated here)
+            fake = self.generator(z).detach()
+            d_loss = self.d_loss(real, fake)
+            self.step(optimizers["discriminator"], d_loss)
+            logs["d_loss"] = d_loss.item()
+        if phase in (2, 3):
+            # update G against the current D; D's parameters receive gradients but are not stepped
+            g_loss = self.g_loss(self.generator(z))
+            self.step(optimizers["generator"], g_loss)
+            optimizers["discriminator"].zero_grad(set_to_none=True)
+            logs["g_loss"] = g_loss.item()
+        return logs
+
+    @torch.no_grad()
+    def evaluate(self, images: np.ndarray, labels=None) -> dict:
+        from zoo.evaluate import gan_metrics
+
+        self.eval()
+        real = self.to_model_space(torch.from_numpy(images))
+        z = torch.randn(len(real), self.config.nz, generator=torch.Generator().manual_seed(0))
+        fake = self.generator(z)
+        d_real = self.discriminator(real)
+        d_fake = self.discriminator(fake)
+        metrics = {
+            "d_real_mean": float(d_real.mean()),
+            "d_fake_mean": float(d_fake.mean()),
+            "d_accuracy": float(((d_real > 0.5).float().mean() + (d_fake < 0.5).float().mean()) / 2),
+        }
+        metrics.update(gan_metrics(((fake + 1) / 2).squeeze(1).numpy(), images))
+        return metrics
+
+    @torch.no_grad()
+    def sample_grid(self) -> np.ndarray:
+        from zoo.pictures import tile_grid
+
+        self.eval()
+        g = (self.generator(self.fixed_z) + 1) / 2  # (n, nc, S, S) in [0, 1]
+        g = g[:, 0] if self.config.nc == 1 else g.permute(0, 2, 3, 1)
+        return tile_grid(g.numpy(), cols=int(math.sqrt(len(g))))
+
+    def on_epoch_end(self, out_dir, epoch: int) -> list:
+        from zoo.pictures import save_png
+
+        return [save_png(f"{out_dir}/samples_epoch_{epoch:03d}.png", self.sample_grid())]
+
+    def write_pictures(self, out_dir, images: np.ndarray, labels=None) -> list:
+        from zoo.pictures import save_png
+
+        return [save_png(f"{out_dir}/samples.png", self.sample_grid())]
+
+
+@register_model
+def dcgan_64(**cfg) -> DCGAN:
+    """DCGAN as in the lecture: z(100) -> 4x4x1024 -> ... -> 64x64x3, 5x5 transposed convolutions, stride 2."""
+    return DCGAN(DCGANConfig(**cfg))
+
+
+@register_model
+def dcgan_mnist(**cfg) -> DCGAN:
+    """DCGAN sized for the bundled 28x28 digits: z(100) -> 7x7x128 -> 14x14x64 -> 28x28x1."""
+    defaults = dict(ngf=64, ndf=64, nc=1, image_size=[28, 28], dataset="mnist", epochs=20, batch_size=64)
+    return DCGAN(DCGANConfig(**{**defaults, **cfg}))
