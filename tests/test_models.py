@@ -1,6 +1,6 @@
 """Every registered model, parametrised over the registry (a new model needs no new test code): it builds
-with its defaults, exports to a checked ONNX graph, and that graph agrees with torch in this runtime and in
-onnxruntime at batches 1, 7 and 256."""
+with its defaults, exports (each part of it, for a GAN) to a checked ONNX graph, and that graph agrees with
+torch in this runtime and in onnxruntime at batches 1, 7 and 256."""
 
 from __future__ import annotations
 
@@ -11,28 +11,45 @@ import torch
 
 import zoo
 from tests.conftest import assert_close, ort_run, runtime_run
-from zoo.export import IR_VERSION, export_onnx
+from zoo.export import IR_VERSION, export_onnx, model_part
 
 MODELS = zoo.list_models()
+# Widths cut down where the default (the paper's) would make a batch of 256 take minutes on 2 cores; the
+# architecture and every op stay the same. dcgan-64 at full width is built in test_gan.py.
+TEST_CONFIG = {"dcgan-64": dict(ngf=16, ndf=16)}
+# Looser agreement where outputs are sums of many thousands of float32 products (DCGAN at 64x64).
+ATOL = {"dcgan-64": 1e-4}
+
+
+def _cases():
+    for name in MODELS:
+        parts = list(zoo.create_model(name, **TEST_CONFIG.get(name, {})).export_parts()) or [None]
+        for part in parts:
+            yield pytest.param((name, part), id=f"{name}.{part}" if part else name)
+
+
+CASES = list(_cases())
 
 
 def test_registry_lists_the_lectures_models():
-    assert "sparse-ae" in MODELS and "sparse-ae-digits8" in MODELS
+    for name in ("sparse-ae", "sparse-ae-digits8", "dcgan-64", "dcgan-mnist", "cgen-mnist", "lenet-mnist"):
+        assert name in MODELS
     for name in MODELS:
         assert zoo.get_model_entry(name).description
 
 
-@pytest.fixture(scope="module", params=MODELS)
+@pytest.fixture(scope="module", params=CASES)
 def exported(request, tmp_path_factory):
+    name, part = request.param
     torch.manual_seed(0)
-    model = zoo.create_model(request.param).eval()
-    path = tmp_path_factory.mktemp(request.param) / "model.onnx"
-    report = export_onnx(model, path)
-    return model, path, report
+    model = zoo.create_model(name, **TEST_CONFIG.get(name, {})).eval()
+    path = tmp_path_factory.mktemp(name) / f"{part or 'model'}.onnx"
+    report = export_onnx(model, path, part=part)
+    return name, model_part(model, part), path, report
 
 
 def test_export_is_clean_and_checked(exported):
-    model, path, report = exported
+    name, model, path, report = exported
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     assert proto.ir_version == IR_VERSION <= 13
@@ -44,39 +61,54 @@ def test_export_is_clean_and_checked(exported):
     meta = {p.key: p.value for p in proto.metadata_props}
     for key in ("model", "config", "metrics", "source_commit", "input_range", "normalisation"):
         assert key in meta, key
+    assert meta["model"] == name
     assert not any(n.metadata_props for n in proto.graph.node), "exporter bookkeeping left in the graph"
-    assert report["max_abs_err_runtime_vs_torch"] <= 1e-5
-    assert report["max_abs_err_onnxruntime_vs_torch"] <= 1e-5
+    assert report["max_abs_err_runtime_vs_torch"] <= ATOL.get(name, 1e-5)
+    assert report["max_abs_err_onnxruntime_vs_torch"] <= ATOL.get(name, 1e-5)
+
+
+def _inputs(model, batch: int) -> np.ndarray:
+    shape = model.example_input(1)[0].shape[1:]
+    rng = np.random.default_rng(batch)
+    if model.input_names == ("class_code",):
+        return np.eye(shape[0], dtype=np.float32)[rng.integers(0, shape[0], batch)]
+    return rng.random((batch, *shape), dtype=np.float32)
 
 
 @pytest.mark.parametrize("batch", [1, 7, 256])
 def test_runtime_matches_onnxruntime_and_torch(exported, batch):
-    model, path, _ = exported
-    x = np.random.default_rng(batch).random((batch, *model.example_input(1)[0].shape[1:]), dtype=np.float32)
+    name, model, path, _ = exported
+    x = _inputs(model, batch)
     feed = {model.input_names[0]: x}
-    expected = ort_run(str(path), feed)
     got = runtime_run(str(path), feed)
-    assert_close(got, expected)
+    assert_close(got, ort_run(str(path), feed), atol=ATOL.get(name, 1e-5))
     with torch.no_grad():
-        reference = [t.numpy() for t in model(torch.from_numpy(x))]
-    assert_close(got, reference)
+        reference = model(torch.from_numpy(x))
+    reference = [t.numpy() for t in (reference if isinstance(reference, tuple) else (reference,))]
+    assert_close(got, reference, atol=ATOL.get(name, 1e-5))
 
 
 def test_test_data_set_beside_the_export(exported):
-    model, path, _ = exported
+    name, model, path, _ = exported
     folder = path.parent / path.stem / "test_data_set_0"
     x = onnx.numpy_helper.to_array(onnx.load_tensor(str(folder / "input_0.pb")))
     outputs = [
         onnx.numpy_helper.to_array(onnx.load_tensor(str(folder / f"output_{k}.pb")))
         for k in range(len(model.output_names))
     ]
-    assert_close(runtime_run(str(path), {model.input_names[0]: x}), outputs)
+    assert_close(runtime_run(str(path), {model.input_names[0]: x}), outputs, atol=ATOL.get(name, 1e-5))
 
 
 def test_export_refuses_to_overwrite(exported, tmp_path):
-    model, _, _ = exported
+    name, model, _, _ = exported
     target = tmp_path / "taken.onnx"
     target.write_bytes(b"user data")
     with pytest.raises(zoo.ZooError, match="already exists"):
-        export_onnx(model, target)
+        export_onnx(zoo.create_model(name, **TEST_CONFIG.get(name, {})), target, part=None)
     assert target.read_bytes() == b"user data"
+
+
+def test_export_names_the_parts_when_none_is_chosen():
+    model = zoo.create_model("dcgan-mnist", ngf=8, ndf=8)
+    with pytest.raises(zoo.ZooError, match="generator, discriminator"):
+        export_onnx(model, "unused.onnx")

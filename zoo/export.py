@@ -127,6 +127,9 @@ def export_onnx(
         **model.onnx_metadata(),
     }
     onnx.helper.set_model_props(proto, meta)
+    for v in (*proto.graph.input, *proto.graph.output):
+        if not v.type.tensor_type.shape.dim[0].dim_param:
+            raise ZooError(f"the export fixed the batch dimension of '{v.name}'; the model must not depend on len(x)")
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:

@@ -43,7 +43,7 @@ class ClassConditionalGenerator(ZooModel):
 
     def forward(self, class_code: torch.Tensor) -> torch.Tensor:
         # class_code: (N, classes) one-hot -> image: (N, 1, H, W) in [0, 1]
-        return self.net(class_code).reshape(len(class_code), 1, *self.config.image_size)
+        return self.net(class_code).reshape(-1, 1, *self.config.image_size)  # -1 keeps the batch dynamic
 
     def codes(self, labels: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.one_hot(labels, self.config.classes).float()  # (N, classes)
