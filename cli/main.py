@@ -385,6 +385,33 @@ def sample(model, count, seed, backend, interpolate, steps, classes, out_path, f
 
 
 @cli.command()
+@click.option("--models", default=None, help="Comma-separated shipped weights or model names [all shipped].")
+@click.option("--batch", "batches", default="1,64", help="Comma-separated batch sizes.")
+@click.option("--backend", type=click.Choice(["cpu", "cuda"]), default="cpu", help="This runtime's backend.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for every runner [all cores].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write every figure here.")
+@click.option("--cold/--no-cold", default=True, help="Also time a fresh process's first result.")
+@click.option("--weights-dir", type=click.Path(file_okay=False), default=None, help="Where the ONNX files are.")
+def bench(models, batches, backend, threads, json_path, cold, weights_dir):
+    """Time this runtime against onnxruntime (and PyTorch, onnx.reference) on the shipped ONNX files."""
+    from zoo.bench import run_bench, shipped_cases, write_json
+
+    try:
+        sizes = [int(b) for b in batches.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"'{batches}' is not a comma-separated list of integers", param_hint="--batch"
+        ) from None
+    names = models.split(",") if models else None
+    cases = shipped_cases(Path(weights_dir or weights_dir_default()), sizes, names)
+    if not cases:
+        raise click.BadParameter(f"no shipped ONNX file matches {models!r}", param_hint="--models")
+    report = run_bench(cases, backend=backend, threads=threads, cold=cold, log=click.echo)
+    if json_path:
+        click.echo(f"wrote {write_json(report, json_path)}")
+
+
+@cli.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/demo", help="Output folder.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, help="Training epochs for the demo model.")
 @click.option("--seed", type=int, default=0, help="Training seed.")

@@ -1,0 +1,267 @@
+"""``zoo bench``: this runtime against onnxruntime (and PyTorch eager, and onnx.reference on small models) on
+the same ONNX files in one process, with equal thread counts.
+
+Method: each runner is warmed up, then the runners take turns (A B C A B C ...) so that drifts of the machine
+hit all alike; each reports the median of its runs, and the ratio of medians to onnxruntime. Cold start (time
+to the first result in a fresh process, Numba cache empty and then warm) is measured in subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REFERENCE_MAX_PARAMS = 1_000_000  # onnx.reference is an interpreter: only on small models
+
+
+@dataclass
+class Case:
+    name: str
+    onnx_path: Path
+    batch: int
+    checkpoint: Path | None = None  # for the PyTorch eager runner
+    part: str | None = None
+    feed: dict = field(default_factory=dict)
+
+
+def _feed_for(onnx_path: Path, batch: int, seed: int = 0) -> dict:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    init = {t.name for t in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for v in model.graph.input:
+        if v.name in init:
+            continue
+        shape = [batch if not d.HasField("dim_value") else d.dim_value for d in v.type.tensor_type.shape.dim]
+        if v.name == "class_code":
+            feed[v.name] = np.eye(shape[1], dtype=np.float32)[rng.integers(0, shape[1], batch)]
+        elif v.name == "z":
+            feed[v.name] = rng.standard_normal(shape).astype(np.float32)
+        else:
+            feed[v.name] = rng.random(shape, dtype=np.float32)
+    return feed
+
+
+def shipped_cases(weights_dir: Path, batches: list[int], models: list[str] | None) -> list[Case]:
+    from zoo.cards import load_cards
+
+    cases = []
+    for card in load_cards(weights_dir):
+        if models and card["name"] not in models and card["model"] not in models:
+            continue
+        for file in card["files"]:
+            if not file.endswith(".onnx"):
+                continue
+            parts = file[: -len(".onnx")].split(".")
+            part = parts[1] if len(parts) > 1 else None
+            for b in batches:
+                path = weights_dir / file
+                label = f"{card['name']}.{part}" if part else card["name"]
+                cases.append(
+                    Case(label, path, b, weights_dir / f"{card['name']}.safetensors", part, _feed_for(path, b))
+                )
+    return cases
+
+
+def _torch_runner(case: Case, threads: int):
+    import torch
+
+    from zoo.checkpoint import load_checkpoint
+    from zoo.export import model_part
+
+    torch.set_num_threads(threads)
+    model, _ = load_checkpoint(case.checkpoint)
+    module = model_part(model, case.part).eval()
+    tensors = [torch.from_numpy(v) for v in case.feed.values()]
+
+    def run():
+        with torch.inference_mode():
+            return module(*tensors)
+
+    return run
+
+
+def _param_count(onnx_path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+
+
+def runners_for(case: Case, backend: str, threads: int) -> dict:
+    import onnxruntime as ort
+
+    import runtime
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    providers = ["CUDAExecutionProvider"] if backend == "cuda" else ["CPUExecutionProvider"]
+    ort_sess = ort.InferenceSession(str(case.onnx_path), so, providers=providers)
+    ours = runtime.InferenceSession(str(case.onnx_path), backend=backend)
+    out = {
+        "onnxruntime": lambda: ort_sess.run(None, case.feed),
+        f"runtime-{backend}": lambda: ours.run(None, case.feed),
+    }
+    if case.checkpoint is not None and case.checkpoint.is_file():
+        try:
+            out["torch"] = _torch_runner(case, threads)
+        except ImportError:
+            pass
+    if case.batch == 1 and _param_count(case.onnx_path) <= REFERENCE_MAX_PARAMS:
+        from onnx.reference import ReferenceEvaluator
+
+        ref = ReferenceEvaluator(str(case.onnx_path))
+        out["onnx.reference"] = lambda: ref.run(None, case.feed)
+    return out
+
+
+def time_alternating(runners: dict, min_runs: int = 15, max_runs: int = 400, min_seconds: float = 1.0) -> dict:
+    """Warm each runner up, then run them in turn until each has min_runs and min_seconds of runs."""
+    for fn in runners.values():
+        fn()
+        fn()
+    times = {k: [] for k in runners}
+    start = time.perf_counter()
+    while True:
+        for k, fn in runners.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+        n = len(next(iter(times.values())))
+        if n >= max_runs or (n >= min_runs and time.perf_counter() - start >= min_seconds):
+            return times
+
+
+def peak_memory_mb(fn) -> float:
+    """Peak of NumPy-tracked allocations during one call (tracemalloc sees NumPy's buffers)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+COLD_START = """
+import sys, time, numpy as np
+t0 = time.perf_counter()
+import runtime
+sess = runtime.InferenceSession(sys.argv[1], backend=sys.argv[2])
+feed = dict(np.load(sys.argv[3]))
+sess.run(None, feed)
+print(time.perf_counter() - t0)
+"""
+
+
+def cold_start(case: Case, backend: str, threads: int) -> dict:
+    """Seconds from `import runtime` to the first result in a fresh process: Numba cache empty, then warm."""
+    with tempfile.TemporaryDirectory() as tmp:
+        feed_file = Path(tmp) / "feed.npz"
+        np.savez(feed_file, **case.feed)
+        env = {**os.environ, "NUMBA_CACHE_DIR": str(Path(tmp) / "numba-cache"), "NUMBA_NUM_THREADS": str(threads)}
+        result = {}
+        for label in ("empty_cache_s", "warm_cache_s"):
+            done = subprocess.run(
+                [sys.executable, "-c", COLD_START, str(case.onnx_path), backend, str(feed_file)],
+                env=env, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr.strip().splitlines()[-1])
+            result[label] = float(done.stdout.strip().splitlines()[-1])
+        return result
+
+
+def machine_info(threads: int) -> dict:
+    import numba
+    import onnx
+    import onnxruntime
+
+    info = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [f"{p['internal_api']} {p.get('architecture', '')}" for p in threadpool_info()]
+    except ImportError:
+        pass
+    return info
+
+
+def run_bench(
+    cases: list[Case], backend: str = "cpu", threads: int | None = None, cold: bool = True, log=print
+) -> dict:
+    import numba
+
+    threads = threads or os.cpu_count() or 1
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+    report = {"machine": machine_info(threads), "backend": backend, "results": []}
+    ours = f"runtime-{backend}"
+    for case in cases:
+        runners = runners_for(case, backend, threads)
+        times = time_alternating(runners)
+        medians = {k: statistics.median(v) for k, v in times.items()}
+        row = {
+            "model": case.name,
+            "batch": case.batch,
+            "runs": len(times[ours]),
+            "median_ms": {k: v * 1e3 for k, v in medians.items()},
+            "ratio_to_onnxruntime": {k: v / medians["onnxruntime"] for k, v in medians.items()},
+            "peak_numpy_alloc_mb": peak_memory_mb(runners[ours]),
+        }
+        if cold and case.batch == min(c.batch for c in cases if c.name == case.name):
+            row["cold_start"] = cold_start(case, backend, threads)
+        report["results"].append(row)
+        log(_format_row(row, ours))
+    return report
+
+
+def _format_row(row: dict, ours: str) -> str:
+    m, r = row["median_ms"], row["ratio_to_onnxruntime"]
+    others = "  ".join(f"{k} {m[k]:.3f} ms ({r[k]:.2f}x)" for k in m if k not in (ours, "onnxruntime"))
+    cold = row.get("cold_start")
+    cold_text = f"  cold {cold['empty_cache_s']:.2f}/{cold['warm_cache_s']:.2f} s" if cold else ""
+    return (
+        f"{row['model']:<28} b={row['batch']:<4} {ours} {m[ours]:.3f} ms  onnxruntime {m['onnxruntime']:.3f} ms  "
+        f"ratio {r[ours]:.2f}  {others}{cold_text}"
+    )
+
+
+def write_json(report: dict, path) -> Path:
+    from zoo.io import atomic_write
+
+    return atomic_write(path, (json.dumps(report, indent=2) + "\n").encode())
