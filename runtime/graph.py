@@ -17,8 +17,8 @@ from onnx import numpy_helper
 from runtime.errors import InvalidModel, UnsupportedOp
 from runtime.ops import OPS, OpDef, supported_ops
 
-# Default-domain opsets whose semantics the ops follow (the newest definition of each op up to 23).
-MIN_OPSET, MAX_OPSET = 7, 23
+# Default-domain opsets whose semantics the ops follow (the newest definition of each op up to 25).
+MIN_OPSET, MAX_OPSET = 7, 25
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 ONNX_TYPE_NAMES = {
