@@ -117,6 +117,9 @@ def _tensor_to_array(t: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
 
 
 def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
+    kind = v.type.WhichOneof("value")
+    if kind not in ("tensor_type", None):
+        raise UnsupportedOp(f"graph input/output '{v.name}' is of {kind.replace('_type', '')} type; only tensors are supported")
     tt = v.type.tensor_type
     shape = []
     for d in tt.shape.dim:
