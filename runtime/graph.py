@@ -119,7 +119,8 @@ def _tensor_to_array(t: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
 def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
     kind = v.type.WhichOneof("value")
     if kind not in ("tensor_type", None):
-        raise UnsupportedOp(f"graph input/output '{v.name}' is of {kind.replace('_type', '')} type; only tensors are supported")
+        what = kind.replace("_type", "")
+        raise UnsupportedOp(f"graph input/output '{v.name}' is of {what} type; only tensors are supported")
     tt = v.type.tensor_type
     shape = []
     for d in tt.shape.dim:
@@ -226,6 +227,8 @@ def build_graph(model: onnx.ModelProto, base_dir: str | None, backend: str) -> G
                 f"{node.describe()} has {len(node.inputs)} inputs; "
                 f"this runtime's {p.op_type} takes at most {op.max_inputs}"
             )
+        if op.wants_outputs:
+            node.attrs["_outputs"] = tuple(bool(o) for o in node.outputs)
         node.op = op
         nodes.append(node)
     available = {v.name for v in inputs} | set(initializers)

@@ -21,7 +21,8 @@ class ZooBackendRep(BackendRep):
         if isinstance(inputs, np.ndarray):
             inputs = [inputs]
         names = [i.name for i in self.session.get_inputs()]
-        return tuple(self.session.run(None, dict(zip(names, inputs))))
+        # the official tests feed NumPy scalars (np.float32) as well as arrays
+        return tuple(self.session.run(None, {n: np.asarray(x) for n, x in zip(names, inputs)}))
 
 
 class ZooBackend(Backend):

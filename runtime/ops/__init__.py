@@ -24,7 +24,10 @@ class OpDef:
         self.domain = domain
         self.impl: dict[str, Callable] = {"cpu": fn}
         params = inspect.signature(fn).parameters.values()
-        self.attributes = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+        # An op with optional outputs (MaxPool's Indices) takes the keyword ``_outputs``: a tuple of booleans
+        # saying which of its outputs the node uses, so it need not compute the others.
+        self.wants_outputs = any(p.name == "_outputs" for p in params)
+        self.attributes = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name != "_outputs"}
         self.max_inputs = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
         self.variadic = any(p.kind is p.VAR_POSITIONAL for p in params)
 

@@ -10,15 +10,16 @@ import math
 import numba
 import numpy as np
 
-# Activation codes used by the fused epilogues (CPU and CUDA share them).
-ACTIVATIONS = {"": 0, "Sigmoid": 1, "Relu": 2, "Tanh": 3}
+# Activation codes used by the fused epilogues (CPU and CUDA share them). LeakyRelu takes its ``alpha``.
+ACTIVATIONS = {"": 0, "Sigmoid": 1, "Relu": 2, "Tanh": 3, "LeakyRelu": 4}
+LEAKY_RELU_ALPHA = 0.01  # ONNX's default
 
 # Below this many elements a parallel loop costs more in thread start-up than it saves.
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
 @numba.njit(inline="always")
-def activate(v, activation):
+def activate_alpha(v, activation, alpha):
     if activation == 1:
         # exp(-v) overflows to inf for v < -88 and 1/inf is the exact limit 0; NaN stays NaN.
         return 1.0 / (1.0 + math.exp(-v))
@@ -26,10 +27,18 @@ def activate(v, activation):
         return v if v >= 0 or v != v else 0.0  # max(v, 0) as onnxruntime: -0.0 stays, -inf gives 0
     if activation == 3:
         return math.tanh(v)
+    if activation == 4:
+        return v if v >= 0 else alpha * v  # as onnxruntime: -0.0 stays, NaN stays NaN
     return v
 
 
-def _bias_activation(y, bias, beta, activation):
+@numba.njit(inline="always")
+def activate(v, activation):
+    """``activate_alpha`` with LeakyRelu at its default alpha."""
+    return activate_alpha(v, activation, LEAKY_RELU_ALPHA)
+
+
+def _bias_activation(y, bias, beta, activation, alpha):
     # y: (M, N) written in place; bias: (Mb, Nb) with Mb in {1, M}, Nb in {1, N} (ONNX unidirectional broadcast)
     M, N = y.shape
     row_step = 1 if bias.shape[0] > 1 else 0
@@ -37,15 +46,15 @@ def _bias_activation(y, bias, beta, activation):
     for i in numba.prange(M):
         bi = i * row_step
         for j in range(N):
-            y[i, j] = activate(y[i, j] + beta * bias[bi, j * col_step], activation)
+            y[i, j] = activate_alpha(y[i, j] + beta * bias[bi, j * col_step], activation, alpha)
 
 
-def _activation(y, activation):
+def _activation(y, activation, alpha):
     # y: (M, N) in place
     M, N = y.shape
     for i in numba.prange(M):
         for j in range(N):
-            y[i, j] = activate(y[i, j], activation)
+            y[i, j] = activate_alpha(y[i, j], activation, alpha)
 
 
 _bias_activation_serial = numba.njit(cache=True)(_bias_activation)
@@ -54,23 +63,27 @@ _activation_serial = numba.njit(cache=True)(_activation)
 _activation_parallel = numba.njit(cache=True, parallel=True)(_activation)
 
 
-def bias_activation_(y: np.ndarray, bias: np.ndarray | None, beta: float, activation: int) -> np.ndarray:
-    """In place on the 2-D ``y``: ``y = act(y + beta * bias)``; ``bias`` is 2-D and broadcastable to ``y``."""
+def bias_activation_(
+    y: np.ndarray, bias: np.ndarray | None, beta: float, activation: int, alpha: float = LEAKY_RELU_ALPHA
+) -> np.ndarray:
+    """In place on the 2-D ``y``: ``y = act(y + beta * bias)``; ``bias`` is 2-D and broadcastable to ``y``;
+    ``alpha`` is LeakyRelu's slope (ignored by the other activations)."""
     parallel = y.size >= PARALLEL_MIN_ELEMENTS
+    alpha = y.dtype.type(alpha)
     if bias is None:
         if activation:
-            (_activation_parallel if parallel else _activation_serial)(y, activation)
+            (_activation_parallel if parallel else _activation_serial)(y, activation, alpha)
         return y
     fn = _bias_activation_parallel if parallel else _bias_activation_serial
-    fn(y, bias.astype(y.dtype, copy=False), y.dtype.type(beta), activation)
+    fn(y, bias.astype(y.dtype, copy=False), y.dtype.type(beta), activation, alpha)
     return y
 
 
-def unary_(x: np.ndarray, activation: int) -> np.ndarray:
+def unary_(x: np.ndarray, activation: int, alpha: float = LEAKY_RELU_ALPHA) -> np.ndarray:
     """A new array ``act(x)`` of any shape."""
     y = np.array(x, copy=True, order="C")
     if y.size == 0:
         return y
     y2 = y.reshape(-1, y.shape[-1] if y.ndim else 1)  # (rows, last) view of the copy
-    bias_activation_(y2, None, 0.0, activation)
+    bias_activation_(y2, None, 0.0, activation, alpha)
     return y

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import numpy as np
 from numba import cuda, float32
 
+from runtime.ops._cpu_kernels import LEAKY_RELU_ALPHA
+
 # One place for launch geometry; tests may patch these before a kernel is first compiled.
 THREADS_PER_BLOCK = 256
 TILE = 16  # GEMM tile edge: (TILE, TILE) threads per block, two (TILE, TILE) float32 tiles of shared memory
@@ -50,16 +52,24 @@ def grid_1d(n: int) -> int:
 
 
 @cuda.jit(device=True, inline=True)
-def activate(v, activation):
+def activate_alpha(v, activation, alpha):
     # Same codes as runtime.ops._cpu_kernels.ACTIVATIONS; NaN propagates (no fastmath). float32 constants keep
-    # the arithmetic in single precision on the device.
+    # the arithmetic in single precision on the device. ``alpha`` (float32) is LeakyRelu's slope.
     if activation == 1:
         return float32(1.0) / (float32(1.0) + math.exp(-v))
     if activation == 2:
         return v if v >= 0 or v != v else float32(0.0)  # max(v, 0): -0.0 stays, -inf gives 0
     if activation == 3:
         return math.tanh(v)
+    if activation == 4:
+        return v if v >= 0 else alpha * v  # -0.0 stays, NaN stays NaN
     return v
+
+
+@cuda.jit(device=True, inline=True)
+def activate(v, activation):
+    # activate_alpha with LeakyRelu at its ONNX default slope
+    return activate_alpha(v, activation, float32(LEAKY_RELU_ALPHA))
 
 
 def as_float32(x, what: str):

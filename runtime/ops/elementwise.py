@@ -1,5 +1,5 @@
-"""Element-wise ops: activations (Sigmoid, Relu, Tanh) as Numba kernels, and the broadcasting arithmetic
-ops (Add, Sub, Mul, Div) with NumPy's multidirectional broadcasting, which is ONNX's.
+"""Element-wise ops: activations (Sigmoid, Relu, Tanh, LeakyRelu) as Numba kernels, and the broadcasting
+arithmetic ops (Add, Sub, Mul, Div) with NumPy's multidirectional broadcasting, which is ONNX's.
 https://onnx.ai/onnx/operators/ (one page per op_type).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.ops import onnx_op
-from runtime.ops._cpu_kernels import ACTIVATIONS, unary_
+from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA, unary_
 
 
 @onnx_op
@@ -24,6 +24,11 @@ def Relu(X):
 @onnx_op
 def Tanh(X):
     return unary_(X, ACTIVATIONS["Tanh"])
+
+
+@onnx_op
+def LeakyRelu(X, *, alpha=LEAKY_RELU_ALPHA):
+    return unary_(X, ACTIVATIONS["LeakyRelu"], alpha)
 
 
 @onnx_op

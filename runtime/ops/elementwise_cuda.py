@@ -9,20 +9,20 @@ from numba import cuda
 
 from runtime.errors import InvalidFeed
 from runtime.ops import OPS
-from runtime.ops._cpu_kernels import ACTIVATIONS
-from runtime.ops._cuda_launch import THREADS_PER_BLOCK, activate, as_float32, grid_1d, kernel
+from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA
+from runtime.ops._cuda_launch import THREADS_PER_BLOCK, activate_alpha, as_float32, grid_1d, kernel
 
 MAX_RANK = 6
 BINARY_CODES = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3}
 
 
-@kernel("void(float32[::1], float32[::1], int32)")
-def _unary_kernel(x, y, activation):
+@kernel("void(float32[::1], float32[::1], int32, float32)")
+def _unary_kernel(x, y, activation, alpha):
     # x, y: (n,) flat views of contiguous tensors; consecutive threads touch consecutive elements
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for i in range(start, x.size, stride):
-        y[i] = activate(x[i], activation)
+        y[i] = activate_alpha(x[i], activation, alpha)
 
 
 @kernel("void(float32[::1], int64[::1], float32[::1], int64[::1], float32[::1], int64[::1], int32)")
@@ -52,11 +52,11 @@ def _binary_kernel(a, a_strides, b, b_strides, y, y_shape, op):
             y[i] = u / v
 
 
-def _unary(X, activation: int):
+def _unary(X, activation: int, alpha: float = LEAKY_RELU_ALPHA):
     as_float32(X, "activation")
     Y = cuda.device_array(X.shape, dtype=np.float32)
     n = X.size
-    _unary_kernel[grid_1d(n), THREADS_PER_BLOCK](X.reshape(n), Y.reshape(n), np.int32(activation))
+    _unary_kernel[grid_1d(n), THREADS_PER_BLOCK](X.reshape(n), Y.reshape(n), np.int32(activation), np.float32(alpha))
     return Y
 
 
@@ -108,6 +108,11 @@ def Relu(X):
 @OPS[("", "Tanh")].cuda
 def Tanh(X):
     return _unary(X, ACTIVATIONS["Tanh"])
+
+
+@OPS[("", "LeakyRelu")].cuda
+def LeakyRelu(X, *, alpha=LEAKY_RELU_ALPHA):
+    return _unary(X, ACTIVATIONS["LeakyRelu"], alpha)
 
 
 @OPS[("", "Add")].cuda

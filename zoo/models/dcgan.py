@@ -244,7 +244,7 @@ class DCGAN(ZooModel):
 
     @torch.no_grad()
     def evaluate(self, images: np.ndarray, labels=None) -> dict:
-        from zoo.evaluate import gan_metrics
+        from zoo.evaluate import gan_metrics, real_data_floor
 
         self.eval()
         real = self.to_model_space(torch.from_numpy(images))
@@ -257,7 +257,12 @@ class DCGAN(ZooModel):
             "d_fake_mean": float(d_fake.mean()),
             "d_accuracy": float(((d_real > 0.5).float().mean() + (d_fake < 0.5).float().mean()) / 2),
         }
-        metrics.update(gan_metrics(((fake + 1) / 2).squeeze(1).numpy(), images))
+        generated = ((fake + 1) / 2).squeeze(1).numpy()  # (M, S, S) in [0, 1] for grey digits
+        metrics.update(gan_metrics(generated, images))
+        if "fid" in metrics:  # what real digits score: the floor of the FID, the ceiling of the score
+            floor = real_data_floor()
+            metrics["floor_fid_train_vs_val"] = floor["fid_train_vs_val"]
+            metrics["floor_inception_score_val"] = floor["inception_score_val"]
         return metrics
 
     @torch.no_grad()
@@ -289,5 +294,5 @@ def dcgan_64(**cfg) -> DCGAN:
 @register_model
 def dcgan_mnist(**cfg) -> DCGAN:
     """DCGAN sized for the bundled 28x28 digits: z(100) -> 7x7x128 -> 14x14x64 -> 28x28x1."""
-    defaults = dict(ngf=64, ndf=64, nc=1, image_size=[28, 28], dataset="mnist", epochs=20, batch_size=64)
+    defaults = dict(ngf=64, ndf=64, nc=1, image_size=[28, 28], dataset="mnist", epochs=40, batch_size=64)
     return DCGAN(DCGANConfig(**{**defaults, **cfg}))

@@ -1,0 +1,280 @@
+"""MaxPool (with its optional ``Indices`` output) and AveragePool over 2-D (N, C, H, W) tensors, and over 1-D
+(N, C, L) ones as 2-D pools of (N, C, 1, L) (https://onnx.ai/onnx/operators/onnx__MaxPool.html,
+onnx__AveragePool.html).
+
+Output sizes and padding follow onnxruntime, our oracle, where it is more specific than the spec
+(``onnxruntime/core/providers/cpu/nn/pool_attributes.h``): SAME_* padding is computed from the kernel size
+without its dilation, the floor-mode division truncates toward zero, and in ceil mode a last window that would
+start inside the end padding is dropped (onnx/onnx#5741).
+
+MaxPool follows onnxruntime's kernel that also writes the indices: each window starts from its first in-bounds
+element in scan order and takes a later one only if it is strictly greater, so padding never wins, ties keep
+the first maximum, a NaN that comes first in its window stays and a later NaN is passed over. (onnxruntime's
+values-only MaxPool without dilation runs MLAS instead, whose NaN result depends on the SIMD width, and whose
+padding wins over -inf; we give every MaxPool the indexed kernel's values.) ``Indices`` are flattened over the
+whole tensor: ``(n·C + c)·H·W + h·W + w``, or ``... + h + w·H`` with storage_order=1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from runtime.errors import InvalidFeed, InvalidModel, UnsupportedOp
+from runtime.ops import onnx_op
+from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS
+
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Where each output element's window lies: window (oh, ow) reads rows ``oh·stride_h − pad_top + i·dilation_h``
+    (i < kernel_h) and the matching columns, skipping those outside the input. The kernels see the input as
+    ``planes`` (N·C, H, W) and write (N·C, out_h, out_w), which the op returns as ``out_shape``."""
+
+    planes: tuple[int, int, int]
+    out_shape: tuple[int, ...]
+    out_h: int
+    out_w: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    dilation_h: int
+    dilation_w: int
+    pad_top: int
+    pad_left: int
+    pad_bottom: int
+    pad_right: int
+
+    def kernel_args(self) -> tuple[int, ...]:
+        """The scalars the kernels take, in their order."""
+        return (self.kernel_h, self.kernel_w, self.stride_h, self.stride_w, self.dilation_h, self.dilation_w,
+                self.pad_top, self.pad_left, self.pad_bottom, self.pad_right)  # fmt: skip
+
+
+def _trunc_div(a: int, b: int) -> int:
+    """C++ integer division, which truncates toward zero (onnxruntime's)."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+def _ints(op_type: str, name: str, value, length: int, default: int) -> list[int]:
+    if value is None or len(value) == 0:
+        return [default] * length
+    if len(value) != length:
+        raise InvalidModel(f"{op_type}: '{name}' has {len(value)} values; expected {length}")
+    return [int(v) for v in value]
+
+
+def _axis_geometry(size, kernel, stride, dilation, pad_begin, pad_end, auto_pad, ceil_mode):
+    """(out, pad_begin, pad_end) along one spatial axis, as onnxruntime computes them."""
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # onnxruntime's "legacy" target size: the dilation does not enter the padding
+        target = _trunc_div(size + stride - 1, stride)
+        needed = (target - 1) * stride + kernel - size
+        pad_begin = _trunc_div(needed, 2) if auto_pad == "SAME_UPPER" else _trunc_div(needed + 1, 2)
+        pad_end = needed - pad_begin
+    elif auto_pad == "VALID":
+        pad_begin = pad_end = 0
+    numerator = size + pad_begin + pad_end - dilation * (kernel - 1) - 1
+    out = _trunc_div(numerator, stride) + 1
+    if ceil_mode:
+        out = -((-numerator) // stride) + 1
+        if (out - 1) * stride >= size + pad_begin:  # the last window would start in the end padding
+            out -= 1
+    return out, pad_begin, pad_end
+
+
+def pool_geometry(op_type: str, shape, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides) -> PoolGeometry:
+    """Check a pool's attributes against the input shape, (N, C, H, W) or (N, C, L), and compute its windows."""
+    if kernel_shape is None:
+        raise InvalidModel(f"{op_type} needs the 'kernel_shape' attribute")
+    spatial = len(shape) - 2
+    if spatial not in (1, 2) or len(kernel_shape) != spatial:
+        raise UnsupportedOp(
+            f"this runtime's {op_type} pools 1-D and 2-D inputs, (N, C, L) and (N, C, H, W), only; got input shape "
+            f"{tuple(shape)} and kernel_shape {list(kernel_shape)}"
+        )
+    if auto_pad not in AUTO_PADS:
+        raise InvalidModel(f"{op_type}: auto_pad '{auto_pad}' is not one of {', '.join(AUTO_PADS)}")
+    kernel = _ints(op_type, "kernel_shape", kernel_shape, spatial, 1)
+    stride = _ints(op_type, "strides", strides, spatial, 1)
+    dilation = _ints(op_type, "dilations", dilations, spatial, 1)
+    pad = _ints(op_type, "pads", pads, 2 * spatial, 0)
+    if spatial == 1:  # a unit H axis in front: every 1-D window is a 2-D window one row high
+        shape = (*shape[:2], 1, shape[2])
+        kernel, stride, dilation, pad = [1, *kernel], [1, *stride], [1, *dilation], [0, pad[0], 0, pad[1]]
+    kh, kw = kernel
+    sh, sw = stride
+    dh, dw = dilation
+    pt, pl, pb, pr = pad
+    if min(kh, kw, sh, sw, dh, dw) < 1:
+        raise InvalidModel(
+            f"{op_type}: kernel_shape {[kh, kw]}, strides {[sh, sw]} and dilations {[dh, dw]} must be positive"
+        )
+    if min(pt, pl, pb, pr) < 0 or max(pt, pb) >= kh or max(pl, pr) >= kw:
+        raise InvalidModel(f"{op_type}: pads {[pt, pl, pb, pr]} must be >= 0 and smaller than the kernel {[kh, kw]}")
+    N, C, H, W = shape
+    if (C == 0 or H == 0 or W == 0) and N != 0:
+        raise InvalidFeed(f"{op_type}: input shape {tuple(shape)} is empty; only N may be 0")
+    oh, pt, pb = _axis_geometry(H, kh, sh, dh, pt, pb, auto_pad, ceil_mode)
+    ow, pl, pr = _axis_geometry(W, kw, sw, dw, pl, pr, auto_pad, ceil_mode)
+    if oh < 0 or ow < 0:
+        raise InvalidFeed(
+            f"{op_type}: the dilated kernel {[kh, kw]} (dilations {[dh, dw]}) does not fit the padded input "
+            f"{(H, W)}; output size {(oh, ow)}"
+        )
+    out_shape = (N, C, oh, ow) if spatial == 2 else (N, C, ow)
+    return PoolGeometry((N * C, H, W), out_shape, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr)
+
+
+def lowest(dtype: np.dtype):
+    """The value of a window with no element inside the input (onnxruntime's ``numeric_limits::lowest``)."""
+    return np.finfo(dtype).min if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+# --- kernels ------------------------------------------------------------------------------------------------
+
+
+@numba.njit(inline="always")
+def _taps(start, dilation, kernel, size):
+    """The taps [lo, hi) of a window whose tap t sits at start + t·dilation: those inside [0, size)."""
+    lo = 0 if start >= 0 else (dilation - 1 - start) // dilation
+    hi = min(kernel, (size - 1 - start) // dilation + 1)
+    return lo, max(lo, hi)
+
+
+def _max_pool(x, y, indices, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, lowest_value, column_major, with_indices):
+    # x: (P, H, W), the N·C planes; y, indices: (P, OH, OW); indices is not touched unless with_indices.
+    # Each window starts from its first in-bounds element; a window with none keeps lowest_value and (-1, -1).
+    P, H, W = x.shape
+    OH, OW = y.shape[1], y.shape[2]
+    for row in numba.prange(P * OH):
+        p = row // OH
+        oh = row - p * OH
+        h0 = oh * sh - pt
+        i_lo, i_hi = _taps(h0, dh, kh, H)
+        for ow in range(OW):
+            w0 = ow * sw - pl
+            j_lo, j_hi = _taps(w0, dw, kw, W)
+            best = lowest_value
+            best_h = -1
+            best_w = -1
+            if i_lo < i_hi and j_lo < j_hi:
+                best_h = h0 + i_lo * dh
+                best_w = w0 + j_lo * dw
+                best = x[p, best_h, best_w]
+                for i in range(i_lo, i_hi):
+                    h = h0 + i * dh
+                    for j in range(j_lo, j_hi):
+                        v = x[p, h, w0 + j * dw]
+                        if v > best:  # strictly greater: ties keep the first, NaN never replaces
+                            best = v
+                            best_h = h
+                            best_w = w0 + j * dw
+            y[p, oh, ow] = best
+            if with_indices:
+                plane = p * H * W
+                indices[p, oh, ow] = plane + (best_h + best_w * H if column_major else best_h * W + best_w)
+
+
+def _average_pool(x, y, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, zero, count_include_pad):
+    # x: (P, H, W); y: (P, OH, OW). With count_include_pad the divisor counts the window's taps inside the padded
+    # input (not those a ceil-mode window has beyond it); without, only those summed. As in onnxruntime, the taps
+    # stop at the padded end even when that is inside the input (a negative end pad from SAME_*), and the sum
+    # starts from ``zero``, of x's dtype, so that it runs in x's precision.
+    P, H, W = x.shape
+    OH, OW = y.shape[1], y.shape[2]
+    for row in numba.prange(P * OH):
+        p = row // OH
+        oh = row - p * OH
+        h0 = oh * sh - pt
+        i_lo, i_hi = _taps(h0, dh, kh, min(H, H + pb))
+        padded_rows = min(kh, (H + pb - 1 - h0) // dh + 1)  # taps inside the padded input
+        for ow in range(OW):
+            w0 = ow * sw - pl
+            j_lo, j_hi = _taps(w0, dw, kw, min(W, W + pr))
+            acc = zero
+            for i in range(i_lo, i_hi):
+                h = h0 + i * dh
+                for j in range(j_lo, j_hi):
+                    acc += x[p, h, w0 + j * dw]
+            if count_include_pad:
+                count = padded_rows * min(kw, (W + pr - 1 - w0) // dw + 1)
+            else:
+                count = (i_hi - i_lo) * (j_hi - j_lo)
+            y[p, oh, ow] = acc / count if count > 0 else acc
+
+
+_max_pool_serial = numba.njit(cache=True)(_max_pool)
+_max_pool_parallel = numba.njit(cache=True, parallel=True)(_max_pool)
+_average_pool_serial = numba.njit(cache=True)(_average_pool)
+_average_pool_parallel = numba.njit(cache=True, parallel=True)(_average_pool)
+
+
+def max_pool(X: np.ndarray, g: PoolGeometry, storage_order: int, with_indices: bool):
+    """(Y, Indices) of a MaxPool; Indices is None unless ``with_indices``."""
+    y = np.empty((g.planes[0], g.out_h, g.out_w), dtype=X.dtype)
+    indices = np.empty(y.shape if with_indices else (1, 1, 1), dtype=np.int64)
+    if y.size:
+        parallel = y.size * g.kernel_h * g.kernel_w >= PARALLEL_MIN_ELEMENTS
+        fn = _max_pool_parallel if parallel else _max_pool_serial
+        x = np.ascontiguousarray(X).reshape(g.planes)
+        fn(x, y, indices, *g.kernel_args(), X.dtype.type(lowest(X.dtype)), storage_order == 1, with_indices)
+    return y.reshape(g.out_shape), (indices.reshape(g.out_shape) if with_indices else None)
+
+
+def average_pool(X: np.ndarray, g: PoolGeometry, count_include_pad: int) -> np.ndarray:
+    y = np.empty((g.planes[0], g.out_h, g.out_w), dtype=X.dtype)
+    if y.size:
+        parallel = y.size * g.kernel_h * g.kernel_w >= PARALLEL_MIN_ELEMENTS
+        fn = _average_pool_parallel if parallel else _average_pool_serial
+        fn(np.ascontiguousarray(X).reshape(g.planes), y, *g.kernel_args(), X.dtype.type(0), bool(count_include_pad))
+    return y.reshape(g.out_shape)
+
+
+def check_storage_order(storage_order) -> int:
+    if storage_order not in (0, 1):
+        raise InvalidModel(f"MaxPool: storage_order must be 0 (row-major) or 1 (column-major), got {storage_order}")
+    return int(storage_order)
+
+
+@onnx_op
+def MaxPool(
+    X,
+    *,
+    auto_pad="NOTSET",
+    ceil_mode=0,
+    dilations=None,
+    kernel_shape=None,
+    pads=None,
+    storage_order=0,
+    strides=None,
+    _outputs=(True, True),
+):
+    g = pool_geometry("MaxPool", X.shape, auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
+                      kernel_shape=kernel_shape, pads=pads, strides=strides)  # fmt: skip
+    with_indices = len(_outputs) > 1 and _outputs[1]
+    result = max_pool(X, g, check_storage_order(storage_order), with_indices=with_indices)
+    return result if with_indices else result[0]
+
+
+@onnx_op
+def AveragePool(
+    X,
+    *,
+    auto_pad="NOTSET",
+    ceil_mode=0,
+    count_include_pad=0,
+    dilations=None,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+):
+    g = pool_geometry("AveragePool", X.shape, auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
+                      kernel_shape=kernel_shape, pads=pads, strides=strides)  # fmt: skip
+    return average_pool(X, g, count_include_pad)
