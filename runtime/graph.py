@@ -154,6 +154,10 @@ def _constant_value(node: Node) -> np.ndarray:
     return np.array(value, dtype=dtypes[key])
 
 
+def _default_opset(model: onnx.ModelProto) -> int:
+    return max((imp.version for imp in model.opset_import if imp.domain in DEFAULT_DOMAINS), default=MAX_OPSET)
+
+
 def _check_opsets(model: onnx.ModelProto) -> None:
     for imp in model.opset_import:
         if imp.domain in DEFAULT_DOMAINS:
@@ -226,6 +230,11 @@ def build_graph(model: onnx.ModelProto, base_dir: str | None, backend: str) -> G
             raise UnsupportedOp(
                 f"{node.describe()} has {len(node.inputs)} inputs; "
                 f"this runtime's {p.op_type} takes at most {op.max_inputs}"
+            )
+        if domain == "" and _default_opset(model) < op.since:
+            raise UnsupportedOp(
+                f"{node.describe()}: this runtime implements {p.op_type} as defined since opset {op.since}; "
+                f"the model uses opset {_default_opset(model)}, where it means something else"
             )
         if op.wants_outputs:
             node.attrs["_outputs"] = tuple(bool(o) for o in node.outputs)

@@ -122,8 +122,11 @@ class InferenceSession:
         for step, node in enumerate(self._graph.nodes):
             args = [values[i] if i else None for i in node.inputs]
             start = time.perf_counter() if self._trace else 0.0
+            impl = node.op.impl[self.backend]
+            if self.backend == "cuda" and all(a is None or isinstance(a, np.ndarray) for a in args):
+                impl = node.op.impl["cpu"]  # host-resident tensors (integers, shapes, empties) stay on the host
             try:
-                result = node.op.impl[self.backend](*args, **node.attrs)
+                result = impl(*args, **node.attrs)
             except ZooRuntimeError as e:
                 raise type(e)(f"{node.describe()}: {e}") from None
             results = result if isinstance(result, tuple) else (result,)

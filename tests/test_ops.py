@@ -266,7 +266,6 @@ def matmul_case(a_shape, b_shape, *, const_b=False, dtype=F32, cpu_only="") -> C
 
 
 def matmul_cases() -> list[Case]:
-    nd = "the cuda MatMul takes 2-D @ 2-D and 3-D @ 2-D only"
     return [
         matmul_case((3, 5), (5, 4)),
         matmul_case((20, 18), (18, 7)),
@@ -274,11 +273,12 @@ def matmul_cases() -> list[Case]:
         matmul_case((2, 7), (7, 6), const_b=True),
         matmul_case((2, 3, 6), (6, 5), const_b=True),  # 6 stacked rows: skinny kernel
         matmul_case((3, 7, 10), (10, 6)),  # 21 stacked rows: tiled kernel
-        matmul_case((2, 1, 3, 4), (5, 4, 6), cpu_only=nd),  # batch dimensions broadcast
-        matmul_case((3, 4), (2, 4, 5), cpu_only=nd),
-        matmul_case((2, 3, 4), (2, 4, 5), cpu_only=nd),
-        matmul_case((4,), (4, 3), cpu_only=nd),
-        matmul_case((2, 3, 4), (4,), cpu_only=nd),
+        matmul_case((2, 1, 3, 4), (5, 4, 6)),  # batch dimensions broadcast
+        matmul_case((3, 4), (2, 4, 5)),
+        matmul_case((2, 3, 4), (2, 4, 5)),
+        matmul_case((4,), (4, 3)),
+        matmul_case((2, 3, 4), (4,)),
+        matmul_case((4,), (4,)),
         matmul_case((6, 5), (5, 3), dtype=F64),
     ]
 

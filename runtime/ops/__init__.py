@@ -19,9 +19,10 @@ BACKENDS = ("cpu", "cuda")
 class OpDef:
     """One ONNX op_type and its implementation on each backend."""
 
-    def __init__(self, fn: Callable, domain: str = ""):
+    def __init__(self, fn: Callable, domain: str = "", since: int = 1):
         self.op_type = fn.__name__
         self.domain = domain
+        self.since = since  # the oldest default-domain opset whose semantics the function implements
         self.impl: dict[str, Callable] = {"cpu": fn}
         params = inspect.signature(fn).parameters.values()
         # An op with optional outputs (MaxPool's Indices) takes the keyword ``_outputs``: a tuple of booleans
@@ -43,11 +44,12 @@ class OpDef:
 OPS: dict[tuple[str, str], OpDef] = {}
 
 
-def onnx_op(fn: Callable | None = None, *, domain: str = ""):
-    """Register a CPU op function under its own name as the ONNX op_type (in ``domain``)."""
+def onnx_op(fn: Callable | None = None, *, domain: str = "", since: int = 1):
+    """Register a CPU op function under its own name as the ONNX op_type (in ``domain``); ``since``: the oldest
+    opset with the semantics it implements (older models using the op are refused at load)."""
 
     def register(f: Callable) -> OpDef:
-        op = OpDef(f, domain)
+        op = OpDef(f, domain, since)
         OPS[(domain, op.op_type)] = op
         return op
 

@@ -13,6 +13,7 @@ import math
 import numpy as np
 from numba import cuda, float32
 
+from runtime.errors import InvalidFeed
 from runtime.ops import OPS
 from runtime.ops._cpu_kernels import ACTIVATIONS
 from runtime.ops._cuda_launch import SKINNY_MAX_ROWS, THREADS_PER_BLOCK, TILE, activate, as_float32, kernel
@@ -84,12 +85,13 @@ def _gemm_skinny_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activ
     _store(Y, row, col, acc, C, alpha, beta, has_bias, activation)
 
 
-def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation=0):
-    """Y = act(alpha * op(A) @ op(B) + beta * C) on the device; A, B, C are float32 device arrays."""
+def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation=0, out=None):
+    """Y = act(alpha * op(A) @ op(B) + beta * C) on the device; A, B, C are float32 device arrays; ``out``, a
+    preallocated (M, N) device array (a slice of a batched result) to write into."""
     as_float32(A, "Gemm")
     as_float32(B, "Gemm")
     M, N, _ = gemm_shapes(A.shape, B.shape, transA, transB)
-    Y = cuda.device_array((M, N), dtype=np.float32)
+    Y = cuda.device_array((M, N), dtype=np.float32) if out is None else out
     C2 = bias_2d(C, M, N) if C is not None else cuda.device_array((1, 1), dtype=np.float32)
     if M <= SKINNY_MAX_ROWS:
         launch = _gemm_skinny_kernel[(math.ceil(N / THREADS_PER_BLOCK), M), THREADS_PER_BLOCK]
@@ -122,11 +124,33 @@ def FusedGemm(A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, activati
 
 @OPS[("", "MatMul")].cuda
 def MatMul(A, B):
-    if A.ndim == 2 and B.ndim == 2:
-        return fused_gemm(A, B)
-    if A.ndim == 3 and B.ndim == 2:  # (batch, M, K) @ (K, N): one GEMM over the stacked rows
-        Y = fused_gemm(A.reshape(A.shape[0] * A.shape[1], A.shape[2]), B)  # (batch*M, N)
-        return Y.reshape(A.shape[0], A.shape[1], B.shape[1])
-    from runtime.errors import InvalidFeed
-
-    raise InvalidFeed(f"the cuda MatMul takes 2-D @ 2-D or 3-D @ 2-D, got shapes {A.shape} and {B.shape}")
+    # NumPy's matmul semantics: a 1-D A is a row, a 1-D B a column, both removed from the result again
+    a = A.reshape(1, A.shape[0]) if A.ndim == 1 else A  # (..., M, K)
+    b = B.reshape(B.shape[0], 1) if B.ndim == 1 else B  # (..., K, N)
+    sa, sb = tuple(a.shape), tuple(b.shape)  # plain tuples: the simulator's shapes take no negative index
+    if sa[-1] != sb[-2]:
+        raise InvalidFeed(f"MatMul inner dimensions differ: shapes {tuple(A.shape)} and {tuple(B.shape)}")
+    M, K, N = sa[-2], sa[-1], sb[-1]
+    if len(sb) == 2:  # (..., M, K) @ (K, N): one GEMM over the stacked rows
+        Y = fused_gemm(a.reshape(a.size // K, K), b).reshape(*sa[:-1], N)
+    else:
+        try:
+            batch = np.broadcast_shapes(sa[:-2], sb[:-2])
+        except ValueError:
+            raise InvalidFeed(f"MatMul batch dimensions of {sa} and {sb} do not broadcast") from None
+        Y = cuda.device_array((*batch, M, N), dtype=np.float32)
+        a_batch = (1,) * (len(batch) - (len(sa) - 2)) + sa[:-2]
+        b_batch = (1,) * (len(batch) - (len(sb) - 2)) + sb[:-2]
+        a3 = a.reshape(*a_batch, M, K)
+        b3 = b.reshape(*b_batch, K, N)
+        y3 = Y.reshape(max(1, int(np.prod(batch))), M, N)
+        for k, idx in enumerate(np.ndindex(*batch)):  # one launch per matrix of the broadcast batch
+            ia = tuple(i if d > 1 else 0 for i, d in zip(idx, a_batch))
+            ib = tuple(i if d > 1 else 0 for i, d in zip(idx, b_batch))
+            fused_gemm(a3[ia] if ia else a3, b3[ib] if ib else b3, out=y3[k])
+    sy = tuple(Y.shape)
+    if A.ndim == 1:
+        sy = sy[:-2] + (N,)
+    if B.ndim == 1:
+        sy = sy[:-1]
+    return Y.reshape(sy)

@@ -124,11 +124,11 @@ def softmax(X: np.ndarray, axis: int, log: bool, op_type: str) -> np.ndarray:
     return y
 
 
-@onnx_op
+@onnx_op(since=13)
 def Softmax(input, *, axis=-1):
     return softmax(input, axis, False, "Softmax")
 
 
-@onnx_op
+@onnx_op(since=13)
 def LogSoftmax(input, *, axis=-1):
     return softmax(input, axis, True, "LogSoftmax")
