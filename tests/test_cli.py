@@ -221,3 +221,39 @@ def test_publish_writes_card_and_manifest(trained, tmp_path):
     )
     result = CliRunner().invoke(cli, ["publish", str(out), "--name", "tiny", "--weights-dir", str(tmp_path)])
     assert result.exit_code == 1 and "already exists" in result.output
+
+
+@pytest.mark.parametrize("model", ["dcgan-mnist", "cgen-mnist"])
+def test_sample_writes_a_grid_without_torch(model, tmp_path):
+    """`zoo sample` on a shipped generator in a process where torch cannot be imported; same seed, same PNG,
+    and the runtime's picture equals onnxruntime's to the last grey level."""
+    from PIL import Image
+
+    pictures = {}
+    for label, backend in (("a", "cpu"), ("b", "cpu"), ("ort", "ort")):
+        out = tmp_path / f"{label}.png"
+        code = (
+            "import sys; sys.modules['torch'] = None; from cli.main import cli; "
+            f"cli(['sample', {model!r}, '--n', '16', '--seed', '3', '--backend', {backend!r}, '--out', {str(out)!r}],"
+            " standalone_mode=False); assert sys.modules['torch'] is None"
+        )
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+        pictures[label] = np.asarray(Image.open(out))
+    assert (pictures["a"] == pictures["b"]).all()
+    assert np.abs(pictures["a"].astype(int) - pictures["ort"].astype(int)).max() <= 1
+    assert pictures["a"].std() > 10  # not a blank grid
+
+
+def test_sample_interpolates_between_two_points(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "row.png"
+    result = invoke("sample", "dcgan-mnist", "--interpolate", "--steps", 6, "--out", out)
+    assert result.exit_code == 0, result.output
+    picture = np.asarray(Image.open(out))
+    assert picture.shape[1] > 5 * picture.shape[0]  # one row of six images
+
+
+def test_sample_unknown_generator_lists_the_shipped_ones(tmp_path):
+    result = CliRunner().invoke(cli, ["sample", "nope", "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "dcgan-mnist" in result.output and not (tmp_path / "x.png").exists()

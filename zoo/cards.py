@@ -137,7 +137,7 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False) -> dict
     for p in shipped:
         manifest[str(p.relative_to(weights_dir))] = sha256_of(p)
     atomic_write(weights_dir / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    picture = run_dir / "receptive_fields.png"
-    if picture.is_file():
-        atomic_write(weights_dir / f"{name}.receptive_fields.png", picture.read_bytes(), overwrite=True)
+    for picture in map(Path, run.get("pictures", [])):  # the run's final figures travel with the weights
+        if picture.is_file():
+            atomic_write(weights_dir / f"{name}.{picture.name}", picture.read_bytes(), overwrite=True)
     return card

@@ -27,7 +27,8 @@ def training_curves(run: dict, path: Path) -> Path:
     for rows, prefix in ((run.get("train_history", []), "train "), (run["history"], "held-out ")):
         for row in rows:
             for k, v in row.items():
-                if k not in ("epoch", "seconds", "phase") and isinstance(v, (int, float)):
+                constant = k in ("epoch", "seconds", "phase") or k.startswith("floor_")
+                if not constant and isinstance(v, (int, float)):
                     series.setdefault(prefix + k, []).append((row["epoch"], float(v)))
     return save_png(path, line_plot(series, title=f"{run['model']}: per-epoch figures"))
 
