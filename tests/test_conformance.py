@@ -31,7 +31,6 @@ EXCLUDED_PATTERNS = {
     r"^test_(max|average)pool_3d": "3-D pooling is not supported (2-D and 1-D are)",
     r"^test_batchnorm_.*training_mode": "BatchNormalization in training mode is refused (inference runtime)",
     r"^test_squeezenet": "a whole model with ops this runtime does not claim",
-    r"^test_(conv|convtranspose)_3d|^test_convtranspose_3d": "3-D convolutions are not supported",
 }
 
 
