@@ -257,3 +257,20 @@ def test_sample_interpolates_between_two_points(tmp_path):
 def test_sample_unknown_generator_lists_the_shipped_ones(tmp_path):
     result = CliRunner().invoke(cli, ["sample", "nope", "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "dcgan-mnist" in result.output and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("part", ["generator", "discriminator"])
+def test_export_a_gan_part(part, tmp_path):
+    out = tmp_path / f"{part}.onnx"
+    weights = WEIGHTS / "dcgan-mnist.safetensors"
+    result = invoke("export", "dcgan-mnist", "--part", part, "--weights", weights, "--out", out)
+    assert result.exit_code == 0, result.output
+    shipped = WEIGHTS / f"dcgan-mnist.{part}.onnx"
+    from zoo.bench import _feed_for
+
+    feed = _feed_for(shipped, 3)
+    np.testing.assert_allclose(ort_run(str(out), feed)[0], ort_run(str(shipped), feed)[0], atol=1e-6, rtol=0)
+    result = CliRunner().invoke(
+        cli, ["export", "dcgan-mnist", "--weights", str(weights), "--out", str(tmp_path / "x.onnx")]
+    )
+    assert result.exit_code == 1 and "generator, discriminator" in result.output
