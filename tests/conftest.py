@@ -5,6 +5,7 @@ the ``cuda`` marker, whose tests run where a CUDA backend exists: a GPU, or NUMB
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,22 @@ def assert_close(got, expected, atol: float = ATOL):
         assert g.shape == e.shape, (g.shape, e.shape)
         assert g.dtype == e.dtype, (g.dtype, e.dtype)
         np.testing.assert_allclose(g, e, rtol=0, atol=atol, equal_nan=True)
+
+
+def case_rng(case_id: str) -> np.random.Generator:
+    """One fixed generator per test case, seeded from its id."""
+    return np.random.default_rng(zlib.crc32(case_id.encode()))
+
+
+def randn(rng, shape, dtype=np.float32, scale=1.0) -> np.ndarray:
+    return np.asarray(rng.standard_normal(shape) * scale, dtype=dtype)
+
+
+def sprinkle(rng, x: np.ndarray, values) -> np.ndarray:
+    """``x`` with ``values`` written at distinct random positions."""
+    flat = x.copy().reshape(-1)
+    flat[rng.choice(flat.size, size=len(values), replace=False)] = np.asarray(values, dtype=x.dtype)
+    return flat.reshape(x.shape)
 
 
 __all__ = ["TensorProto", "helper", "onnx"]

@@ -12,7 +12,6 @@ cases only too large for the simulator run on a real GPU only.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import runtime
-from tests.conftest import SIMULATED, assert_close, make_model, ort_run
+from tests.conftest import SIMULATED, assert_close, case_rng, make_model, ort_run, randn, sprinkle
 
 F32 = np.float32
 F64 = np.float64
@@ -45,22 +44,6 @@ class Case:
         if self.large and SIMULATED:
             return "too large for the CUDA simulator; runs on a real GPU"
         return ""
-
-
-def _rng(case_id: str) -> np.random.Generator:
-    """One fixed generator per case, seeded from its id."""
-    return np.random.default_rng(zlib.crc32(case_id.encode()))
-
-
-def _randn(rng, shape, dtype=F32, scale=1.0) -> np.ndarray:
-    return np.asarray(rng.standard_normal(shape) * scale, dtype=dtype)
-
-
-def _sprinkle(rng, x: np.ndarray, values) -> np.ndarray:
-    """``x`` with ``values`` written at distinct random positions."""
-    flat = x.copy().reshape(-1)
-    flat[rng.choice(flat.size, size=len(values), replace=False)] = np.asarray(values, dtype=x.dtype)
-    return flat.reshape(x.shape)
 
 
 def _case(
@@ -110,16 +93,16 @@ def gemm_case(
     parts += ["constB"] * const_b + ["constC"] * const_c + ["nonfinite"] * bias_specials
     parts += [np.dtype(dtype).name] * (dtype != F32)
     cid = "-".join([f"FusedGemm-{act}" if act else "Gemm", *parts])
-    rng = _rng(cid)
-    A = _randn(rng, (K, M) if transA else (M, K), dtype)
-    B = _randn(rng, (N, K) if transB else (K, N), dtype)
+    rng = case_rng(cid)
+    A = randn(rng, (K, M) if transA else (M, K), dtype)
+    B = randn(rng, (N, K) if transB else (K, N), dtype)
     inputs, inits = {"A": A}, {}
     (inits if const_b else inputs)["B"] = B
     names = ["A", "B"]
     if bias != "none":
-        C = _randn(rng, BIAS_SHAPES[bias](M, N), dtype)
+        C = randn(rng, BIAS_SHAPES[bias](M, N), dtype)
         if bias_specials:
-            C = _sprinkle(rng, C, SPECIALS[: min(C.size, 6)])
+            C = sprinkle(rng, C, SPECIALS[: min(C.size, 6)])
         (inits if const_c else inputs)["C"] = C
         names.append("C")
     attrs = {k: v for k, v in dict(alpha=alpha, beta=beta).items() if v is not None}
@@ -198,8 +181,8 @@ def gemm_graph_cases() -> list[Case]:
     cases = []
     cid = "FusedGemm-autoencoder"  # the sparse autoencoder's Gemm→Sigmoid→Gemm→Sigmoid, batch 4 and batch 20
     for batch in (4, 20):
-        rng = _rng(f"{cid}-{batch}")
-        w1, b1, w2, b2 = _randn(rng, (12, 30)), _randn(rng, (12,)), _randn(rng, (30, 12)), _randn(rng, (30,))
+        rng = case_rng(f"{cid}-{batch}")
+        w1, b1, w2, b2 = randn(rng, (12, 30)), randn(rng, (12,)), randn(rng, (30, 12)), randn(rng, (30,))
         nodes = [
             helper.make_node("Gemm", ["x", "w1", "b1"], ["h0"], transB=1),
             helper.make_node("Sigmoid", ["h0"], ["h"]),
@@ -207,47 +190,47 @@ def gemm_graph_cases() -> list[Case]:
             helper.make_node("Sigmoid", ["y0"], ["y"]),
         ]
         inits = {"w1": w1, "b1": b1, "w2": w2, "b2": b2}
-        cases.append(_case(f"{cid}-batch{batch}", nodes, {"x": _randn(rng, (batch, 30))}, inits,
+        cases.append(_case(f"{cid}-batch{batch}", nodes, {"x": randn(rng, (batch, 30))}, inits,
                            expect=["FusedGemm", "FusedGemm"]))  # fmt: skip
 
     cid = "FusedGemm-after-Flatten"
-    rng = _rng(cid)
+    rng = case_rng(cid)
     nodes = [
         helper.make_node("Flatten", ["x"], ["f"]),
         helper.make_node("Gemm", ["f", "w", "b"], ["g"], transB=1),
         helper.make_node("Tanh", ["g"], ["y"]),
     ]
-    inits = {"w": _randn(rng, (5, 24)), "b": _randn(rng, (5,))}
-    cases.append(_case(cid, nodes, {"x": _randn(rng, (3, 2, 3, 4))}, inits, expect=["Flatten", "FusedGemm"]))
+    inits = {"w": randn(rng, (5, 24)), "b": randn(rng, (5,))}
+    cases.append(_case(cid, nodes, {"x": randn(rng, (3, 2, 3, 4))}, inits, expect=["Flatten", "FusedGemm"]))
 
     cid = "Gemm-output-also-graph-output"  # the pre-activation value is wanted: no fusion
-    rng = _rng(cid)
+    rng = case_rng(cid)
     nodes = [helper.make_node("Gemm", ["a", "b"], ["g"]), helper.make_node("Relu", ["g"], ["y"])]
-    feed = {"a": _randn(rng, (3, 4)), "b": _randn(rng, (4, 5))}
+    feed = {"a": randn(rng, (3, 4)), "b": randn(rng, (4, 5))}
     cases.append(_case(cid, nodes, feed, outputs=("g", "y")))
 
     cid = "Gemm-two-readers"  # two activations read the Gemm: no fusion
-    rng = _rng(cid)
+    rng = case_rng(cid)
     nodes = [
         helper.make_node("Gemm", ["a", "b"], ["g"], transA=1),
         helper.make_node("Relu", ["g"], ["y"]),
         helper.make_node("Sigmoid", ["g"], ["z"]),
     ]
-    feed = {"a": _randn(rng, (4, 3)), "b": _randn(rng, (4, 5))}
+    feed = {"a": randn(rng, (4, 3)), "b": randn(rng, (4, 5))}
     cases.append(_case(cid, nodes, feed, outputs=("y", "z")))
 
     cid = "Gemm-after-Relu"  # an activation before the Gemm is not an epilogue
-    rng = _rng(cid)
+    rng = case_rng(cid)
     nodes = [helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Gemm", ["r", "b"], ["y"])]
-    cases.append(_case(cid, nodes, {"a": _randn(rng, (3, 4)), "b": _randn(rng, (4, 2))}))
+    cases.append(_case(cid, nodes, {"a": randn(rng, (3, 4)), "b": randn(rng, (4, 2))}))
 
     cid = "Gemm-shared-constant-weight"  # W read by a transB=1 Gemm and by a MatMul: both layouts must survive
-    rng = _rng(cid)
+    rng = case_rng(cid)
     nodes = [
         helper.make_node("Gemm", ["a", "w"], ["y"], transB=1),
         helper.make_node("MatMul", ["a", "w"], ["z"]),
     ]
-    cases.append(_case(cid, nodes, {"a": _randn(rng, (3, 6))}, {"w": _randn(rng, (6, 6))}, outputs=("y", "z")))
+    cases.append(_case(cid, nodes, {"a": randn(rng, (3, 6))}, {"w": randn(rng, (6, 6))}, outputs=("y", "z")))
     return cases
 
 
@@ -257,9 +240,9 @@ def gemm_graph_cases() -> list[Case]:
 def matmul_case(a_shape, b_shape, *, const_b=False, dtype=F32, cpu_only="") -> Case:
     cid = "MatMul-" + "x".join(map(str, a_shape)) + "@" + "x".join(map(str, b_shape))
     cid += "-constB" * const_b + f"-{np.dtype(dtype).name}" * (dtype != F32)
-    rng = _rng(cid)
-    inputs, inits = {"A": _randn(rng, a_shape, dtype)}, {}
-    (inits if const_b else inputs)["B"] = _randn(rng, b_shape, dtype)
+    rng = case_rng(cid)
+    inputs, inits = {"A": randn(rng, a_shape, dtype)}, {}
+    (inits if const_b else inputs)["B"] = randn(rng, b_shape, dtype)
     if dtype != F32:
         cpu_only = cpu_only or ONLY_F32
     return _case(cid, [helper.make_node("MatMul", ["A", "B"], ["y"])], inputs, inits, cpu_only=cpu_only)
@@ -289,10 +272,10 @@ def matmul_cases() -> list[Case]:
 def unary_case(op, shape, *, specials=False, dtype=F32, scale=3.0, **kw) -> Case:
     cid = f"{op}-" + ("x".join(map(str, shape)) or "scalar") + "-specials" * specials
     cid += f"-{np.dtype(dtype).name}" * (dtype != F32)
-    rng = _rng(cid)
-    x = _randn(rng, shape, dtype, scale)
+    rng = case_rng(cid)
+    x = randn(rng, shape, dtype, scale)
     if specials:
-        x = _sprinkle(rng, x, SPECIALS_F64 if dtype == F64 else SPECIALS)
+        x = sprinkle(rng, x, SPECIALS_F64 if dtype == F64 else SPECIALS)
     if dtype != F32:
         kw.setdefault("cpu_only", ONLY_F32)
     return _case(cid, [helper.make_node(op, ["x"], ["y"])], {"x": x}, **kw)
@@ -322,7 +305,7 @@ def _operand(rng, shape, dtype, divisor: bool) -> np.ndarray:
         if divisor:  # non-zero, both signs
             return np.asarray(rng.integers(1, 10, shape) * rng.choice([-1, 1], shape), dtype=dtype)
         return np.asarray(rng.integers(-100, 100, shape), dtype=dtype)
-    x = _randn(rng, shape, dtype)
+    x = randn(rng, shape, dtype)
     return np.where(x < 0, x - 0.5, x + 0.5).astype(dtype) if divisor else x
 
 
@@ -331,7 +314,7 @@ def binary_case(op, a_shape, b_shape, *, dtype=F32, const_b=False, **kw) -> Case
         return "x".join(map(str, s)) or "scalar"
 
     cid = f"{op}-{text(a_shape)}-{text(b_shape)}" + "-constB" * const_b + f"-{np.dtype(dtype).name}" * (dtype != F32)
-    rng = _rng(cid)
+    rng = case_rng(cid)
     a = _operand(rng, a_shape, dtype, divisor=False)
     b = _operand(rng, b_shape, dtype, divisor=op == "Div")
     inputs, inits = {"a": a}, {}
@@ -379,8 +362,8 @@ def reshape_case(in_shape, target, *, allowzero=None, shape_input=False, dtype=F
     cid = "Reshape-" + "x".join(map(str, in_shape)) + "-to-" + ",".join(map(str, target))
     cid += f"-allowzero{allowzero}" * (allowzero is not None) + "-shapeinput" * shape_input
     cid += f"-{np.dtype(dtype).name}" * (dtype != F32)
-    rng = _rng(cid)
-    x = _randn(rng, in_shape, F32) if dtype == F32 else rng.integers(-1000, 1000, in_shape).astype(dtype)
+    rng = case_rng(cid)
+    x = randn(rng, in_shape, F32) if dtype == F32 else rng.integers(-1000, 1000, in_shape).astype(dtype)
     shape = np.array(target, np.int64)
     inputs, inits = {"x": x}, {}
     (inputs if shape_input else inits)["s"] = shape
@@ -403,29 +386,29 @@ def shape_cases() -> list[Case]:
         reshape_case((3, 4), (2, -1, 3), dtype=np.int64),
     ]
     cid = "Reshape-from-Constant"  # a Constant node is folded into an initializer at load
-    rng = _rng(cid)
+    rng = case_rng(cid)
     nodes = [
         helper.make_node("Constant", [], ["s"], value=helper.make_tensor("v", TensorProto.INT64, [3], [2, -1, 4])),
         helper.make_node("Reshape", ["x", "s"], ["y"]),
     ]
-    cases.append(_case(cid, nodes, {"x": _randn(rng, (2, 3, 4))}, expect=["Reshape"]))
+    cases.append(_case(cid, nodes, {"x": randn(rng, (2, 3, 4))}, expect=["Reshape"]))
 
     for axis in (0, 1, -1, 2, 4, -4, None):
         cid = f"Flatten-2x3x4x5-axis{axis if axis is not None else 'default'}"
         attrs = {} if axis is None else {"axis": axis}
-        x = _randn(_rng(cid), (2, 3, 4, 5))
+        x = randn(case_rng(cid), (2, 3, 4, 5))
         cases.append(_case(cid, [helper.make_node("Flatten", ["x"], ["y"], **attrs)], {"x": x}))
     cid = "Flatten-3x7-axis1"
-    cases.append(_case(cid, [helper.make_node("Flatten", ["x"], ["y"])], {"x": _randn(_rng(cid), (3, 7))}))
+    cases.append(_case(cid, [helper.make_node("Flatten", ["x"], ["y"])], {"x": randn(case_rng(cid), (3, 7))}))
 
     for shape, dtype in (((2, 3, 4), F32), ((), F32), ((3, 5), np.int64)):
         cid = "Identity-" + ("x".join(map(str, shape)) or "scalar") + f"-{np.dtype(dtype).name}"
-        rng = _rng(cid)
-        x = _randn(rng, shape) if dtype == F32 else rng.integers(-(2**40), 2**40, shape).astype(dtype)
+        rng = case_rng(cid)
+        x = randn(rng, shape) if dtype == F32 else rng.integers(-(2**40), 2**40, shape).astype(dtype)
         cases.append(_case(cid, [helper.make_node("Identity", ["x"], ["y"])], {"x": x}))
     cid = "Identity-then-Relu"
     nodes = [helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["y"])]
-    cases.append(_case(cid, nodes, {"x": _randn(_rng(cid), (2, 5))}))
+    cases.append(_case(cid, nodes, {"x": randn(case_rng(cid), (2, 5))}))
     return cases
 
 

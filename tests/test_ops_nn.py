@@ -15,7 +15,6 @@ their expected values from the same node with the Indices output (``Case.oracle`
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +25,7 @@ from onnx import helper
 
 import runtime
 from runtime.errors import InvalidFeed, UnsupportedOp
-from tests.conftest import SIMULATED, assert_close, make_model, ort_run
+from tests.conftest import SIMULATED, assert_close, case_rng, make_model, ort_run, randn, sprinkle
 
 F32 = np.float32
 F64 = np.float64
@@ -53,21 +52,6 @@ class Case:
         return ""
 
 
-def _rng(case_id: str) -> np.random.Generator:
-    return np.random.default_rng(zlib.crc32(case_id.encode()))
-
-
-def _randn(rng, shape, dtype=F32, scale=1.0) -> np.ndarray:
-    return np.asarray(rng.standard_normal(shape) * scale, dtype=dtype)
-
-
-def _sprinkle(rng, x: np.ndarray, values) -> np.ndarray:
-    """``x`` with ``values`` written at distinct random positions."""
-    flat = x.copy().reshape(-1)
-    flat[rng.choice(flat.size, size=len(values), replace=False)] = np.asarray(values, dtype=x.dtype)
-    return flat.reshape(x.shape)
-
-
 def _text(shape) -> str:
     return "x".join(map(str, shape)) or "scalar"
 
@@ -92,10 +76,10 @@ def _case(cid, nodes, inputs: dict, initializers=None, outputs=("y",), opset=18,
 def leaky_relu_case(shape, *, alpha=None, specials=False, dtype=F32, **kw) -> Case:
     cid = f"LeakyRelu-{_text(shape)}" + f"-alpha{alpha}" * (alpha is not None) + "-specials" * specials
     cid += f"-{np.dtype(dtype).name}" * (dtype != F32)
-    rng = _rng(cid)
-    x = _randn(rng, shape, dtype, 3.0)
+    rng = case_rng(cid)
+    x = randn(rng, shape, dtype, 3.0)
     if specials:
-        x = _sprinkle(rng, x, SPECIALS)
+        x = sprinkle(rng, x, SPECIALS)
     attrs = {} if alpha is None else {"alpha": alpha}
     if dtype != F32:
         kw.setdefault("cpu_only", ONLY_F32)
@@ -123,15 +107,15 @@ def batch_norm_case(shape, *, epsilon=None, var_specials=(), x_specials=False, a
     cid = f"BatchNormalization-{_text(shape)}" + f"-eps{epsilon}" * (epsilon is not None)
     cid += "-varspecials" * bool(var_specials) + "-xspecials" * x_specials + "-paraminputs" * as_inputs
     cid += f"-{np.dtype(dtype).name}" * (dtype != F32)
-    rng = _rng(cid)
+    rng = case_rng(cid)
     C = shape[1]
-    x = _randn(rng, shape, dtype, 2.0)
+    x = randn(rng, shape, dtype, 2.0)
     if x_specials:
-        x = _sprinkle(rng, x, SPECIALS)
+        x = sprinkle(rng, x, SPECIALS)
     params = {
-        "scale": _randn(rng, (C,), dtype),
-        "B": _randn(rng, (C,), dtype),
-        "mean": _randn(rng, (C,), dtype),
+        "scale": randn(rng, (C,), dtype),
+        "B": randn(rng, (C,), dtype),
+        "mean": randn(rng, (C,), dtype),
         "var": np.asarray(rng.uniform(0.1, 3.0, C), dtype=dtype),
     }
     if var_specials:
@@ -192,14 +176,14 @@ def max_pool_case(shape, kernel, *, strides=None, pads=None, dilations=None, cei
     outs = {True: ["y", "i"], False: ["y"], None: ["y", ""]}[indices]
     output_tag = {True: "", False: "values-only", None: "indices-unnamed"}[indices]
     cid = _pool_id("MaxPool", shape, attrs, data * (data != "randn"), output_tag, np.dtype(dtype).name * (dtype != F32))
-    rng = _rng(cid)
-    x = _randn(rng, shape, dtype) if dtype in (F32, F64) else rng.integers(0, 6, shape).astype(dtype)
+    rng = case_rng(cid)
+    x = randn(rng, shape, dtype) if dtype in (F32, F64) else rng.integers(0, 6, shape).astype(dtype)
     if data == "ties":
         x = np.round(x * 1.5).astype(dtype)
     elif data == "constant":
         x = np.full(shape, 0.5, dtype=dtype)
     elif data == "nan":
-        x = _sprinkle(rng, x, [np.nan] * max(1, x.size // 6))
+        x = sprinkle(rng, x, [np.nan] * max(1, x.size // 6))
         x.reshape(-1)[0] = np.nan  # first element of the first window
     elif data == "neginf":
         x = np.full(shape, -np.inf, dtype=dtype)
@@ -268,10 +252,10 @@ def average_pool_case(shape, kernel, *, strides=None, pads=None, dilations=None,
     extra = {} if count_include_pad is None else {"count_include_pad": count_include_pad}
     attrs = _pool_attrs(kernel, strides, pads, dilations, ceil_mode, auto_pad, extra)
     cid = _pool_id("AveragePool", shape, attrs, "specials" * specials)
-    rng = _rng(cid)
-    x = _randn(rng, shape)  # onnxruntime's AveragePool takes float32 only
+    rng = case_rng(cid)
+    x = randn(rng, shape)  # onnxruntime's AveragePool takes float32 only
     if specials:
-        x = _sprinkle(rng, x, (np.nan, np.inf, -np.inf))
+        x = sprinkle(rng, x, (np.nan, np.inf, -np.inf))
     node = helper.make_node("AveragePool", ["x"], ["y"], **attrs)
     return _case(cid, [node], {"x": x}, opset=19 if dilations else 18, **kw)  # dilations from opset 19
 
@@ -309,16 +293,16 @@ def average_pool_cases() -> list[Case]:
 def softmax_case(op, shape, axis=None, *, data="randn", **kw) -> Case:
     """``data``: randn, large (±1e4), neginf (-inf entries, one line all -inf), specials (NaN and +inf too)."""
     cid = f"{op}-{_text(shape)}-axis{axis if axis is not None else 'default'}" + f"-{data}" * (data != "randn")
-    rng = _rng(cid)
-    x = _randn(rng, shape, F32, 3.0)
+    rng = case_rng(cid)
+    x = randn(rng, shape, F32, 3.0)
     if data == "large":
         x = np.asarray(rng.choice([-1e4, 1e4, 0.0, 9999.0, -9998.5], size=shape), dtype=F32)
     elif data == "neginf":
-        x = _sprinkle(rng, x, [-np.inf] * (x.size // 3))
+        x = sprinkle(rng, x, [-np.inf] * (x.size // 3))
         line = np.moveaxis(x, axis if axis is not None else -1, -1)  # a view: one line all -inf
         line[(0,) * (x.ndim - 1)] = -np.inf
     elif data == "specials":
-        x = _sprinkle(rng, x, (np.nan, np.inf, -np.inf))
+        x = sprinkle(rng, x, (np.nan, np.inf, -np.inf))
     attrs = {} if axis is None else {"axis": axis}
     return _case(cid, [helper.make_node(op, ["x"], ["y"], **attrs)], {"x": x}, **kw)
 
@@ -351,13 +335,13 @@ def softmax_cases() -> list[Case]:
 
 
 def _array(rng, shape, dtype):
-    return _randn(rng, shape, dtype) if dtype != I64 else rng.integers(-(2**40), 2**40, shape).astype(I64)
+    return randn(rng, shape, dtype) if dtype != I64 else rng.integers(-(2**40), 2**40, shape).astype(I64)
 
 
 def concat_case(shapes, axis, *, dtype=F32, const_last=False) -> Case:
     cid = f"Concat-{'+'.join(map(_text, shapes))}-axis{axis}" + "-constlast" * const_last
     cid += f"-{np.dtype(dtype).name}" * (dtype != F32)
-    rng = _rng(cid)
+    rng = case_rng(cid)
     arrays = {f"x{k}": _array(rng, s, dtype) for k, s in enumerate(shapes)}
     inits = {}
     if const_last:
@@ -370,7 +354,7 @@ def concat_case(shapes, axis, *, dtype=F32, const_last=False) -> Case:
 def axes_case(op, shape, axes, *, as_attribute=False, dtype=F32) -> Case:
     cid = f"{op}-{_text(shape)}-axes{','.join(map(str, axes)) if axes is not None else 'none'}"
     cid += "-attribute" * as_attribute + f"-{np.dtype(dtype).name}" * (dtype != F32)
-    x = _array(_rng(cid), shape, dtype)
+    x = _array(case_rng(cid), shape, dtype)
     if axes is None:
         node, inits, opset = helper.make_node(op, ["x"], ["y"]), {}, 18
     elif as_attribute:  # the form before opset 13
@@ -383,7 +367,7 @@ def axes_case(op, shape, axes, *, as_attribute=False, dtype=F32) -> Case:
 def shape_op_case(shape, *, start=None, end=None, dtype=F32) -> Case:
     attrs = {k: v for k, v in (("start", start), ("end", end)) if v is not None}
     cid = f"Shape-{_text(shape)}" + "".join(f"-{k}{v}" for k, v in attrs.items()) + f"-{np.dtype(dtype).name}"
-    x = _array(_rng(cid), shape, dtype)
+    x = _array(case_rng(cid), shape, dtype)
     return _case(cid, [helper.make_node("Shape", ["x"], ["y"], **attrs)], {"x": x}, outputs=[("y", I64)])
 
 
@@ -391,7 +375,7 @@ def gather_case(shape, indices, axis=None, *, dtype=F32, const_indices=True) -> 
     idx = np.array(indices, I64)
     cid = f"Gather-{_text(shape)}-idx{_text(idx.shape)}-axis{axis}" + f"-{np.dtype(dtype).name}" * (dtype != F32)
     cid += "-idxinput" * (not const_indices)
-    x = _array(_rng(cid), shape, dtype)
+    x = _array(case_rng(cid), shape, dtype)
     attrs = {} if axis is None else {"axis": axis}
     inputs, inits = {"x": x}, {}
     (inits if const_indices else inputs)["i"] = idx
@@ -401,7 +385,7 @@ def gather_case(shape, indices, axis=None, *, dtype=F32, const_indices=True) -> 
 def transpose_case(shape, perm=None, *, dtype=F32) -> Case:
     cid = f"Transpose-{_text(shape)}-perm{''.join(map(str, perm)) if perm is not None else 'default'}"
     cid += f"-{np.dtype(dtype).name}" * (dtype != F32)
-    x = _array(_rng(cid), shape, dtype)
+    x = _array(case_rng(cid), shape, dtype)
     attrs = {} if perm is None else {"perm": list(perm)}
     return _case(cid, [helper.make_node("Transpose", ["x"], ["y"], **attrs)], {"x": x})
 
@@ -409,10 +393,10 @@ def transpose_case(shape, perm=None, *, dtype=F32) -> Case:
 def clip_case(shape, lo=None, hi=None, *, bounds_as_inputs=False, specials=False, dtype=F32) -> Case:
     cid = f"Clip-{_text(shape)}-min{lo}-max{hi}" + "-boundinputs" * bounds_as_inputs + "-specials" * specials
     cid += f"-{np.dtype(dtype).name}" * (dtype != F32)
-    rng = _rng(cid)
-    x = _array(rng, shape, dtype) if dtype == I64 else _randn(rng, shape, dtype, 3.0)
+    rng = case_rng(cid)
+    x = _array(rng, shape, dtype) if dtype == I64 else randn(rng, shape, dtype, 3.0)
     if specials:
-        x = _sprinkle(rng, x, SPECIALS)
+        x = sprinkle(rng, x, SPECIALS)
     inputs, inits, names = {"x": x}, {}, ["x", "", ""]
     for k, (name, bound) in enumerate((("lo", lo), ("hi", hi))):
         if bound is not None:
@@ -468,7 +452,7 @@ def tensor_cases() -> list[Case]:
     ]
 
     cid = "Concat-shape-arithmetic"  # x → Shape → Gather(0) → Unsqueeze → Concat([n], [-1]) → Reshape(x)
-    rng = _rng(cid)
+    rng = case_rng(cid)
     nodes = [
         helper.make_node("Shape", ["x"], ["s"]),
         helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
@@ -477,16 +461,16 @@ def tensor_cases() -> list[Case]:
         helper.make_node("Reshape", ["x", "target"], ["y"]),
     ]
     inits = {"zero": np.array(0, I64), "axes0": np.array([0], I64), "minus_one": np.array([-1], I64)}
-    cases.append(_case(cid, nodes, {"x": _randn(rng, (3, 2, 4))}, inits))
+    cases.append(_case(cid, nodes, {"x": randn(rng, (3, 2, 4))}, inits))
 
     cid = "Transpose-then-Softmax-then-Transpose"  # device arrays through a chain of the new ops
-    rng = _rng(cid)
+    rng = case_rng(cid)
     nodes = [
         helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
         helper.make_node("Softmax", ["t"], ["s"], axis=-1),
         helper.make_node("Transpose", ["s"], ["y"], perm=[0, 3, 1, 2]),
     ]
-    cases.append(_case(cid, nodes, {"x": _randn(rng, (2, 3, 4, 2))}))
+    cases.append(_case(cid, nodes, {"x": randn(rng, (2, 3, 4, 2))}))
     return cases
 
 
