@@ -14,9 +14,9 @@ import os
 # passive. Read when OpenMP starts, so set before any kernel runs; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from runtime.errors import BackendUnavailable  # noqa: E402, InvalidFeed, InvalidModel, UnsupportedOp, ZooRuntimeError
-from runtime.ops import supported_ops
-from runtime.session import BACKENDS, InferenceSession, ModelMetadata, NodeArg
+from runtime.errors import BackendUnavailable, InvalidFeed, InvalidModel, UnsupportedOp, ZooRuntimeError  # noqa: E402
+from runtime.ops import supported_ops  # noqa: E402
+from runtime.session import BACKENDS, InferenceSession, ModelMetadata, NodeArg  # noqa: E402
 
 __all__ = [
     "BACKENDS",
