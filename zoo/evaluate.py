@@ -112,3 +112,24 @@ def real_data_floor(weights_dir=None) -> dict:
         "inception_score_val": inception_score(v_logits),
         "inception_score_train": inception_score(t_logits),
     }
+
+
+def segmentation_scores(pred: np.ndarray, truth: np.ndarray, classes: int) -> dict:
+    """Pixel accuracy and mean intersection over union (the PASCAL VOC measure: per class, |P ∩ T| / |P ∪ T|
+    over the whole set, averaged over the classes present in the truth or the prediction).
+
+    pred, truth: (N, H, W) class indices."""
+    pred, truth = np.asarray(pred).ravel().astype(np.int64), np.asarray(truth).ravel().astype(np.int64)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction has {pred.size} pixels and truth {truth.size}; expected the same")
+    confusion = np.bincount(truth * classes + pred, minlength=classes * classes).reshape(classes, classes)
+    hits = np.diag(confusion).astype(np.float64)  # (classes,)
+    union = confusion.sum(0) + confusion.sum(1) - hits  # (classes,): |P| + |T| - |P ∩ T|
+    present = union > 0
+    iou = np.where(present, hits / np.maximum(union, 1), np.nan)
+    return {
+        "val_pixel_accuracy": float(hits.sum() / max(1, confusion.sum())),
+        "val_miou": float(np.nanmean(iou)) if present.any() else float("nan"),
+        "val_iou_background": float(iou[0]),
+        "val_miou_digits": float(np.nanmean(iou[1:])) if present[1:].any() else float("nan"),
+    }

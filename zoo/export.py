@@ -10,7 +10,9 @@ import contextlib
 import io
 import json
 import logging
+import os
 import subprocess
+import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +27,54 @@ from zoo.io import atomic_write, check_writable
 OPSET = 18
 IR_VERSION = 10  # onnxruntime-gpu 1.31 reads IR <= 13; onnx 1.23 would write 14
 TOLERANCE = 1e-5  # max abs difference allowed between torch and the exported graph (float32)
+# Weights above this size go to a ``<name>.onnx.data`` file beside the graph (protobuf caps a file at 2 GiB, and
+# a graph that loads without its weights is quick to inspect): deconvnet-vgg16 (~1 GB) does, the others do not.
+EXTERNAL_DATA_BYTES = 256 * 2**20
+
+
+def _max_pool2d_with_indices(self, kernel_size, stride=(), padding=(0, 0), dilation=(1, 1), ceil_mode=False):
+    """aten.max_pool2d_with_indices as one ONNX MaxPool with its Indices output. ONNX numbers the indices over
+    the whole (N, C, H, W) tensor, PyTorch per (H, W) plane: the pair below stays consistent because both
+    ends of the switches speak ONNX's numbering (the indices may only feed MaxUnpool)."""
+    from onnxscript import opset18 as op
+
+    pads = [int(padding[0]), int(padding[-1])] * 2
+    return op.MaxPool(
+        self,
+        kernel_shape=list(kernel_size),
+        strides=list(stride or kernel_size),
+        pads=pads,
+        dilations=list(dilation),
+        ceil_mode=int(ceil_mode),
+        storage_order=0,
+    )  # (values, indices)
+
+
+def _max_unpool2d(self, indices, output_size):
+    """aten.max_unpool2d as ONNX MaxUnpool. PyTorch passes only the output size; when it is s times the input
+    (the usual 2x2, stride-2 switches) the kernel and stride are s and MaxUnpool infers the size itself;
+    otherwise the full output_shape goes in, and onnxruntime scatters the global indices into it."""
+    from onnxscript import opset18 as op
+
+    size_in = [int(d) for d in self.shape[2:]]
+    size_out = [int(d) for d in output_size]
+    scale = [o // i for o, i in zip(size_out, size_in)]
+    if all(s >= 1 and o == s * i for s, o, i in zip(scale, size_out, size_in)):
+        return op.MaxUnpool(self, indices, kernel_shape=scale, strides=scale)
+    scale = [max(1, s) for s in scale]
+    shape = op.Concat(op.Shape(self, start=0, end=2), op.Constant(value_ints=size_out), axis=0)  # (4,): N, C, H, W
+    return op.MaxUnpool(self, indices, shape, kernel_shape=scale, strides=scale)
+
+
+def switch_translations() -> dict:
+    """Native ONNX MaxPool (with Indices) -> MaxUnpool pairs, in place of the exporter's index arithmetic and
+    ScatterND: the graph then reads like Noh et al.'s switches."""
+    import torch
+
+    return {
+        torch.ops.aten.max_pool2d_with_indices.default: _max_pool2d_with_indices,
+        torch.ops.aten.max_unpool2d.default: _max_unpool2d,
+    }
 
 
 def source_commit() -> str:
@@ -59,6 +109,7 @@ def _clean(proto: onnx.ModelProto) -> onnx.ModelProto:
 def torch_to_onnx(model, example: tuple, opset: int = OPSET) -> onnx.ModelProto:
     import torch
 
+    translations = model.onnx_translation_table() if hasattr(model, "onnx_translation_table") else {}
     names_in, names_out = list(model.input_names), list(model.output_names)
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} for _ in example)
@@ -75,6 +126,7 @@ def torch_to_onnx(model, example: tuple, opset: int = OPSET) -> onnx.ModelProto:
             opset_version=opset,
             optimize=True,
             verbose=False,
+            **({"custom_translation_table": translations} if translations else {}),
         )
     return _clean(program.model_proto)
 
@@ -130,42 +182,69 @@ def export_onnx(
     for v in (*proto.graph.input, *proto.graph.output):
         if not v.type.tensor_type.shape.dim[0].dim_param:
             raise ZooError(f"the export fixed the batch dimension of '{v.name}'; the model must not depend on len(x)")
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise ZooError(f"the exported graph fails onnx.checker: {str(e).splitlines()[0]}") from None
-    onnx_bytes = proto.SerializeToString()
+    weight_bytes = sum(len(t.raw_data) or t.ByteSize() for t in proto.graph.initializer)
+    external = weight_bytes > EXTERNAL_DATA_BYTES
+    data_path = out_path.with_name(out_path.name + ".data")
+    if external:
+        check_writable(data_path, overwrite)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as staging:
+        # Everything is written and checked in a staging folder beside the target, then renamed into place.
+        staged = Path(staging) / out_path.name
+        if external:
+            onnx.save_model(
+                proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                location=data_path.name, size_threshold=1024,
+            )  # fmt: skip
+            source = str(staged)
+        else:
+            source = proto.SerializeToString()
+        try:
+            onnx.checker.check_model(str(staged) if external else proto, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ZooError(f"the exported graph fails onnx.checker: {str(e).splitlines()[0]}") from None
 
-    sample = model.onnx_sample(*data) if data is not None else None
-    if sample is None:
-        sample = example[0].numpy()
-    x = np.ascontiguousarray(sample, dtype=np.float32)
-    with torch.no_grad():
-        expected = model(torch.from_numpy(x))
-    expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
-    feed = {model.input_names[0]: x}
-    report = {
-        "path": str(out_path),
-        "opset": opset,
-        "ir_version": IR_VERSION,
-        "batch": len(x),
-        "nodes": [n.op_type for n in proto.graph.node],
-    }
-    got = runtime.InferenceSession(onnx_bytes, backend="cpu").run(None, feed)
-    report["max_abs_err_runtime_vs_torch"] = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        ort = None
-    if ort is not None:
-        sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-        got = sess.run(None, feed)
-        report["max_abs_err_onnxruntime_vs_torch"] = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
-    worst = max(v for k, v in report.items() if k.startswith("max_abs_err"))
-    if not worst <= TOLERANCE:
-        raise ZooError(f"the exported graph differs from torch by {worst:.3g} (tolerance {TOLERANCE}); not written")
+        sample = model.onnx_sample(*data) if data is not None else None
+        if sample is None:
+            sample = example[0].numpy()
+        x = np.ascontiguousarray(sample, dtype=np.float32)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x))
+        expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
+        feed = {model.input_names[0]: x}
+        report = {
+            "path": str(out_path),
+            "opset": opset,
+            "ir_version": IR_VERSION,
+            "batch": len(x),
+            "nodes": [n.op_type for n in proto.graph.node],
+            "weight_bytes": weight_bytes,
+            **({"external_data": str(data_path)} if external else {}),
+        }
+        got = runtime.InferenceSession(source, backend="cpu").run(None, feed)
+        report["max_abs_err_runtime_vs_torch"] = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
+        del got
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            ort = None
+        if ort is not None:
+            sess = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+            got = sess.run(None, feed)
+            report["max_abs_err_onnxruntime_vs_torch"] = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
+            del sess, got
+        worst = max(v for k, v in report.items() if k.startswith("max_abs_err"))
+        if not worst <= TOLERANCE:
+            raise ZooError(f"the exported graph differs from torch by {worst:.3g} (tolerance {TOLERANCE}); not written")
 
-    atomic_write(out_path, onnx_bytes, overwrite=overwrite)
+        if external:
+            for staged_file in (Path(staging) / data_path.name, staged):  # the weights first, the graph last
+                with open(staged_file, "rb+") as f:
+                    os.fsync(f.fileno())
+            os.replace(Path(staging) / data_path.name, data_path)
+            os.replace(staged, out_path)
+        else:
+            atomic_write(out_path, source, overwrite=overwrite)
     test_dir = out_path.parent / out_path.stem / "test_data_set_0"
     test_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(test_dir / "input_0.pb", numpy_helper.from_array(x, model.input_names[0]).SerializeToString())

@@ -118,3 +118,54 @@ def sparse_ae_figures(sd: dict, image_size, X: np.ndarray, recon: np.ndarray, ou
     pairs = np.concatenate([X.reshape(k, h, w), recon.reshape(k, h, w)])  # (2k, h, w): inputs then outputs
     rec = panels([("top: held-out inputs, bottom: reconstructions", tile_grid(pairs, cols=k))], scale=scale)
     return [save_png(out_dir / "receptive_fields.png", fig), save_png(out_dir / "reconstructions.png", rec)]
+
+
+def label_colours(classes: int) -> np.ndarray:
+    """PASCAL VOC's colour map (class k's bits spread over R, G, B): (classes, 3) uint8, class 0 black."""
+    colours = np.zeros((classes, 3), np.uint8)
+    for k in range(classes):
+        c, r, g, b = k, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r, g, b = r | ((c & 1) << shift), g | (((c >> 1) & 1) << shift), b | (((c >> 2) & 1) << shift)
+            c >>= 3
+        colours[k] = (r, g, b)
+    return colours
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, classes: int, alpha: float = 0.6) -> np.ndarray:
+    """An (H, W) grey image in [0, 1] with its (H, W) label map painted over it: (H, W, 3) in [0, 1]."""
+    colour = label_colours(classes)[labels].astype(np.float32) / 255.0  # (H, W, 3)
+    grey = np.repeat(image[:, :, None], 3, axis=2)
+    painted = labels[:, :, None] > 0
+    return np.where(painted, (1 - alpha) * grey + alpha * colour, grey)
+
+
+def segmentation_panel(images: np.ndarray, pred: np.ndarray, truth: np.ndarray, classes: int = 11) -> Image.Image:
+    """Rows of inputs, predictions and truths (colours: PASCAL VOC's map; digit d is class d + 1)."""
+    k = len(images)
+    rows = np.concatenate(
+        [
+            np.repeat(images[:, :, :, None], 3, axis=3),
+            np.stack([overlay(images[i], pred[i], classes) for i in range(k)]),
+            np.stack([overlay(images[i], truth[i], classes) for i in range(k)]),
+        ]
+    )  # (3k, H, W, 3)
+    key = tile_grid(label_colours(classes)[:, None, None, :].repeat(8, 1).repeat(8, 2) / 255.0, cols=classes)
+    return panels([("rows: input, prediction, truth", tile_grid(rows, cols=k)), ("classes: bg, 0 ... 9", key)], scale=3)
+
+
+def decoder_stages_panel(
+    image: np.ndarray, stages: list[tuple[str, np.ndarray]], pred: np.ndarray, classes: int = 11
+) -> Image.Image:
+    """The decoder's activations for one input, coarse to fine (Noh et al. 2015, Fig. 4): for each stage the
+    summed (C, h, w) activations, scaled to the input's size. Unpooling gives sparse maps that keep where the
+    maxima were; the deconvolutions after it fill them in."""
+    h, w = image.shape
+    items = [("input", tile_grid(image[None]))]
+    for name, a in stages:
+        energy = a.sum(axis=0)  # (h', w')
+        fy, fx = h // energy.shape[0], w // energy.shape[1]
+        big = np.kron(energy, np.ones((fy, fx), np.float32))  # nearest-neighbour to (h, w)
+        items.append((f"{name} {energy.shape[0]}x{energy.shape[1]}", tile_grid(big[None], per_tile=True)))
+    items.append(("prediction", (overlay(image, pred, classes) * 255).astype(np.uint8)))
+    return panels(items, scale=3)

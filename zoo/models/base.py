@@ -7,12 +7,54 @@
 - for export: ``input_names``, ``output_names``, ``example_input(batch)``, ``onnx_metadata()``.
 
 Images reach a model as float32 arrays (N, H, W) in [0, 1] (or (N, H, W, C)); each model shapes them itself.
+
+Data-parallel training (``torchrun``, see ``zoo/train.py``) averages gradients here, in ``ZooModel.step``,
+between ``backward`` and ``optimizer.step``, with one ``all_reduce`` per step, rather than by wrapping the model
+in DistributedDataParallel: the models' ``training_step`` call their own sub-modules directly (``self(...)``,
+``self.generator(...)``) and run several backward passes and optimizers per batch (a GAN's discriminator and
+generator phases), which DDP's one-forward-one-backward hooks do not see. Each rank's gradient (of the mean over
+its shard) is weighted by its shard's share of the global batch before the sum, so N ranks with batch B/N step
+exactly as one process with batch B does for any loss that is a mean over examples.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 from torch import nn
+
+# This rank's share of the global batch being trained on (n_rank / n_global); None when not data-parallel.
+_shard_share: contextvars.ContextVar[float | None] = contextvars.ContextVar("shard_share", default=None)
+
+
+@contextlib.contextmanager
+def data_parallel_batch(share: float):
+    """Within this block ``ZooModel.step`` sums gradients across ranks, this rank's weighted by ``share``."""
+    token = _shard_share.set(share)
+    try:
+        yield
+    finally:
+        _shard_share.reset(token)
+
+
+def all_reduce_gradients(optimizer: torch.optim.Optimizer, share: float) -> None:
+    """Replace each gradient of ``optimizer``'s parameters by the share-weighted sum over ranks, with one
+    all_reduce of a flat buffer. Every rank reaches here with the same parameters holding gradients."""
+    import torch.distributed as dist
+
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    # A rank whose shard is empty (a last batch smaller than the world) has a NaN mean loss: it adds nothing.
+    flat = torch.zeros_like(flat) if share == 0 else flat * share
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 class ZooModel(nn.Module):
@@ -26,6 +68,9 @@ class ZooModel(nn.Module):
     def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        share = _shard_share.get()
+        if share is not None:
+            all_reduce_gradients(optimizer, share)
         optimizer.step()
 
     def on_epoch_end(self, out_dir, epoch: int) -> list:
@@ -39,6 +84,10 @@ class ZooModel(nn.Module):
 
     def export_parts(self) -> dict:
         """Modules exported as separate ONNX graphs (a GAN's generator and discriminator); empty: the model."""
+        return {}
+
+    def onnx_translation_table(self) -> dict:
+        """aten op -> onnxscript function, for ops the exporter must emit natively (DeconvNet's switches)."""
         return {}
 
     def onnx_sample(self, images, labels):

@@ -1,0 +1,288 @@
+"""DeconvNet (Noh et al. 2015): the segmentation canvases, the mean IoU, the architecture against the paper,
+the export's native MaxPool -> MaxUnpool switches (checked against torch and onnxruntime), a short training
+run, and the decoder-stage picture. The full 252M-parameter network's export and 224x224 forward pass are in
+the slow test at the end (``pytest -m slow``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+import zoo
+from cli.main import cli
+from tests.conftest import assert_close, ort_run, runtime_run
+from zoo.data import SEG_CLASSES, SEG_DIGIT, SEG_STROKE, digit_canvases, load_dataset
+from zoo.evaluate import segmentation_scores
+from zoo.export import export_onnx
+
+# The digits model cut down for the quick suite: the same stages, fewer channels.
+SMALL = dict(encoder=[[4, 4], [8], [8]], fc_width=16, image_size=[48, 48])
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_canvases_are_deterministic_and_labelled_where_the_strokes_are():
+    a, b = load_dataset("mnist-seg", "val"), load_dataset("mnist-seg", "val")
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    assert a.images.shape == a.labels.shape == (600, 48, 48)
+    assert a.images.dtype == np.float32 and 0.0 <= a.images.min() and a.images.max() <= 1.0
+    # every pixel at or above the stroke threshold is a digit, every other one background (boxes never overlap)
+    assert np.array_equal(a.labels > 0, a.images >= SEG_STROKE)
+    assert set(np.unique(a.labels)) == set(range(SEG_CLASSES))
+
+
+def test_canvases_place_the_given_digits_without_overlap():
+    rng = np.random.default_rng(0)
+    digits = 0.5 + 0.5 * rng.random((5, 28, 28), dtype=np.float32)  # every pixel of a crop is a stroke
+    images, maps = digit_canvases(digits, np.arange(5), count=50, seed=1)
+    for image, m in zip(images, maps):
+        # each placed digit labels its whole 20x20 crop; boxes that overlapped would label fewer pixels
+        painted = int((m > 0).sum())
+        assert painted % (SEG_DIGIT * SEG_DIGIT) == 0 and 1 <= painted // (SEG_DIGIT * SEG_DIGIT) <= 3
+        assert np.array_equal(m > 0, image > 0)
+
+
+def test_train_and_val_canvases_come_from_disjoint_digits():
+    from zoo.data import _mnist, split_indices
+
+    X, y = _mnist()
+    train_idx, val_idx = split_indices(len(X), y)
+    assert not set(train_idx) & set(val_idx)
+    val = load_dataset("mnist-seg", "val")
+    # the first held-out canvas's digits are all found among the held-out crops
+    crops = X[val_idx][:, 4:24, 4:24]  # (n, 20, 20)
+    image = val.images[0]
+    found = 0
+    for top in range(48 - 20 + 1):
+        for left in range(48 - 20 + 1):
+            window = image[top : top + 20, left : left + 20]
+            if window.max() > 0 and (np.abs(crops - window).max(axis=(1, 2)) == 0).any():
+                found += 1
+    assert found >= 1
+
+
+# --------------------------------------------------------------------------------------------- metric
+
+
+def _miou_by_sets(pred: np.ndarray, truth: np.ndarray, classes: int) -> float:
+    """The definition, one class at a time with pixel sets."""
+    ious = []
+    for c in range(classes):
+        p, t = set(np.flatnonzero(pred == c)), set(np.flatnonzero(truth == c))
+        if p | t:
+            ious.append(len(p & t) / len(p | t))
+    return float(np.mean(ious))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_miou_matches_its_definition(seed):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 5, (3, 9, 7))
+    pred = np.where(rng.random(truth.shape) < 0.7, truth, rng.integers(0, 6, truth.shape))
+    scores = segmentation_scores(pred, truth, classes=6)
+    assert scores["val_miou"] == pytest.approx(_miou_by_sets(pred, truth, 6), abs=1e-12)
+    assert scores["val_pixel_accuracy"] == pytest.approx(float((pred == truth).mean()), abs=1e-12)
+    assert segmentation_scores(truth, truth, 6)["val_miou"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------ architecture
+
+
+def test_vgg16_deconvnet_is_the_papers():
+    cfg = zoo.create_model("deconvnet-digits").config  # cheap: the vgg16's config only
+    vgg = type(cfg)()  # DeconvNetConfig's defaults are the paper's
+    assert vgg.decoder == [[512, 512, 512], [512, 512, 256], [256, 256, 128], [128, 64], [64, 64]]
+    assert vgg.fc_kernel == (7, 7) and vgg.classes == 21
+    convs = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256)]
+    convs += [(256, 512)] + [(512, 512)] * 5
+    deconvs = [(512, 512)] * 5 + [(512, 256), (256, 256), (256, 256), (256, 128), (128, 128), (128, 64)]
+    deconvs += [(64, 64), (64, 64)]
+    bn = lambda c: 2 * c  # noqa: E731 - learned scale and shift
+    expected = sum(9 * i * o + o + bn(o) for i, o in convs + deconvs)
+    expected += 7 * 7 * 512 * 4096 + 4096 + bn(4096)  # fc6
+    expected += 4096 * 4096 + 4096 + bn(4096)  # fc7
+    expected += 7 * 7 * 4096 * 512 + 512 + bn(512)  # fc6-deconv
+    expected += 64 * 21 + 21  # score
+    model = zoo.create_model("deconvnet-vgg16")
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert 251e6 < expected < 253e6
+
+
+def test_stages_run_coarse_to_fine_and_unpooling_keeps_the_switches():
+    torch.manual_seed(0)
+    model = zoo.create_model("deconvnet-digits", **SMALL).eval()
+    x = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        scores, seen = model.stages(x)
+    assert scores.shape == (2, 11, 48, 48)
+    assert [n for n, _ in seen] == ["fc6-deconv", "unpool3", "deconv3", "unpool2", "deconv2", "unpool1", "deconv1"]
+    assert [a.shape[-1] for _, a in seen] == [6, 12, 12, 24, 24, 48, 48]
+    for (_, before), (name, unpooled) in zip(seen, seen[1:]):
+        if name.startswith("unpool"):
+            # at most one non-zero per 2x2 window, and the window's values are the pooled map's
+            windows = unpooled.unfold(2, 2, 2).unfold(3, 2, 2)  # (N, C, h, w, 2, 2)
+            assert int((windows != 0).sum(dim=(-1, -2)).max()) <= 1
+            assert torch.equal(windows.sum(dim=(-1, -2)), before)
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(zoo.ZooError, match="multiples of 16"):
+        zoo.create_model("deconvnet-digits", image_size=[40, 40])
+    with pytest.raises(zoo.ZooError, match="non-empty"):
+        zoo.create_model("deconvnet-digits", encoder=[[4], []])
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory):
+    torch.manual_seed(1)
+    model = zoo.create_model("deconvnet-digits", **SMALL).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, so that folding them is exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("deconvnet") / "small.onnx"
+    report = export_onnx(model, path)
+    return model, path, report
+
+
+def test_export_emits_native_switches(small_export):
+    model, path, report = small_export
+    graph = onnx.load(str(path)).graph
+    ops = [n.op_type for n in graph.node]
+    stages = len(model.config.encoder)
+    assert ops.count("MaxPool") == ops.count("MaxUnpool") == stages
+    assert not {"ScatterND", "ScatterElements", "Slice", "Sub"} & set(ops), ops
+    pools = [n for n in graph.node if n.op_type == "MaxPool"]
+    unpools = [n for n in graph.node if n.op_type == "MaxUnpool"]
+    assert all(len(n.output) == 2 for n in pools)  # values and Indices
+    # the deepest pool's switches feed the first unpooling, and so on outward
+    assert [u.input[1] for u in unpools] == [p.output[1] for p in reversed(pools)]
+    assert report["max_abs_err_runtime_vs_torch"] <= 1e-5
+    assert report["max_abs_err_onnxruntime_vs_torch"] <= 1e-5
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_exported_graph_agrees_with_torch_and_onnxruntime(small_export, batch):
+    model, path, _ = small_export
+    x = np.random.default_rng(batch).random((batch, 1, 48, 48), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    got = runtime_run(str(path), {"image": x})
+    assert_close(got, ort_run(str(path), {"image": x}), atol=1e-5)
+    assert_close(got, [expected], atol=1e-5)
+
+
+class _OddUnpool(torch.nn.Module):
+    """Pooling that drops a row and a column, so that MaxUnpool needs its output_shape input."""
+
+    input_names = ("image",)
+    output_names = ("output",)
+
+    def onnx_translation_table(self):
+        from zoo.export import switch_translations
+
+        return switch_translations()
+
+    def forward(self, image):
+        pooled, where = F.max_pool2d(image, 2, 2, return_indices=True)  # (N, C, 3, 4)
+        return F.max_unpool2d(pooled * 2.0, where, 2, 2, output_size=image.shape[-2:])  # (N, C, 7, 9)
+
+
+def test_switches_with_odd_sizes_pass_the_output_shape():
+    from zoo.export import torch_to_onnx
+
+    module = _OddUnpool()
+    proto = torch_to_onnx(module, (torch.rand(2, 3, 7, 9),))
+    proto.ir_version = 10
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("MaxUnpool") == 1 and len(next(n for n in proto.graph.node if n.op_type == "MaxUnpool").input) == 3
+    data = proto.SerializeToString()
+    x = np.random.default_rng(0).standard_normal((3, 3, 7, 9)).astype(np.float32)
+    expected = module(torch.from_numpy(x)).numpy()
+    assert_close(ort_run(data, {"image": x}), [expected], atol=0)
+    assert_close(runtime_run(data, {"image": x}), [expected], atol=0)
+
+
+# ------------------------------------------------------------------------------------- training, pictures
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    from zoo.train import train
+
+    out = tmp_path_factory.mktemp("deconvnet-run")
+    run = train("deconvnet-digits", out, epochs=3, limit=256, batch_size=32, progress=False, lr=3e-3, **SMALL)
+    return out, run
+
+
+def test_short_training_run_learns_and_reports_the_card_figures(short_run):
+    out, run = short_run
+    losses = [row["loss"] for row in run["train_history"]]
+    assert losses[-1] < losses[0]
+    final = run["final"]
+    for key in ("val_miou", "val_pixel_accuracy", "val_iou_background"):
+        assert 0.0 <= final[key] <= 1.0
+    # the figures are the final weights' on the held-out canvases the run used (limit 256 -> 64 canvases)
+    from zoo.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(out / "deconvnet-digits.safetensors")
+    val = load_dataset("mnist-seg", "val")
+    images, labels = val.images[:64], val.labels[:64]
+    assert segmentation_scores(model.predict(images), labels, SEG_CLASSES) == pytest.approx(
+        {k: v for k, v in final.items() if k.startswith("val_")}, nan_ok=True
+    )
+    for picture in ("segmentations.png", "decoder_stages.png", "training_curves.png"):
+        assert (out / picture).stat().st_size > 0
+
+
+def test_visualize_writes_the_decoder_stages(short_run, tmp_path):
+    out, _ = short_run
+    target = tmp_path / "stages.png"
+    result = CliRunner().invoke(cli, ["visualize", str(out / "deconvnet-digits.safetensors"), "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    with Image.open(target) as im:
+        assert im.width > im.height > 48
+    again = CliRunner().invoke(cli, ["visualize", str(out / "deconvnet-digits.safetensors"), "--out", str(target)])
+    assert again.exit_code != 0 and "already exists" in again.output
+
+
+def test_visualize_refuses_a_model_without_a_decoder(tmp_path):
+    from zoo.checkpoint import save_checkpoint
+
+    model = zoo.create_model("sparse-ae-digits8")
+    save_checkpoint(model, tmp_path / "ae.safetensors")
+    result = CliRunner().invoke(cli, ["visualize", str(tmp_path / "ae.safetensors"), "--out", str(tmp_path / "x.png")])
+    assert result.exit_code != 0 and "no decoder stages" in result.output
+    assert "Traceback" not in result.output
+
+
+# -------------------------------------------------------------------------------------- the full network
+
+
+@pytest.mark.slow
+def test_vgg16_deconvnet_exports_with_external_data_and_runs(tmp_path):
+    """The paper's network (~1 GB of float32 weights): external data, and one 224x224 image through this
+    runtime agreeing with onnxruntime."""
+    torch.manual_seed(0)
+    model = zoo.create_model("deconvnet-vgg16").eval()
+    path = tmp_path / "deconvnet-vgg16.onnx"
+    report = export_onnx(model, path)
+    assert (tmp_path / "deconvnet-vgg16.onnx.data").stat().st_size > 1_000_000_000
+    assert path.stat().st_size < 1_000_000
+    del model
+    x = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    got = runtime_run(str(path), {"image": x})
+    expected = ort_run(str(path), {"image": x})
+    assert got[0].shape == (1, 21, 224, 224)
+    assert_close(got, expected, atol=1e-4)
+    assert report["max_abs_err_runtime_vs_torch"] <= 1e-5

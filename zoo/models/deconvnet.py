@@ -1,0 +1,233 @@
+"""DeconvNet (Noh, Hong & Han, "Learning Deconvolution Network for Semantic Segmentation", ICCV 2015, §3): a
+VGG16 encoder whose 2x2 max pools keep their switches (the argmax positions), fc6/fc7 as convolutions, and a
+mirrored decoder that unpools with those switches (each value back to where its maximum came from, zeros
+elsewhere) and densifies the sparse maps with 3x3 transposed convolutions, down to a 1x1 score layer.
+
+    deconvnet-vgg16:  3x224x224 -> conv 64,64 | 128,128 | 256x3 | 512x3 | 512x3 (pool after each: 7x7x512)
+                      -> fc6 7x7 conv 4096 (1x1) -> fc7 1x1 4096 -> fc6-deconv 7x7 (7x7x512)
+                      -> unpool + deconv 512,512,512 | 512,512,256 | 256,256,128 | 128,64 | 64,64 -> score 21
+    deconvnet-digits: 1x48x48 -> conv 16,16 | 32,32 | 64,64 | 128,128 (3x3x128) -> fc 512 -> the mirror -> 11
+
+Every convolution and deconvolution is followed by BatchNorm and ReLU, as in the paper. The ONNX export keeps
+the switches visible: each pool is an ONNX ``MaxPool`` with its ``Indices`` output and each unpooling a
+``MaxUnpool`` fed by them (``zoo.export.switch_translations``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.errors import ZooError
+from zoo.models.base import ZooModel
+from zoo.registry import register_model
+
+VGG16 = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
+
+
+@dataclass
+class DeconvNetConfig:
+    in_channels: int = 3
+    classes: int = 21  # PASCAL VOC: background + 20 object classes
+    image_size: list = field(default_factory=lambda: [224, 224])
+    encoder: list = field(default_factory=lambda: [list(s) for s in VGG16])  # conv widths per pooling stage
+    fc_width: int = 4096  # fc6 and fc7, as convolutions
+    dataset: str = "none"  # deconvnet-vgg16 is built and exported, not trained here
+    lr: float = 1e-3
+    epochs: int = 20
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    background_weight: float = 1.0  # the cross-entropy's weight on background pixels (digits: 1)
+
+    def __post_init__(self):
+        self.image_size = [int(s) for s in self.image_size]
+        self.encoder = [[int(w) for w in stage] for stage in self.encoder]
+        if not self.encoder or any(not stage for stage in self.encoder):
+            raise ZooError(f"encoder={self.encoder}; expected a list of non-empty lists of conv widths")
+        scale = 2 ** len(self.encoder)
+        if any(s % scale for s in self.image_size):
+            raise ZooError(
+                f"image_size {self.image_size} with {len(self.encoder)} 2x2 pools; expected multiples of {scale}"
+            )
+
+    @property
+    def fc_kernel(self) -> tuple[int, int]:
+        """fc6's kernel: the whole map the last pool leaves (7x7 for 224x224 through five pools)."""
+        scale = 2 ** len(self.encoder)
+        return self.image_size[0] // scale, self.image_size[1] // scale
+
+    @property
+    def decoder(self) -> list[list[int]]:
+        """Deconvolution widths per unpooling stage, deepest first: each encoder stage mirrored, its last layer
+        narrowing to the width that entered the stage (VGG16: 512,512,512 | 512,512,256 | 256,256,128 | 128,64 |
+        64,64)."""
+        out = []
+        for k in reversed(range(len(self.encoder))):
+            entering = self.encoder[k - 1][-1] if k > 0 else self.encoder[0][-1]
+            out.append([*self.encoder[k][:-1], entering])
+        return out
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+def deconv_bn_relu(c_in: int, c_out: int, kernel=3, padding=1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(c_in, c_out, kernel, padding=padding), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
+
+
+def unpool_with_switches(x: torch.Tensor, switches: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C, H, W): each value goes back to the position its 2x2 window's maximum came from."""
+    return F.max_unpool2d(x, switches, 2, 2, output_size=size)
+
+
+class DeconvNet(ZooModel):
+    input_names = ("image",)
+    output_names = ("scores",)
+    headline_metric = "val_miou"
+
+    def __init__(self, config: DeconvNetConfig):
+        super().__init__()
+        self.config = c = config
+        widths = [c.in_channels] + [w for stage in c.encoder for w in stage]
+        self.encoder = nn.ModuleList()
+        k = 0
+        for stage in c.encoder:  # each stage: 3x3 convs at one size, then a 2x2 pool that keeps its switches
+            self.encoder.append(
+                nn.Sequential(*(conv_bn_relu(widths[k + i], widths[k + i + 1]) for i in range(len(stage))))
+            )
+            k += len(stage)
+        top = c.encoder[-1][-1]
+        self.fc6 = nn.Sequential(nn.Conv2d(top, c.fc_width, c.fc_kernel), nn.BatchNorm2d(c.fc_width), nn.ReLU(True))
+        self.fc7 = nn.Sequential(nn.Conv2d(c.fc_width, c.fc_width, 1), nn.BatchNorm2d(c.fc_width), nn.ReLU(True))
+        self.fc6_deconv = deconv_bn_relu(c.fc_width, top, kernel=c.fc_kernel, padding=0)
+        self.decoder = nn.ModuleList()
+        c_in = top
+        for stage in c.decoder:  # each stage: unpool with the mirrored pool's switches, then 3x3 deconvolutions
+            layers = []
+            for w in stage:
+                layers.append(deconv_bn_relu(c_in, w))
+                c_in = w
+            self.decoder.append(nn.Sequential(*layers))
+        self.score = nn.Conv2d(c_in, c.classes, 1)
+
+    def stages(self, image: torch.Tensor) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
+        """The class scores and the decoder's activations after each unpooling and deconvolution stage."""
+        # image: (N, C, H, W)
+        x, switches, sizes = image, [], []
+        for stage in self.encoder:
+            x = stage(x)  # (N, w, h, w')
+            sizes.append(x.shape[-2:])
+            x, where = F.max_pool2d(x, 2, 2, return_indices=True)  # (N, w, h/2, w'/2), switches of the same shape
+            switches.append(where)
+        x = self.fc7(self.fc6(x))  # (N, fc, 1, 1)
+        x = self.fc6_deconv(x)  # (N, top, H/2^s, W/2^s)
+        seen = [("fc6-deconv", x)]
+        for depth, stage in enumerate(self.decoder):
+            k = len(self.encoder) - 1 - depth
+            x = unpool_with_switches(x, switches[k], sizes[k])  # (N, w, 2h, 2w'): sparse
+            seen.append((f"unpool{k + 1}", x))
+            x = stage(x)  # (N, w_out, 2h, 2w'): dense again
+            seen.append((f"deconv{k + 1}", x))
+        return self.score(x), seen  # (N, classes, H, W)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.stages(image)[0]
+
+    def training_step(self, x: torch.Tensor, y, optimizers: dict, epoch: int) -> dict:
+        # x: (B, H, W) in [0, 1], y: (B, H, W) class per pixel
+        scores = self(x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2))
+        weight = torch.ones(self.config.classes, device=scores.device)
+        weight[0] = self.config.background_weight  # (classes,)
+        loss = F.cross_entropy(scores, y.long(), weight=weight)
+        self.step(optimizers["model"], loss)
+        return {"loss": loss.item()}
+
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        return {"model": torch.optim.Adam(self.parameters(), lr=lr, weight_decay=self.config.weight_decay)}
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray, batch: int = 100) -> np.ndarray:
+        """(N, H, W) images in [0, 1] -> (N, H, W) int64 classes."""
+        out = [self(torch.from_numpy(images[i : i + batch])[:, None]).argmax(1) for i in range(0, len(images), batch)]
+        return torch.cat(out).numpy()
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict:
+        from zoo.evaluate import segmentation_scores
+
+        return segmentation_scores(self.predict(images), labels, self.config.classes)
+
+    def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
+        return (torch.rand(batch, self.config.in_channels, *self.config.image_size),)
+
+    def onnx_sample(self, images: np.ndarray, labels=None) -> np.ndarray:
+        return images[:8, None]  # (8, 1, H, W)
+
+    def onnx_translation_table(self) -> dict:
+        from zoo.export import switch_translations
+
+        return switch_translations()
+
+    def onnx_metadata(self) -> dict:
+        h, w = self.config.image_size
+        return {
+            "input_range": "[0, 1]",
+            "normalisation": f"pixels / 255, (N, {self.config.in_channels}, {h}, {w})",
+            "image_size": f"{h}x{w}",
+            "output": f"scores (N, {self.config.classes}, {h}, {w}); the class of a pixel is the argmax over axis 1",
+        }
+
+    def write_pictures(self, out_dir, images: np.ndarray, labels: np.ndarray) -> list:
+        from pathlib import Path
+
+        from zoo.pictures import save_png, segmentation_panel
+
+        out_dir = Path(out_dir)
+        n = min(8, len(images))
+        pred = self.predict(images[:n])
+        paths = [
+            save_png(
+                out_dir / "segmentations.png", segmentation_panel(images[:n], pred, labels[:n], self.config.classes)
+            )
+        ]
+        paths.append(save_png(out_dir / "decoder_stages.png", self.decoder_stages_picture(images[0])))
+        return paths
+
+    @torch.no_grad()
+    def decoder_stages_picture(self, image: np.ndarray):
+        """The lecture's figure for one (H, W) image: the decoder's activations, coarse to fine."""
+        from zoo.pictures import decoder_stages_panel
+
+        scores, seen = self.stages(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None])
+        stages = [(name, a[0].numpy()) for name, a in seen]
+        return decoder_stages_panel(image, stages, scores[0].argmax(0).numpy(), self.config.classes)
+
+
+@register_model
+def deconvnet_vgg16(**cfg) -> DeconvNet:
+    """DeconvNet as in Noh et al. 2015: VGG16 encoder with switches, mirrored unpool/deconv decoder, 21 classes."""
+    return DeconvNet(DeconvNetConfig(**cfg))
+
+
+@register_model
+def deconvnet_digits(**cfg) -> DeconvNet:
+    """DeconvNet at reduced width and depth, trained to segment multi-digit MNIST canvases (11 classes)."""
+    defaults = dict(
+        in_channels=1,
+        classes=11,
+        image_size=[48, 48],
+        encoder=[[16, 16], [32, 32], [64, 64], [128, 128]],
+        fc_width=512,
+        background_weight=0.3,  # background is ~92% of the pixels: weigh the digits' pixels up
+        dataset="mnist-seg",
+        lr=2e-3,
+        epochs=30,
+        batch_size=32,
+    )
+    return DeconvNet(DeconvNetConfig(**{**defaults, **cfg}))
