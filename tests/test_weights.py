@@ -19,7 +19,7 @@ from zoo.errors import ZooError
 CARDS = load_cards(WEIGHTS)
 CARD_IDS = [c["name"] for c in CARDS]
 ONNX_FILES = [f for c in CARDS for f in c["files"] if f.endswith(".onnx")]
-SHIPPED = ("sparse-ae-mnist", "sparse-ae-digits8", "lenet-mnist", "cgen-mnist")
+SHIPPED = ("sparse-ae-mnist", "sparse-ae-digits8", "lenet-mnist", "cgen-mnist", "dcgan-mnist", "deconvnet-digits")
 
 
 def _val(card):
@@ -97,6 +97,21 @@ def test_cgen_class_accuracy_recomputed_without_torch():
     card = next(c for c in CARDS if c["name"] == "cgen-mnist")
     (images,) = runtime_run(str(WEIGHTS / "cgen-mnist.onnx"), {"class_code": np.eye(10, dtype=np.float32)})
     assert class_accuracy(images[:, 0], np.arange(10)) == {"class_accuracy": card["metrics"]["class_accuracy"]}
+
+
+def test_deconvnet_miou_recomputed_without_torch():
+    """The segmentation card's figures from the shipped ONNX file on this runtime's CPU backend."""
+    from zoo.evaluate import segmentation_scores
+
+    card = next(c for c in CARDS if c["name"] == "deconvnet-digits")
+    val = _val(card)
+    sess_path = str(WEIGHTS / "deconvnet-digits.onnx")
+    pred = np.concatenate(
+        [runtime_run(sess_path, {"image": val.images[i : i + 100, None]})[0].argmax(1) for i in range(0, len(val), 100)]
+    )  # (N, H, W)
+    scores = segmentation_scores(pred, val.labels, card["config"]["classes"])
+    for key in ("val_miou", "val_pixel_accuracy"):
+        assert scores[key] == pytest.approx(card["metrics"][key], abs=1e-4), key
 
 
 @pytest.mark.parametrize("card", CARDS, ids=CARD_IDS)

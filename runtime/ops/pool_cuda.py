@@ -1,16 +1,18 @@
 """CUDA MaxPool and AveragePool (2-D, and 1-D as 2-D): one thread per output element in a grid-stride loop over
 the flat (N·C, OH, OW) output, so consecutive threads write consecutive addresses; window geometry and semantics
 as in ``runtime/ops/pool.py`` (which computes the geometry on the host). Integer tensors stay on the host in the
-CUDA backend: MaxPool pools them with the CPU kernel."""
+CUDA backend: MaxPool pools them with the CPU kernel. MaxUnpool (1-D to 3-D) is a deterministic scatter in three
+grid-stride passes, described at its kernels."""
 
 from __future__ import annotations
 
 import numpy as np
-from numba import cuda, float32, int64
+from numba import cuda, float32, int32, int64
 
+from runtime.errors import InvalidFeed, UnsupportedOp
 from runtime.ops import OPS
 from runtime.ops._cuda_launch import THREADS_PER_BLOCK, as_float32, grid_1d, kernel
-from runtime.ops.pool import check_storage_order, pool_geometry
+from runtime.ops.pool import check_storage_order, out_of_range, pool_geometry, unpool_shape
 
 FLOAT32_LOWEST = float32(np.finfo(np.float32).min)
 
@@ -80,6 +82,44 @@ def _average_pool_kernel(x, y, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, count_inc
         y[p, oh, ow] = acc / float32(count) if count > 0 else acc
 
 
+# MaxUnpool writes X[j] at Y.flat[I.flat[j]], and of several j with the same index the last in scan order wins (as
+# onnxruntime's serial loop). A parallel scatter would race on those duplicates, and a gather would have to search
+# all of I for each output element, so each output element first claims, with an atomic max, the last input
+# position that points to it, then reads that one input: O(in + out) work, the same result on every run, and
+# indices anywhere in the output (``output_shape`` lets them cross planes). Winners are int32: X has < 2³¹ elements.
+
+
+@kernel("void(int32[::1], int64[::1])")
+def _unpool_reset_kernel(winner, bad):
+    # winner: (out_size,) the input position each output element takes, -1 for none (a zero); bad: [found, index]
+    start = cuda.grid(1)
+    if start == 0:
+        bad[0] = 0
+    for t in range(start, winner.size, cuda.gridsize(1)):
+        winner[t] = -1
+
+
+@kernel("void(int64[::1], int32[::1], int64[::1])")
+def _unpool_claim_kernel(indices, winner, bad):
+    # indices: (in_size,) I flattened; an index outside the output is reported in bad (any one of them) and skipped
+    n = winner.size
+    for j in range(cuda.grid(1), indices.size, cuda.gridsize(1)):
+        t = indices[j]
+        if t < 0 or t >= n:
+            bad[1] = t
+            bad[0] = 1
+        else:
+            cuda.atomic.max(winner, t, int32(j))
+
+
+@kernel("void(float32[::1], int32[::1], float32[::1])")
+def _unpool_gather_kernel(x, winner, y):
+    # x: (in_size,) X flattened; y: (out_size,) the output flattened
+    for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        j = winner[t]
+        y[t] = x[j] if j >= 0 else float32(0.0)
+
+
 @OPS[("", "MaxPool")].cuda
 def MaxPool(
     X,
@@ -140,4 +180,30 @@ def AveragePool(
             *g.kernel_args(),
             np.int32(count_include_pad),
         )
+    return Y
+
+
+@OPS[("", "MaxUnpool")].cuda
+def MaxUnpool(X, I, output_shape=None, *, kernel_shape=None, pads=None, strides=None):
+    if isinstance(X, np.ndarray):  # an empty (or integer) X stays on the host: the CPU kernel takes it
+        I = I if isinstance(I, np.ndarray) else I.copy_to_host()
+        return OPS[("", "MaxUnpool")].impl["cpu"](X, I, output_shape, kernel_shape=kernel_shape, pads=pads,
+                                                   strides=strides)  # fmt: skip
+    shape = unpool_shape(X.shape, I.shape, output_shape, kernel_shape=kernel_shape, pads=pads, strides=strides)
+    x = as_float32(X, "MaxUnpool").reshape(-1)
+    if I.dtype != np.int64:
+        raise InvalidFeed(f"MaxUnpool takes int64 indices I; got {I.dtype}")
+    if x.size >= 2**31:
+        raise UnsupportedOp(f"the cuda backend's MaxUnpool takes fewer than 2**31 input elements; got {x.size}")
+    indices = cuda.to_device(np.ascontiguousarray(I).reshape(-1)) if isinstance(I, np.ndarray) else I.reshape(-1)
+    Y = cuda.device_array(shape, dtype=np.float32)
+    y = Y.reshape(-1)
+    winner = cuda.device_array(y.size, dtype=np.int32)
+    bad = cuda.device_array(2, dtype=np.int64)
+    _unpool_reset_kernel[grid_1d(y.size), THREADS_PER_BLOCK](winner, bad)
+    _unpool_claim_kernel[grid_1d(x.size), THREADS_PER_BLOCK](indices, winner, bad)
+    _unpool_gather_kernel[grid_1d(y.size), THREADS_PER_BLOCK](x, winner, y)
+    found, index = bad.copy_to_host()
+    if found:
+        raise out_of_range(int(index), shape)
     return Y
