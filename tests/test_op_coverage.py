@@ -1,15 +1,16 @@
 """Every op the runtime registers is run against onnxruntime by some test case, on each backend: adding an op
 without its test cases fails here. The cases live in test_ops.py and test_ops_nn.py (one-node graphs, the
-op_types the loaded graph runs), test_unpool.py (MaxUnpool) and test_conv.py (convolutions)."""
+op_types the loaded graph runs), test_unpool.py (MaxUnpool), test_fusion.py (fused ops) and test_conv.py
+(convolutions)."""
 
 from __future__ import annotations
 
 import pytest
 
 import runtime
-from tests import test_conv, test_ops, test_ops_nn, test_unpool
+from tests import test_conv, test_fusion, test_ops, test_ops_nn, test_unpool
 
-CASE_LISTS = (test_ops.CASES, test_ops_nn.CASES, test_unpool.CASES)
+CASE_LISTS = (test_ops.CASES, test_ops_nn.CASES, test_unpool.CASES, test_fusion.CASES)
 
 
 def _op_names(backend: str) -> set[str]:

@@ -3,7 +3,11 @@ the same ONNX files in one process, with equal thread counts.
 
 Method: each runner is warmed up, then the runners take turns (A B C A B C ...) so that drifts of the machine
 hit all alike; each reports the median of its runs, and the ratio of medians to onnxruntime. Cold start (time
-to the first result in a fresh process, Numba cache empty and then warm) is measured in subprocesses.
+to the first result in a fresh process, Numba cache empty and then warm) is measured in subprocesses, which also
+report their peak resident memory.
+
+The cases are the shipped ONNX files (``weights/``) and architectures benchmarked with seeded random weights
+(``RANDOM_WEIGHT_MODELS``: exported once per run into a temporary folder, PyTorch eager on the same module).
 """
 
 from __future__ import annotations
@@ -24,6 +28,15 @@ import numpy as np
 
 REFERENCE_MAX_PARAMS = 1_000_000  # onnx.reference is an interpreter: only on small models
 
+# Architectures without shipped weights, benchmarked with seeded random weights: (registered model name, part).
+# To add one (the DeconvNet family, e.g. ("deconvnet-digits", None) or ("deconvnet-vgg16", None)), append it here:
+# ``zoo bench --models NAME`` then selects it like a shipped file.
+RANDOM_WEIGHT_MODELS: list[tuple[str, str | None]] = [
+    ("dcgan-64", "generator"),
+    ("dcgan-64", "discriminator"),
+]
+RANDOM_WEIGHT_SEED = 0
+
 
 @dataclass
 class Case:
@@ -33,6 +46,7 @@ class Case:
     checkpoint: Path | None = None  # for the PyTorch eager runner
     part: str | None = None
     feed: dict = field(default_factory=dict)
+    torch_module: object = None  # the PyTorch eager module itself, for the random-weight cases
 
 
 def _feed_for(onnx_path: Path, batch: int, seed: int = 0) -> dict:
@@ -76,15 +90,47 @@ def shipped_cases(weights_dir: Path, batches: list[int], models: list[str] | Non
     return cases
 
 
+def random_weight_cases(out_dir: Path, batches: list[int], models: list[str] | None) -> list[Case]:
+    """The ``RANDOM_WEIGHT_MODELS`` selected by ``models`` (all when None), exported into ``out_dir``; none
+    without PyTorch (the export needs it)."""
+    try:
+        import torch
+    except ImportError:
+        return []
+
+    import zoo
+    from zoo.export import export_onnx, model_part
+
+    cases = []
+    built = {}
+    for name, part in RANDOM_WEIGHT_MODELS:
+        label = f"{name}.{part}" if part else name
+        if models and name not in models and label not in models:
+            continue
+        if name not in built:
+            torch.manual_seed(RANDOM_WEIGHT_SEED)  # the model's own initialisation, seeded
+            built[name] = zoo.create_model(name).eval()
+        path = Path(out_dir) / f"{label}.onnx"
+        if not path.is_file():
+            export_onnx(built[name], path, part=part)
+        module = model_part(built[name], part).eval()
+        for b in batches:
+            cases.append(Case(f"{label} (random)", path, b, None, part, _feed_for(path, b), torch_module=module))
+    return cases
+
+
 def _torch_runner(case: Case, threads: int):
     import torch
 
-    from zoo.checkpoint import load_checkpoint
-    from zoo.export import model_part
-
     torch.set_num_threads(threads)
-    model, _ = load_checkpoint(case.checkpoint)
-    module = model_part(model, case.part).eval()
+    if case.torch_module is not None:
+        module = case.torch_module
+    else:
+        from zoo.checkpoint import load_checkpoint
+        from zoo.export import model_part
+
+        model, _ = load_checkpoint(case.checkpoint)
+        module = model_part(model, case.part).eval()
     tensors = [torch.from_numpy(v) for v in case.feed.values()]
 
     def run():
@@ -116,7 +162,7 @@ def runners_for(case: Case, backend: str, threads: int) -> dict:
         "onnxruntime": lambda: ort_sess.run(None, case.feed),
         f"runtime-{backend}": lambda: ours.run(None, case.feed),
     }
-    if case.checkpoint is not None and case.checkpoint.is_file():
+    if case.torch_module is not None or (case.checkpoint is not None and case.checkpoint.is_file()):
         try:
             out["torch"] = _torch_runner(case, threads)
         except ImportError:
@@ -163,25 +209,44 @@ import runtime
 sess = runtime.InferenceSession(sys.argv[1], backend=sys.argv[2])
 feed = dict(np.load(sys.argv[3]))
 sess.run(None, feed)
-print(time.perf_counter() - t0)
+seconds = time.perf_counter() - t0
+# VmHWM, this process image's peak RSS (getrusage's ru_maxrss would carry the parent's peak across fork + exec)
+try:
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+    print(seconds, int(hwm) / 1024)
+except (OSError, IndexError):
+    print(seconds, "nan")
 """
 
 
 def cold_start(case: Case, backend: str, threads: int) -> dict:
-    """Seconds from `import runtime` to the first result in a fresh process: Numba cache empty, then warm."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """Seconds from `import runtime` to the first result in a fresh process: Numba cache empty, then warm; and
+    that process's peak resident memory (MiB). The cache is a fresh folder inside $NUMBA_CACHE_DIR when the user
+    set it (else inside the system's temporary folder), removed afterwards."""
+    parent = os.environ.get("NUMBA_CACHE_DIR") or None
+    if parent:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir=parent, prefix="zoo-bench-") as cache:
         feed_file = Path(tmp) / "feed.npz"
         np.savez(feed_file, **case.feed)
-        env = {**os.environ, "NUMBA_CACHE_DIR": str(Path(tmp) / "numba-cache"), "NUMBA_NUM_THREADS": str(threads)}
-        result = {}
-        for label in ("empty_cache_s", "warm_cache_s"):
+        env = {
+            **os.environ,
+            "NUMBA_CACHE_DIR": cache,
+            "NUMBA_NUM_THREADS": str(threads),
+            "OPENBLAS_NUM_THREADS": str(threads),
+            "OMP_NUM_THREADS": str(threads),
+        }
+        result = {"numba_cache_dir_parent": parent or tempfile.gettempdir()}
+        for label in ("empty_cache", "warm_cache"):
             done = subprocess.run(
                 [sys.executable, "-c", COLD_START, str(case.onnx_path), backend, str(feed_file)],
                 env=env, capture_output=True, text=True, timeout=600,
             )  # fmt: skip
             if done.returncode != 0:
                 raise RuntimeError(done.stderr.strip().splitlines()[-1])
-            result[label] = float(done.stdout.strip().splitlines()[-1])
+            seconds, rss_mb = (float(v) for v in done.stdout.strip().splitlines()[-1].split())
+            result[f"{label}_s"] = seconds
+            result[f"{label}_peak_rss_mb"] = rss_mb
         return result
 
 
@@ -200,6 +265,11 @@ def machine_info(threads: int) -> dict:
         "numba": numba.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "numba_threading_layer": _threading_layer(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "onnxruntime_session": {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "spinning": "default"},
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:
         import torch
@@ -216,6 +286,15 @@ def machine_info(threads: int) -> dict:
     return info
 
 
+def _threading_layer() -> str:
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: the layer is chosen at the first one
+        return f"not started (configured: {numba.config.THREADING_LAYER})"
+
+
 def run_bench(
     cases: list[Case], backend: str = "cpu", threads: int | None = None, cold: bool = True, log=print
 ) -> dict:
@@ -229,7 +308,7 @@ def run_bench(
         threadpool_limits(threads)
     except ImportError:
         pass
-    report = {"machine": machine_info(threads), "backend": backend, "results": []}
+    report = {"machine": {}, "backend": backend, "results": []}
     ours = f"runtime-{backend}"
     for case in cases:
         runners = runners_for(case, backend, threads)
@@ -240,6 +319,7 @@ def run_bench(
             "batch": case.batch,
             "runs": len(times[ours]),
             "median_ms": {k: v * 1e3 for k, v in medians.items()},
+            "quartiles_ms": {k: [q * 1e3 for q in statistics.quantiles(v, n=4)[::2]] for k, v in times.items()},
             "ratio_to_onnxruntime": {k: v / medians["onnxruntime"] for k, v in medians.items()},
             "peak_numpy_alloc_mb": peak_memory_mb(runners[ours]),
         }
@@ -247,6 +327,7 @@ def run_bench(
             row["cold_start"] = cold_start(case, backend, threads)
         report["results"].append(row)
         log(_format_row(row, ours))
+    report["machine"] = machine_info(threads)  # after the runs: Numba's threading layer is known by then
     return report
 
 

@@ -21,6 +21,7 @@ no fastmath anywhere, so NaN propagates as in onnxruntime.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numba
@@ -28,7 +29,8 @@ import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel
 from runtime.ops import onnx_op
-from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS
+from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA, PARALLEL_MIN_ELEMENTS, activate_alpha
+from runtime.ops.gemm import FUSED_DOMAIN
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 DTYPES = (np.float32, np.float64)
@@ -75,6 +77,14 @@ class ConvGeometry:
 
     def w5_shape(self, w_shape) -> tuple[int, ...]:
         return (w_shape[0], w_shape[1], *self.as_3d(self.kernel, 1))  # (W0, W1, kD, kH, kW)
+
+    @functools.cached_property
+    def kernel_arguments_cached(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``kernel_arguments()`` made once per geometry (read-only: the kernels never write them)."""
+        arrays = self.kernel_arguments()
+        for a in arrays:
+            a.flags.writeable = False
+        return arrays
 
     def kernel_arguments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """strides, dilations and begin pads as int64 arrays of length 3 (the kernels' calling convention)."""
@@ -209,6 +219,28 @@ def conv_geometry(
     return ConvGeometry(N, C_in, C_out, group, in_size, kernel, strides, dilations, tuple(pads_begin), tuple(out_size))
 
 
+def _key(value):
+    return None if value is None else tuple(int(v) for v in value)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_geometry(op_type, X_shape, W_shape, B_shape, auto_pad, dilations, group, kernel_shape, pads, strides,
+                     output_padding, output_shape) -> ConvGeometry:  # fmt: skip
+    return conv_geometry(op_type, X_shape, W_shape, B_shape, auto_pad=auto_pad, dilations=dilations, group=group,
+                         kernel_shape=kernel_shape, pads=pads, strides=strides, output_padding=output_padding,
+                         output_shape=output_shape)  # fmt: skip
+
+
+def cached_conv_geometry(op_type: str, X_shape, W_shape, B_shape=None, *, auto_pad="NOTSET", dilations=None,
+                         group=1, kernel_shape=None, pads=None, strides=None, output_padding=None,
+                         output_shape=None) -> ConvGeometry:  # fmt: skip
+    """``conv_geometry`` remembered per shapes and attributes: a node sees the same ones at every run, and the
+    checks cost about as much as a batch-1 convolution of LeNet's size."""
+    return _cached_geometry(op_type, tuple(X_shape), tuple(W_shape), None if B_shape is None else tuple(B_shape),
+                            auto_pad, _key(dilations), int(group), _key(kernel_shape), _key(pads), _key(strides),
+                            _key(output_padding), _key(output_shape))  # fmt: skip
+
+
 def _check_inputs(op_type: str, X, W, B) -> None:
     if X.dtype.type not in DTYPES:
         raise InvalidFeed(f"{op_type} takes float32 or float64 tensors, got X of dtype {X.dtype}")
@@ -276,23 +308,49 @@ def _im2col(x, col, strides, dilations, pads):
                         colf[U(dst + ow)] = 0.0
 
 
-def _to_nchw(prod, bias, y):
-    # prod: (C_out, n, P) from the GEMM; y: (n, C_out, P) = prod transposed, plus the bias
+def _to_nchw(prod, bias, y, activation, alpha):
+    # prod: (C_out, n, P) from the GEMM; y: (n, C_out, P) = act(prod transposed + bias), the fused epilogue
     C, N, P = prod.shape
     for r in numba.prange(N * C):
         n = r // C
         c = r % C
         b = bias[c]
         for p in range(P):
-            y[n, c, p] = prod[c, n, p] + b
+            y[n, c, p] = activate_alpha(prod[c, n, p] + b, activation, alpha)
 
 
-def _col2im(col, bias, y, d_count, d_taps, d_sources, h_count, h_taps, h_sources, w_lo, w_hi, w_phase, w_shift, sW):
+def _bias_activation_rows(y, bias, activation, alpha):
+    # y: (C_out, P) in place, one sample's output: y = act(y + bias[c])
+    C, P = y.shape
+    for c in numba.prange(C):
+        b = bias[c]
+        for p in range(P):
+            y[c, p] = activate_alpha(y[c, p] + b, activation, alpha)
+
+
+def _col2im(
+    col,
+    bias,
+    y,
+    d_count,
+    d_taps,
+    d_sources,
+    h_count,
+    h_taps,
+    h_sources,
+    w_lo,
+    w_hi,
+    w_phase,
+    w_shift,
+    sW,
+    activation,
+    alpha,
+):
     # col: (C_out, kD, kH, kW, n, D, H, W), tap (kd, kh, kw)'s contribution from input position (d, h, w);
     # y: (n, C_out, D_out, H_out, W_out). A gather: each output row y[n, c, od, oh] sums the contributions that
     # land on it, found in the (D, H) tap tables and, along W, through each tap kw's input column range
     # [w_lo, w_hi), which lands on output columns (iw + w_shift)·sW + w_phase. The sums are built per phase in
-    # `acc` (contiguous, so the adds vectorise) and interleaved into the row once.
+    # `acc` (contiguous, so the adds vectorise) and interleaved into the row once, through the activation.
     N, C, OD, OH, OW = y.shape
     KD, KH, KW, ID, IH, IW = col.shape[1], col.shape[2], col.shape[3], col.shape[5], col.shape[6], col.shape[7]
     colf = col.reshape(-1)
@@ -322,7 +380,7 @@ def _col2im(col, bias, y, d_count, d_taps, d_sources, h_count, h_taps, h_sources
             row = (r * OH + oh) * OW  # r = (n·C + c)·OD + od: y's flat offset of this row
             for phase in range(sW):
                 for j in range((OW - phase + sW - 1) // sW):
-                    yf[U(row + phase + j * sW)] = acc[U(phase * L + j)]
+                    yf[U(row + phase + j * sW)] = activate_alpha(acc[U(phase * L + j)], activation, alpha)
 
 
 def _serial_and_parallel(fn):
@@ -331,14 +389,16 @@ def _serial_and_parallel(fn):
 
 _IM2COL = _serial_and_parallel(_im2col)
 _TO_NCHW = _serial_and_parallel(_to_nchw)
+_BIAS_ACTIVATION_ROWS = _serial_and_parallel(_bias_activation_rows)
 _COL2IM = _serial_and_parallel(_col2im)
 
 # The batch is cut into chunks so that col stays (mostly) in cache between the GEMM that writes it and the kernel
 # that reads it, and its memory stays bounded. Smaller chunks mean more BLAS calls, each a barrier for BLAS's
 # threads, which costs dearly when another process holds a core. A DCGAN layer (N=64, 128->64 channels,
 # 16x16 -> 32x32) on 2 cores: 4 MiB chunks 34 ms idle / 380 ms beside a busy process; 16 MiB 38 / 150 ms;
-# the whole batch 44 / 136 ms (onnxruntime 27-31 / 135 ms).
-COL_CHUNK_BYTES = 1 << 24
+# the whole batch 44 / 136 ms (onnxruntime 27-31 / 135 ms). 32 MiB keeps the DCGAN discriminator's second layer at
+# batch 64 (20 MiB of col) in one chunk, so its im2col runs in parallel.
+COL_CHUNK_BYTES = 1 << 25
 
 
 def _chunks(N: int, bytes_per_sample: int) -> list[tuple[int, int]]:
@@ -361,7 +421,7 @@ def _bias_or_zeros(B, C_out: int, dtype):
 # --- the ops ----------------------------------------------------------------------------------------------
 
 
-def conv(X, W, B, geom: ConvGeometry) -> np.ndarray:
+def conv(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_RELU_ALPHA) -> np.ndarray:
     N, C_in, C_out, g = geom.N, geom.C_in, geom.C_out, geom.group
     x5 = X.reshape(geom.x5_shape)  # (N, C_in, D, H, W)
     w5 = W.reshape(geom.w5_shape(W.shape))  # (C_out, C_in/g, kD, kH, kW)
@@ -374,7 +434,8 @@ def conv(X, W, B, geom: ConvGeometry) -> np.ndarray:
     CK = C_in // g * KD * KH * KW
     w_rows = w5.reshape(g, C_out // g, CK)  # (g, C_out/g, C_in/g·K)
     bias = _bias_or_zeros(B, C_out, X.dtype)
-    strides, dilations, pads = geom.kernel_arguments()
+    alpha = X.dtype.type(alpha)
+    strides, dilations, pads = geom.kernel_arguments_cached
     chunks = _chunks(N, C_in * KD * KH * KW * P * X.itemsize)
     most = chunks[0][1] - chunks[0][0]
     col = np.empty(C_in * KD * KH * KW * most * P, X.dtype)  # one buffer each, reused by every chunk
@@ -387,15 +448,18 @@ def conv(X, W, B, geom: ConvGeometry) -> np.ndarray:
         with np.errstate(all="ignore"):  # inf and NaN propagate silently, as in onnxruntime
             if nb == 1:  # the GEMM's (C_out, P_out) is the sample's NCHW output: write it in place
                 np.matmul(w_rows, col_rows, out=y[n0].reshape(g, C_out // g, P))  # (g, C_out/g, P_out)
-                if B is not None:
-                    y[n0] += bias[:, None]  # (C_out, P_out)
+                if B is not None or activation:
+                    _variant(_BIAS_ACTIVATION_ROWS, len(chunks), C_out * P)(y[n0], bias, activation, alpha)
                 continue
             prod_chunk = prod[: C_out * nb * P].reshape(g, C_out // g, nb * P)  # (g, C_out/g, nb·P_out)
             np.matmul(w_rows, col_rows, out=prod_chunk)
-        _variant(_TO_NCHW, len(chunks), prod_chunk.size)(prod_chunk.reshape(C_out, nb, P), bias, y[n0:n1])
+        _variant(_TO_NCHW, len(chunks), prod_chunk.size)(
+            prod_chunk.reshape(C_out, nb, P), bias, y[n0:n1], activation, alpha
+        )
     return y.reshape(geom.y_shape)  # (N, C_out, *out_size)
 
 
+@functools.lru_cache(maxsize=256)
 def _col2im_tables(geom: ConvGeometry):
     """The gather's index tables: (count, taps, sources) along D and along H, and per W tap its input column
     range, phase and shift (see ``_col2im``)."""
@@ -415,7 +479,7 @@ def _col2im_tables(geom: ConvGeometry):
     )
 
 
-def conv_transpose(X, W, B, geom: ConvGeometry) -> np.ndarray:
+def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_RELU_ALPHA) -> np.ndarray:
     N, C_in, C_out, g = geom.N, geom.C_in, geom.C_out, geom.group
     x5 = X.reshape(geom.x5_shape)  # (N, C_in, D, H, W)
     w5 = W.reshape(geom.w5_shape(W.shape))  # (C_in, C_out/g, kD, kH, kW)
@@ -440,17 +504,31 @@ def conv_transpose(X, W, B, geom: ConvGeometry) -> np.ndarray:
         with np.errstate(all="ignore"):
             np.matmul(w_t, x_cols, out=col_chunk)
         col8 = col_chunk.reshape(C_out, KD, KH, KW, nb, ID, IH, IW)  # (C_out, kD, kH, kW, nb, D, H, W)
-        _variant(_COL2IM, len(chunks), nb * C_out * P_in)(col8, bias, y[n0:n1], *tables, sW)
+        _variant(_COL2IM, len(chunks), nb * C_out * P_in)(
+            col8, bias, y[n0:n1], *tables, sW, activation, X.dtype.type(alpha)
+        )
     return y.reshape(geom.y_shape)  # (N, C_out, *out_size)
+
+
+def run_conv(X, W, B, attrs: dict, activation: str = "", activation_alpha: float = LEAKY_RELU_ALPHA):
+    _check_inputs("Conv", X, W, B)
+    geom = cached_conv_geometry("Conv", X.shape, W.shape, None if B is None else B.shape, **attrs)
+    return conv(np.ascontiguousarray(X), np.ascontiguousarray(W), B, geom, ACTIVATIONS[activation], activation_alpha)
+
+
+def run_conv_transpose(X, W, B, attrs: dict, activation: str = "", activation_alpha: float = LEAKY_RELU_ALPHA):
+    _check_inputs("ConvTranspose", X, W, B)
+    geom = cached_conv_geometry("ConvTranspose", X.shape, W.shape, None if B is None else B.shape, **attrs)
+    return conv_transpose(
+        np.ascontiguousarray(X), np.ascontiguousarray(W), B, geom, ACTIVATIONS[activation], activation_alpha
+    )
 
 
 @onnx_op
 def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
-    _check_inputs("Conv", X, W, B)
-    B_shape = None if B is None else B.shape
-    geom = conv_geometry("Conv", X.shape, W.shape, B_shape, auto_pad=auto_pad, dilations=dilations, group=group,
-                         kernel_shape=kernel_shape, pads=pads, strides=strides)  # fmt: skip
-    return conv(np.ascontiguousarray(X), np.ascontiguousarray(W), B, geom)
+    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                 strides=strides)  # fmt: skip
+    return run_conv(X, W, B, attrs)
 
 
 @onnx_op
@@ -468,8 +546,52 @@ def ConvTranspose(
     pads=None,
     strides=None,
 ):
-    _check_inputs("ConvTranspose", X, W, B)
-    geom = conv_geometry("ConvTranspose", X.shape, W.shape, None if B is None else B.shape, auto_pad=auto_pad,
-                         dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads, strides=strides,
-                         output_padding=output_padding, output_shape=output_shape)  # fmt: skip
-    return conv_transpose(np.ascontiguousarray(X), np.ascontiguousarray(W), B, geom)
+    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                 strides=strides, output_padding=output_padding, output_shape=output_shape)  # fmt: skip
+    return run_conv_transpose(X, W, B, attrs)
+
+
+# Conv or ConvTranspose followed by an activation, fused at load (``runtime/fusion.py``); the names and attributes
+# of onnxruntime's contrib op FusedConv. The activation runs in the epilogue that adds the bias.
+
+
+@onnx_op(domain=FUSED_DOMAIN)
+def FusedConv(
+    X,
+    W,
+    B=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+    activation="",
+    activation_alpha=LEAKY_RELU_ALPHA,
+):
+    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                 strides=strides)  # fmt: skip
+    return run_conv(X, W, B, attrs, activation, activation_alpha)
+
+
+@onnx_op(domain=FUSED_DOMAIN)
+def FusedConvTranspose(
+    X,
+    W,
+    B=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    output_padding=None,
+    output_shape=None,
+    pads=None,
+    strides=None,
+    activation="",
+    activation_alpha=LEAKY_RELU_ALPHA,
+):
+    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                 strides=strides, output_padding=output_padding, output_shape=output_shape)  # fmt: skip
+    return run_conv_transpose(X, W, B, attrs, activation, activation_alpha)

@@ -4,7 +4,8 @@ sum, so there are no atomics and no col buffer.
 
 The threads walk the flattened (N, C_out, D_out, H_out, W_out) index in a grid-stride loop, W fastest: a warp
 writes consecutive addresses. 1-D and 2-D convolutions run as 3-D ones with leading spatial axes of size 1; the
-output shape and pads come from ``runtime.ops.conv.conv_geometry``, shared with the CPU.
+output shape and pads come from ``runtime.ops.conv.conv_geometry``, shared with the CPU. FusedConv and
+FusedConvTranspose (a convolution and its activation, fused at load) apply the activation before the single store.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ import numpy as np
 from numba import cuda, float32
 
 from runtime.ops import OPS
-from runtime.ops._cuda_launch import THREADS_PER_BLOCK, as_float32, grid_1d, kernel
-from runtime.ops.conv import ConvGeometry, conv_geometry
+from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA
+from runtime.ops._cuda_launch import THREADS_PER_BLOCK, activate_alpha, as_float32, grid_1d, kernel
+from runtime.ops.conv import ConvGeometry, cached_conv_geometry
+from runtime.ops.gemm import FUSED_DOMAIN
 
 _ARRAY5 = "float32[:, :, :, :, ::1]"
 # X, W, B, Y, then strides, dilations and begin pads along (D, H, W) as nine scalars (kernel parameters: no copy
-# to the device, no global-memory loads), the group count and has_bias
-_SIG = f"void({_ARRAY5}, {_ARRAY5}, float32[::1], {_ARRAY5}, {', '.join(['int64'] * 10)}, int32)"
+# to the device, no global-memory loads), the group count, has_bias, and the fused activation (code, LeakyRelu alpha)
+_SIG = f"void({_ARRAY5}, {_ARRAY5}, float32[::1], {_ARRAY5}, {', '.join(['int64'] * 10)}, int32, int32, float32)"
 
 
 @kernel(_SIG)
-def _conv_kernel(X, W, B, Y, sD, sH, sW, dD, dH, dW, pD, pH, pW, group, has_bias):
+def _conv_kernel(X, W, B, Y, sD, sH, sW, dD, dH, dW, pD, pH, pW, group, has_bias, activation, alpha):
     # X: (N, C_in, D, H, W); W: (C_out, C_in/group, kD, kH, kW); B: (C_out,) or a dummy (1,);
     # Y: (N, C_out, D_out, H_out, W_out). Y[n, c, o] = B[c] + sum over the taps k inside X and the group's
     # input channels ci of X[n, ci, o·s − pad + k·d] · W[c, ci, k].
@@ -54,11 +57,11 @@ def _conv_kernel(X, W, B, Y, sD, sH, sW, dD, dH, dW, pD, pH, pW, group, has_bias
                         continue
                     for ci in range(C_in_g):
                         acc += X[n, c0 + ci, id_, ih, iw] * W[c, ci, kd, kh, kw]
-        Y[n, c, od, oh, ow] = acc
+        Y[n, c, od, oh, ow] = activate_alpha(acc, activation, alpha)
 
 
 @kernel(_SIG)
-def _conv_transpose_kernel(X, W, B, Y, sD, sH, sW, dD, dH, dW, pD, pH, pW, group, has_bias):
+def _conv_transpose_kernel(X, W, B, Y, sD, sH, sW, dD, dH, dW, pD, pH, pW, group, has_bias, activation, alpha):
     # X: (N, C_in, D, H, W); W: (C_in, C_out/group, kD, kH, kW); B: (C_out,) or a dummy (1,);
     # Y: (N, C_out, D_out, H_out, W_out). Output o receives input i through tap k when o = i·s − pad + k·d:
     # only the taps with (o + pad − k·d) divisible by s and i inside X contribute.
@@ -95,7 +98,7 @@ def _conv_transpose_kernel(X, W, B, Y, sD, sH, sW, dD, dH, dW, pD, pH, pW, group
                     iw = tw // sW
                     for ci in range(C_in_g):
                         acc += X[n, c0 + ci, id_, ih, iw] * W[c0 + ci, co, kd, kh, kw]
-        Y[n, c, od, oh, ow] = acc
+        Y[n, c, od, oh, ow] = activate_alpha(acc, activation, alpha)
 
 
 _no_bias = None
@@ -110,7 +113,7 @@ def _dummy_bias():
     return _no_bias
 
 
-def _launch(conv_kernel, X, W, B, geom: ConvGeometry):
+def _launch(conv_kernel, X, W, B, geom: ConvGeometry, activation: str = "", alpha: float = LEAKY_RELU_ALPHA):
     """Allocate Y, launch ``conv_kernel`` over every output element, and return Y in the op's rank."""
     Y = cuda.device_array(geom.y5_shape, dtype=np.float32)  # (N, C_out, D_out, H_out, W_out)
     if Y.size:
@@ -124,6 +127,8 @@ def _launch(conv_kernel, X, W, B, geom: ConvGeometry):
             *geometry,
             np.int64(geom.group),
             np.int32(B is not None),
+            np.int32(ACTIVATIONS[activation]),
+            np.float32(alpha),
         )
     return Y.reshape(geom.y_shape)  # (N, C_out, *out_size)
 
@@ -133,13 +138,17 @@ def _check_float32(op_type: str, X, W, B) -> None:
         as_float32(t, op_type)
 
 
+def _run(op_type: str, conv_kernel, X, W, B, attrs: dict, activation: str = "", alpha: float = LEAKY_RELU_ALPHA):
+    _check_float32(op_type, X, W, B)
+    geom = cached_conv_geometry(op_type, X.shape, W.shape, None if B is None else B.shape, **attrs)
+    return _launch(conv_kernel, X, W, B, geom, activation, alpha)
+
+
 @OPS[("", "Conv")].cuda
 def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
-    _check_float32("Conv", X, W, B)
-    B_shape = None if B is None else B.shape
-    geom = conv_geometry("Conv", X.shape, W.shape, B_shape, auto_pad=auto_pad, dilations=dilations, group=group,
-                         kernel_shape=kernel_shape, pads=pads, strides=strides)  # fmt: skip
-    return _launch(_conv_kernel, X, W, B, geom)
+    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                 strides=strides)  # fmt: skip
+    return _run("Conv", _conv_kernel, X, W, B, attrs)
 
 
 @OPS[("", "ConvTranspose")].cuda
@@ -157,8 +166,48 @@ def ConvTranspose(
     pads=None,
     strides=None,
 ):
-    _check_float32("ConvTranspose", X, W, B)
-    geom = conv_geometry("ConvTranspose", X.shape, W.shape, None if B is None else B.shape, auto_pad=auto_pad,
-                         dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads, strides=strides,
-                         output_padding=output_padding, output_shape=output_shape)  # fmt: skip
-    return _launch(_conv_transpose_kernel, X, W, B, geom)
+    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                 strides=strides, output_padding=output_padding, output_shape=output_shape)  # fmt: skip
+    return _run("ConvTranspose", _conv_transpose_kernel, X, W, B, attrs)
+
+
+@OPS[(FUSED_DOMAIN, "FusedConv")].cuda
+def FusedConv(
+    X,
+    W,
+    B=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    pads=None,
+    strides=None,
+    activation="",
+    activation_alpha=LEAKY_RELU_ALPHA,
+):
+    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                 strides=strides)  # fmt: skip
+    return _run("Conv", _conv_kernel, X, W, B, attrs, activation, activation_alpha)
+
+
+@OPS[(FUSED_DOMAIN, "FusedConvTranspose")].cuda
+def FusedConvTranspose(
+    X,
+    W,
+    B=None,
+    *,
+    auto_pad="NOTSET",
+    dilations=None,
+    group=1,
+    kernel_shape=None,
+    output_padding=None,
+    output_shape=None,
+    pads=None,
+    strides=None,
+    activation="",
+    activation_alpha=LEAKY_RELU_ALPHA,
+):
+    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                 strides=strides, output_padding=output_padding, output_shape=output_shape)  # fmt: skip
+    return _run("ConvTranspose", _conv_transpose_kernel, X, W, B, attrs, activation, activation_alpha)
