@@ -47,6 +47,17 @@ def test_canvases_place_the_given_digits_without_overlap():
         assert np.array_equal(m > 0, image > 0)
 
 
+def test_warped_training_canvases_stay_labelled_where_the_strokes_are():
+    from zoo.data import _mnist
+
+    X, y = _mnist()
+    images, maps = digit_canvases(X[:50], y[:50], count=40, seed=3, warp=True)
+    plain, _ = digit_canvases(X[:50], y[:50], count=40, seed=3, warp=False)
+    assert np.array_equal(maps > 0, images >= SEG_STROKE)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert not np.array_equal(images, plain)  # warped digits (and so other places) differ from the plain ones
+
+
 def test_train_and_val_canvases_come_from_disjoint_digits():
     from zoo.data import _mnist, split_indices
 

@@ -114,6 +114,18 @@ def test_deconvnet_miou_recomputed_without_torch():
         assert scores[key] == pytest.approx(card["metrics"][key], abs=1e-4), key
 
 
+@pytest.mark.slow
+@pytest.mark.cuda
+def test_deconvnet_on_the_cuda_backend_at_full_size():
+    """The shipped segmentation network, one canvas, on the CUDA backend (about 4 minutes in the simulator,
+    which ``make test`` leaves out: its other CUDA tests cover every kernel at small sizes)."""
+    path = str(WEIGHTS / "deconvnet-digits.onnx")
+    x = _val(next(c for c in CARDS if c["name"] == "deconvnet-digits")).images[:1, None]  # (1, 1, 48, 48)
+    (got,), (expected,) = runtime_run(path, {"image": x}, "cuda"), ort_run(path, {"image": x})
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)  # scores of order 10: float32 sums
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+
+
 @pytest.mark.parametrize("card", CARDS, ids=CARD_IDS)
 def test_onnx_metadata_carries_the_card(card):
     for file in (f for f in card["files"] if f.endswith(".onnx")):

@@ -69,23 +69,34 @@ def _photos64() -> tuple[np.ndarray, None]:
 
 # The segmentation set: every canvas is drawn from digits of one side of MNIST's fixed split, so held-out
 # canvases contain only held-out digits. Canvases per split, their size, and the stroke threshold:
-SEG_CANVASES = {"train": 6000, "val": 600}
+SEG_CANVASES = {"train": 20000, "val": 600}
 SEG_CANVAS = 48
 SEG_DIGIT = 20  # MNIST digits are size-normalised into the central 20x20 of their 28x28 box: crop to it
 SEG_MAX_DIGITS = 3
 SEG_STROKE = 0.3  # a pixel belongs to a digit where that digit's intensity is at least this
 SEG_CLASSES = 11  # background + 10 digits
+SEG_ROTATE, SEG_SCALE = 12.0, 0.1  # training digits are drawn rotated up to ±12° and scaled by 1 ± 0.1
+
+
+def _warp(digit: np.ndarray, angle: float, scale: float) -> np.ndarray:
+    """A (28, 28) digit rotated by ``angle`` degrees and scaled by ``scale`` about its centre (bilinear)."""
+    from scipy.ndimage import affine_transform
+
+    a = np.deg2rad(angle)
+    inverse = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) / scale  # output -> input coordinates
+    centre = (np.array(digit.shape) - 1) / 2.0
+    return np.clip(affine_transform(digit, inverse, offset=centre - inverse @ centre, order=1), 0.0, 1.0)
 
 
 def digit_canvases(
-    digits: np.ndarray, labels: np.ndarray, count: int, seed: int, canvas: int = SEG_CANVAS
+    digits: np.ndarray, labels: np.ndarray, count: int, seed: int, canvas: int = SEG_CANVAS, warp: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """``count`` canvases (canvas x canvas) each holding 1 to SEG_MAX_DIGITS digits at random places whose
     20x20 boxes do not overlap; returns images (count, canvas, canvas) float32 in [0, 1] and label maps
-    (count, canvas, canvas) uint8 (0 background, 1 + class on the strokes). Deterministic in ``seed``."""
+    (count, canvas, canvas) uint8 (0 background, 1 + class on the strokes). ``warp`` rotates and scales each
+    drawn digit at random (training canvases: more shapes from the same digits). Deterministic in ``seed``."""
     rng = np.random.default_rng(seed)
     m = (28 - SEG_DIGIT) // 2
-    crops = digits[:, m : m + SEG_DIGIT, m : m + SEG_DIGIT]  # (n, 20, 20)
     images = np.zeros((count, canvas, canvas), np.float32)
     maps = np.zeros((count, canvas, canvas), np.uint8)
     span = canvas - SEG_DIGIT + 1
@@ -96,10 +107,15 @@ def digit_canvases(
                 top, left = (int(v) for v in rng.integers(0, span, 2))
                 if all(abs(top - t) >= SEG_DIGIT or abs(left - l) >= SEG_DIGIT for t, l in boxes):
                     boxes.append((top, left))
-                    i = int(rng.integers(len(crops)))
+                    i = int(rng.integers(len(digits)))
+                    digit = digits[i]  # (28, 28)
+                    if warp:
+                        angle, scale = rng.uniform(-SEG_ROTATE, SEG_ROTATE), 1 + rng.uniform(-SEG_SCALE, SEG_SCALE)
+                        digit = _warp(digit, angle, scale)
+                    crop = digit[m : m + SEG_DIGIT, m : m + SEG_DIGIT]  # (20, 20)
                     window = (slice(top, top + SEG_DIGIT), slice(left, left + SEG_DIGIT))
-                    images[k][window] = crops[i]
-                    maps[k][window] = np.where(crops[i] >= SEG_STROKE, labels[i] + 1, 0)
+                    images[k][window] = crop
+                    maps[k][window] = np.where(crop >= SEG_STROKE, labels[i] + 1, 0)
                     break
     return images, maps
 
@@ -108,7 +124,7 @@ def _mnist_seg(split: str) -> tuple[np.ndarray, np.ndarray]:
     X, y = _mnist()
     train_idx, val_idx = split_indices(len(X), y)
     idx, seed = (train_idx, SPLIT_SEED) if split == "train" else (val_idx, SPLIT_SEED + 1)
-    return digit_canvases(X[idx], y[idx], SEG_CANVASES[split], seed)
+    return digit_canvases(X[idx], y[idx], SEG_CANVASES[split], seed, warp=split == "train")
 
 
 BUNDLED = {"mnist": _mnist, "digits8": _digits8, "photos64": _photos64}

@@ -1,5 +1,5 @@
 """Conv and ConvTranspose on the CPU (https://onnx.ai/onnx/operators/onnx__Conv.html,
-https://onnx.ai/onnx/operators/onnx__ConvTranspose.html): BLAS GEMMs (``np.matmul``, one per group over a chunk
+https://onnx.ai/onnx/operators/onnx__ConvTranspose.html): BLAS GEMMs (``blas_matmul``, one per group over a chunk
 of the batch) plus Numba kernels that rearrange the data around them. Where onnx shape inference and
 onnxruntime disagree on ConvTranspose's padding, this follows onnxruntime (see ``conv_geometry``).
 
@@ -29,8 +29,14 @@ import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel
 from runtime.ops import onnx_op
-from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA, PARALLEL_MIN_ELEMENTS, activate_alpha
-from runtime.ops.gemm import FUSED_DOMAIN
+from runtime.ops._cpu_kernels import (
+    ACTIVATIONS,
+    LEAKY_RELU_ALPHA,
+    PARALLEL_MIN_ELEMENTS,
+    activate_alpha,
+    bias_activation_,
+)
+from runtime.ops.gemm import FUSED_DOMAIN, blas_matmul
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 DTYPES = (np.float32, np.float64)
@@ -447,12 +453,12 @@ def conv(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_
         col_rows = col8.reshape(g, CK, nb * P)  # (g, C_in/g·K, nb·P_out)
         with np.errstate(all="ignore"):  # inf and NaN propagate silently, as in onnxruntime
             if nb == 1:  # the GEMM's (C_out, P_out) is the sample's NCHW output: write it in place
-                np.matmul(w_rows, col_rows, out=y[n0].reshape(g, C_out // g, P))  # (g, C_out/g, P_out)
+                blas_matmul(w_rows, col_rows, out=y[n0].reshape(g, C_out // g, P))  # (g, C_out/g, P_out)
                 if B is not None or activation:
                     _variant(_BIAS_ACTIVATION_ROWS, len(chunks), C_out * P)(y[n0], bias, activation, alpha)
                 continue
             prod_chunk = prod[: C_out * nb * P].reshape(g, C_out // g, nb * P)  # (g, C_out/g, nb·P_out)
-            np.matmul(w_rows, col_rows, out=prod_chunk)
+            blas_matmul(w_rows, col_rows, out=prod_chunk)
         _variant(_TO_NCHW, len(chunks), prod_chunk.size)(
             prod_chunk.reshape(C_out, nb, P), bias, y[n0:n1], activation, alpha
         )
@@ -479,6 +485,31 @@ def _col2im_tables(geom: ConvGeometry):
     )
 
 
+def _is_projection(geom: ConvGeometry) -> bool:
+    """A ConvTranspose of a 1x1 input whose output is exactly the kernel (DCGAN's projection of z): each input
+    channel's weights are its contribution to the output, so col2im is the identity and X @ W is the output."""
+    return (
+        geom.group == 1
+        and all(i == 1 for i in geom.in_size)
+        and geom.out_size == geom.kernel
+        and all(p == 0 for p in geom.pads_begin)
+        and all(d == 1 for d in geom.dilations)
+    )
+
+
+def _project(x, w, B, y, activation: int, alpha: float) -> np.ndarray:
+    # x: (N, C_in); w: (C_in, C_out·K); y: (N, C_out, *K) = act(x @ w + bias per channel), written by the GEMM
+    N, C_out = y.shape[0], y.shape[1]
+    y2 = y.reshape(N, -1)  # (N, C_out·K)
+    with np.errstate(all="ignore"):
+        blas_matmul(x, w, out=y2)
+    if B is not None or activation:
+        rows = y.reshape(N * C_out, -1)  # (N·C_out, K), one row per sample and channel
+        bias = None if B is None else np.tile(B, N).reshape(N * C_out, 1)
+        bias_activation_(rows, bias, 1.0, activation, alpha)
+    return y
+
+
 def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_RELU_ALPHA) -> np.ndarray:
     N, C_in, C_out, g = geom.N, geom.C_in, geom.C_out, geom.group
     x5 = X.reshape(geom.x5_shape)  # (N, C_in, D, H, W)
@@ -490,6 +521,8 @@ def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: floa
     if y.size == 0:
         return y.reshape(geom.y_shape)
     CK = C_out // g * KD * KH * KW
+    if _is_projection(geom):
+        return _project(x5.reshape(N, C_in), w5.reshape(C_in, CK), B, y, activation, alpha).reshape(geom.y_shape)
     w_t = w5.reshape(g, C_in // g, CK).transpose(0, 2, 1)  # (g, C_out/g·K, C_in/g), a view BLAS reads transposed
     bias = _bias_or_zeros(B, C_out, X.dtype)
     tables = _col2im_tables(geom)
@@ -502,7 +535,7 @@ def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: floa
         x_cols = x5[n0:n1].reshape(nb, C_in, P_in).transpose(1, 0, 2).reshape(g, C_in // g, nb * P_in)
         col_chunk = col[: g * CK * nb * P_in].reshape(g, CK, nb * P_in)  # (g, C_out/g·K, nb·P_in)
         with np.errstate(all="ignore"):
-            np.matmul(w_t, x_cols, out=col_chunk)
+            blas_matmul(w_t, x_cols, out=col_chunk)
         col8 = col_chunk.reshape(C_out, KD, KH, KW, nb, ID, IH, IW)  # (C_out, kD, kH, kW, nb, D, H, W)
         _variant(_COL2IM, len(chunks), nb * C_out * P_in)(
             col8, bias, y[n0:n1], *tables, sW, activation, X.dtype.type(alpha)

@@ -15,6 +15,7 @@ the switches visible: each pool is an ONNX ``MaxPool`` with its ``Indices`` outp
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,7 @@ class DeconvNetConfig:
     batch_size: int = 32
     weight_decay: float = 0.0
     background_weight: float = 1.0  # the cross-entropy's weight on background pixels (digits: 1)
+    cosine_lr: bool = True  # the step size falls from lr towards 0 along a half cosine over ``epochs``
 
     def __post_init__(self):
         self.image_size = [int(s) for s in self.image_size]
@@ -140,8 +142,18 @@ class DeconvNet(ZooModel):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.stages(image)[0]
 
+    def lr_factor(self, epoch: int) -> float:
+        """The step size of ``epoch`` (1-based) relative to lr: a half cosine over the config's ``epochs``."""
+        if not self.config.cosine_lr:
+            return 1.0
+        progress = min(1.0, (epoch - 1) / max(1, self.config.epochs))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
     def training_step(self, x: torch.Tensor, y, optimizers: dict, epoch: int) -> dict:
         # x: (B, H, W) in [0, 1], y: (B, H, W) class per pixel
+        for group in optimizers["model"].param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * self.lr_factor(epoch)
         scores = self(x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2))
         weight = torch.ones(self.config.classes, device=scores.device)
         weight[0] = self.config.background_weight  # (classes,)
@@ -227,7 +239,7 @@ def deconvnet_digits(**cfg) -> DeconvNet:
         background_weight=0.3,  # background is ~92% of the pixels: weigh the digits' pixels up
         dataset="mnist-seg",
         lr=2e-3,
-        epochs=30,
+        epochs=12,
         batch_size=32,
     )
     return DeconvNet(DeconvNetConfig(**{**defaults, **cfg}))
