@@ -109,8 +109,14 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder [runs/MODEL].")
 @click.option("--force", is_flag=True, help="Train into a folder that already holds a trained model.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
-def train(model, epochs, batch_size, lr, seed, data, limit, overrides, out_dir, force, quiet):
-    """Train MODEL; writes a checkpoint every epoch, metrics.json and the pictures."""
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run from OUT/checkpoint.safetensors (same model, config, data and seed).",
+)
+def train(model, epochs, batch_size, lr, seed, data, limit, overrides, out_dir, force, quiet, resume):
+    """Train MODEL; writes a checkpoint every epoch, metrics.json and the pictures. Under torchrun
+    (--nproc_per_node=N) each process trains on 1/N of every batch; rank 0 writes the files."""
     from zoo.errors import ZooError
     from zoo.train import train as run_training
 
@@ -128,8 +134,11 @@ def train(model, epochs, batch_size, lr, seed, data, limit, overrides, out_dir, 
         data=data,
         limit=limit,
         progress=not quiet,
+        resume=resume,
         **_parse_overrides(overrides),
     )
+    if result["rank"] != 0:  # under torchrun, rank 0 reports
+        return
     shown = ", ".join(f"{k}={v:.4g}" for k, v in result["final"].items() if isinstance(v, float))
     click.echo(f"trained {model} in {result['train_seconds']:.1f} s: {shown}")
     click.echo(f"weights: {final}")
@@ -385,6 +394,57 @@ def sample(model, count, seed, backend, interpolate, steps, classes, out_path, f
 
 
 @cli.command()
+@click.argument("model")
+@click.option(
+    "--image",
+    "image_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="An image file or an (H, W) .npy array, resized to the model's input [the first held-out canvas].",
+)
+@click.option(
+    "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="PNG to write [MODEL-stages.png]."
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing PNG.")
+def visualize(model, image_path, out_path, force):
+    """The decoder's activations after each unpooling and deconvolution stage for one input, coarse to fine
+    (DeconvNet: shipped weights such as deconvnet-digits, or a .safetensors checkpoint)."""
+    import numpy as np
+
+    from zoo.checkpoint import load_checkpoint
+    from zoo.data import load_dataset, load_image_folder
+    from zoo.errors import ZooError
+    from zoo.io import check_writable
+    from zoo.pictures import save_png
+
+    path = Path(model)
+    if path.suffix != ".safetensors":
+        path = weights_dir_default() / f"{model}.safetensors"
+        if not path.is_file():
+            raise click.BadParameter(f"no shipped weights '{model}' in {path.parent}; pass a .safetensors checkpoint")
+    out = check_writable(out_path or f"{path.name.split('.')[0]}-stages.png", force)
+    net, meta = load_checkpoint(path)
+    if not hasattr(net, "decoder_stages_picture"):
+        raise ZooError(f"'{meta['model']}' has no decoder stages to show; expected a DeconvNet (deconvnet-*)")
+    size = tuple(net.config.image_size)
+    if image_path is None:
+        image = load_dataset(net.config.dataset, "val", size=size).images[0]  # (H, W)
+    elif image_path.endswith(".npy"):
+        image = np.load(image_path, allow_pickle=False).astype(np.float32)
+        if image.shape != size or not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+            raise ZooError(f"'{image_path}' holds {image.shape} values; expected a {size} array in [0, 1]")
+    else:
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:  # the folder loader reads, converts and resizes one file
+            shutil.copy(image_path, Path(folder) / Path(image_path).name)
+            image = load_image_folder(folder, size)[0]
+    save_png(out, net.decoder_stages_picture(image))
+    click.echo(f"wrote {out} ({meta['model']}, {len(net.config.encoder)} unpooling stages)")
+
+
+@cli.command()
 @click.option("--models", default=None, help="Comma-separated shipped weights or model names [all shipped].")
 @click.option("--batch", "batches", default="1,64", help="Comma-separated batch sizes.")
 @click.option("--backend", type=click.Choice(["cpu", "cuda"]), default="cpu", help="This runtime's backend.")
@@ -392,9 +452,17 @@ def sample(model, count, seed, backend, interpolate, steps, classes, out_path, f
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write every figure here.")
 @click.option("--cold/--no-cold", default=True, help="Also time a fresh process's first result.")
 @click.option("--weights-dir", type=click.Path(file_okay=False), default=None, help="Where the ONNX files are.")
-def bench(models, batches, backend, threads, json_path, cold, weights_dir):
-    """Time this runtime against onnxruntime (and PyTorch, onnx.reference) on the shipped ONNX files."""
-    from zoo.bench import run_bench, shipped_cases, write_json
+@click.option(
+    "--random-weights/--no-random-weights",
+    default=True,
+    help="Also the architectures without shipped weights (dcgan-64), exported with seeded random weights.",
+)
+def bench(models, batches, backend, threads, json_path, cold, weights_dir, random_weights):
+    """Time this runtime against onnxruntime (and PyTorch, onnx.reference) on the shipped ONNX files and on
+    dcgan-64 with random weights. Cold start uses a fresh Numba cache inside $NUMBA_CACHE_DIR when set."""
+    import tempfile
+
+    from zoo.bench import random_weight_cases, run_bench, shipped_cases, write_json
 
     try:
         sizes = [int(b) for b in batches.split(",")]
@@ -403,10 +471,13 @@ def bench(models, batches, backend, threads, json_path, cold, weights_dir):
             f"'{batches}' is not a comma-separated list of integers", param_hint="--batch"
         ) from None
     names = models.split(",") if models else None
-    cases = shipped_cases(Path(weights_dir or weights_dir_default()), sizes, names)
-    if not cases:
-        raise click.BadParameter(f"no shipped ONNX file matches {models!r}", param_hint="--models")
-    report = run_bench(cases, backend=backend, threads=threads, cold=cold, log=click.echo)
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
+        cases = shipped_cases(Path(weights_dir or weights_dir_default()), sizes, names)
+        if random_weights:
+            cases += random_weight_cases(Path(tmp), sizes, names)
+        if not cases:
+            raise click.BadParameter(f"no shipped or benchmarked model matches {models!r}", param_hint="--models")
+        report = run_bench(cases, backend=backend, threads=threads, cold=cold, log=click.echo)
     if json_path:
         click.echo(f"wrote {write_json(report, json_path)}")
 

@@ -1,8 +1,14 @@
 """The runtime's own exception types: every refusal names the thing that was wrong and what was expected."""
 
+# Control characters written as escapes: names read from a hostile file cannot break a message's single line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
 
 class ZooRuntimeError(Exception):
-    """Base of every error the runtime raises on purpose."""
+    """Base of every error the runtime raises on purpose; its message is always one line."""
+
+    def __init__(self, message="", *args):
+        super().__init__(str(message).translate(_ESCAPES), *args)
 
 
 class InvalidModel(ZooRuntimeError, ValueError):

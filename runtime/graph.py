@@ -6,11 +6,14 @@ initialisers, dangling inputs, cycles, opsets and op_types or attributes the run
 
 from __future__ import annotations
 
+import inspect
+import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnx.defs
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
@@ -93,27 +96,110 @@ def read_model(path_or_bytes) -> tuple[onnx.ModelProto, str | None]:
         raise InvalidModel(f"{what} is not an ONNX model (protobuf parsing failed: {e})") from None
     if not model.HasField("graph") or not model.opset_import:
         raise InvalidModel(f"{what} is not an ONNX model: it has no graph or no opset_import")
+    field = _undecodable_text(model)
+    if field is not None:
+        raise InvalidModel(f"{what} is not a valid ONNX model: its {field} is not UTF-8 text; expected a string")
     return model, base_dir
 
 
-def _tensor_to_array(t: onnx.TensorProto, base_dir: str | None) -> np.ndarray:
+def _undecodable_text(message) -> str | None:
+    """The first string field (names, op_types, keys) that protobuf could not decode as UTF-8 and so hands
+    back as bytes; None if there is none. Numeric and bytes fields (tensor data) are not walked."""
+    for fd, value in message.ListFields():
+        if fd.type not in (fd.TYPE_STRING, fd.TYPE_MESSAGE):
+            continue
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        for v in value if repeated else (value,):
+            if fd.type == fd.TYPE_STRING and not isinstance(v, str):
+                return fd.full_name
+            if fd.type == fd.TYPE_MESSAGE:
+                inner = _undecodable_text(v)
+                if inner is not None:
+                    return inner
+    return None
+
+
+def _physical_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): a generous fixed bound
+        return 1 << 40
+
+
+# No tensor a model declares, and not all its initialisers together, may need more bytes than this machine has:
+# such a model is refused before anything is allocated. Tests patch it.
+MAX_TENSOR_BYTES = _physical_memory_bytes()
+
+
+def _declared_nbytes(t: onnx.TensorProto, what: str) -> int:
+    """Bytes the tensor's declared dims and data_type need, refused if a dim is negative or the total is more
+    than MAX_TENSOR_BYTES; computed in Python integers, so no overflow hides a huge shape."""
+    dims = list(t.dims)
+    if any(d < 0 for d in dims):
+        raise InvalidModel(f"{what} '{t.name}' has shape {tuple(dims)}; expected dimensions >= 0")
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise InvalidModel(
+            f"{what} '{t.name}' has data_type {t.data_type}, which is no ONNX tensor type; expected one of "
+            f"{', '.join(sorted(ONNX_TYPE_NAMES.values()))} or another TensorProto.DataType"
+        ) from None
+    count = math.prod(dims)
+    nbytes = count * itemsize
+    if nbytes > MAX_TENSOR_BYTES:
+        raise InvalidModel(
+            f"{what} '{t.name}' declares shape {tuple(dims)}: {count} elements, {nbytes} bytes; "
+            f"expected at most {MAX_TENSOR_BYTES} bytes (this machine's memory)"
+        )
+    return nbytes
+
+
+def _external_int(t: onnx.TensorProto, what: str, info: dict, key: str) -> int | None:
+    if key not in info:
+        return None
+    try:
+        value = int(info[key])
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidModel(f"{what} '{t.name}' has external data {key} '{info[key]}'; expected an integer >= 0")
+    return value
+
+
+def _check_external_data(t: onnx.TensorProto, base_dir: str | None, nbytes: int, what: str) -> None:
+    """Refuse external data outside the model's folder, missing, or too short for the declared tensor."""
+    info = {e.key: e.value for e in t.external_data}
+    if base_dir is None:
+        raise InvalidModel(f"{what} '{t.name}' refers to external data, which a model given as bytes cannot have")
+    where = info.get("location", "")
+    location = os.path.realpath(os.path.join(base_dir, where))
+    if os.path.commonpath([location, os.path.realpath(base_dir)]) != os.path.realpath(base_dir):
+        raise InvalidModel(f"{what} '{t.name}' points outside the model's folder ('{where}'); refused")
+    if not os.path.isfile(location):
+        raise InvalidModel(f"{what} '{t.name}': external data file '{where}' is missing; expected it beside the model")
+    offset = _external_int(t, what, info, "offset") or 0
+    length = _external_int(t, what, info, "length")
+    if length is not None and length != nbytes:
+        raise InvalidModel(
+            f"{what} '{t.name}': external data length {length} bytes in '{where}'; "
+            f"expected the tensor's declared size, {nbytes} bytes"
+        )
+    size = os.path.getsize(location)
+    if size < offset + nbytes:
+        raise InvalidModel(
+            f"{what} '{t.name}': external data file '{where}' has {size} bytes; "
+            f"expected at least offset {offset} + {nbytes} bytes"
+        )
+
+
+def _tensor_to_array(t: onnx.TensorProto, base_dir: str | None, what: str = "initializer") -> np.ndarray:
+    nbytes = _declared_nbytes(t, what)
     if t.data_location == onnx.TensorProto.EXTERNAL:
-        info = {e.key: e.value for e in t.external_data}
-        if base_dir is None:
-            raise InvalidModel(
-                f"initializer '{t.name}' refers to external data, which a model given as bytes cannot have"
-            )
-        location = os.path.realpath(os.path.join(base_dir, info.get("location", "")))
-        if os.path.commonpath([location, os.path.realpath(base_dir)]) != os.path.realpath(base_dir):
-            raise InvalidModel(
-                f"initializer '{t.name}' points outside the model's folder ('{info.get('location')}'); refused"
-            )
-        if not os.path.isfile(location):
-            raise InvalidModel(f"initializer '{t.name}': external data file '{info.get('location')}' is missing")
+        _check_external_data(t, base_dir, nbytes, what)
     try:
         return numpy_helper.to_array(t, base_dir or "")
-    except (ValueError, TypeError, OSError) as e:
-        raise InvalidModel(f"initializer '{t.name}' cannot be read: {e}") from None
+    except (ValueError, TypeError, OSError, KeyError) as e:
+        raise InvalidModel(f"{what} '{t.name}' cannot be read: {e}") from None
 
 
 def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
@@ -125,23 +211,58 @@ def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
     shape = []
     for d in tt.shape.dim:
         shape.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+    fixed = [d for d in shape if isinstance(d, int)]
+    if any(d < 0 for d in fixed):
+        raise InvalidModel(f"graph input/output '{v.name}' has shape {shape}; expected dimensions >= 0")
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise InvalidModel(
+            f"graph input/output '{v.name}' has elem_type {tt.elem_type}, which is no ONNX tensor type; "
+            f"expected one of {', '.join(sorted(ONNX_TYPE_NAMES.values()))} or another TensorProto.DataType"
+        ) from None
+    if math.prod(fixed) * itemsize > MAX_TENSOR_BYTES:
+        raise InvalidModel(
+            f"graph input/output '{v.name}' declares shape {shape}: {math.prod(fixed) * itemsize} bytes; "
+            f"expected at most {MAX_TENSOR_BYTES} bytes (this machine's memory)"
+        )
     return ValueInfo(v.name, tt.elem_type, shape, has_rank=tt.HasField("shape"))
 
 
-def _attribute(node: onnx.NodeProto, a: onnx.AttributeProto):
+def _attribute(node: onnx.NodeProto, a: onnx.AttributeProto, base_dir: str | None):
     if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
         raise UnsupportedOp(f"node '{node.name}' ({node.op_type}) has a subgraph attribute '{a.name}'; not supported")
     value = onnx.helper.get_attribute_value(a)
+    if value is None:
+        raise InvalidModel(
+            f"attribute '{a.name}' of node '{node.name}' ({node.op_type}) has type "
+            f"{onnx.AttributeProto.AttributeType.Name(a.type)} and no value; expected a typed attribute"
+        )
+    what = f"attribute '{a.name}' of node '{node.name}' ({node.op_type}): tensor"
     if isinstance(value, bytes):
-        return value.decode()
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise InvalidModel(
+                f"attribute '{a.name}' of node '{node.name}' ({node.op_type}) is not UTF-8 text; expected a string"
+            ) from None
     if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
+        return _tensor_to_array(value, base_dir, what)
+    if a.type == onnx.AttributeProto.TENSORS:
+        return [_tensor_to_array(t, base_dir, what) for t in value]
     return value
 
 
 def _constant_value(node: Node) -> np.ndarray:
+    if len(node.attrs) != 1 or len(node.outputs) != 1 or not node.outputs[0]:
+        raise InvalidModel(
+            f"{node.describe()} has attributes {sorted(node.attrs)} and outputs {node.outputs}; "
+            "expected exactly one value attribute and one output"
+        )
     ((key, value),) = node.attrs.items()
     if key == "value":
+        if not isinstance(value, np.ndarray):
+            raise InvalidModel(f"{node.describe()} has a 'value' of {type(value).__name__}; expected a tensor")
         return value
     dtypes = {
         "value_float": np.float32,
@@ -152,6 +273,40 @@ def _constant_value(node: Node) -> np.ndarray:
     if key not in dtypes:
         raise UnsupportedOp(f"{node.describe()} uses attribute '{key}'; supported: value, {', '.join(dtypes)}")
     return np.array(value, dtype=dtypes[key])
+
+
+_PYTHON_ATTRIBUTE_TYPES = {
+    int: onnx.AttributeProto.INT,
+    float: onnx.AttributeProto.FLOAT,
+    str: onnx.AttributeProto.STRING,
+}
+
+
+def _check_attribute_types(node: Node, proto: onnx.NodeProto, op: OpDef, opset: int) -> None:
+    """Each attribute's type must be the one its op's schema (or, for the runtime's own ops, the default of
+    the keyword) says: a Gemm's ``transB`` given as a string or a Gather's ``axis`` as a list are refused."""
+    try:
+        schema = onnx.defs.get_schema(proto.op_type, opset, "") if op.domain == "" else None
+    except onnx.defs.SchemaError:
+        schema = None
+    for a in proto.attribute:
+        if schema is not None and a.name in schema.attributes:
+            expected = int(schema.attributes[a.name].type)
+        else:
+            expected = _PYTHON_ATTRIBUTE_TYPES.get(type(op.attributes.get(a.name)))
+        if expected is None or a.type == expected:
+            continue
+        if expected == onnx.AttributeProto.FLOAT and a.type == onnx.AttributeProto.INT:
+            continue  # an integral value for a float attribute means the same number
+        name = onnx.AttributeProto.AttributeType.Name
+        raise InvalidModel(
+            f"{node.describe()} has attribute '{a.name}' of type {name(a.type)}; expected {name(expected)}"
+        )
+
+
+def _required_inputs(op: OpDef) -> int:
+    params = inspect.signature(op.impl["cpu"]).parameters.values()
+    return sum(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -199,6 +354,12 @@ def _topological_order(nodes: list[Node], available: set[str]) -> list[Node]:
 def build_graph(model: onnx.ModelProto, base_dir: str | None, backend: str) -> Graph:
     g = model.graph
     _check_opsets(model)
+    total = sum(_declared_nbytes(t, "initializer") for t in g.initializer)
+    if total > MAX_TENSOR_BYTES:
+        raise InvalidModel(
+            f"the model's {len(g.initializer)} initializers need {total} bytes together; "
+            f"expected at most {MAX_TENSOR_BYTES} bytes (this machine's memory)"
+        )
     initializers = {t.name: _tensor_to_array(t, base_dir) for t in g.initializer}
     inputs = [_value_info(v) for v in g.input if v.name not in initializers]
     outputs = [_value_info(v) for v in g.output]
@@ -208,7 +369,7 @@ def build_graph(model: onnx.ModelProto, base_dir: str | None, backend: str) -> G
     nodes = []
     for k, p in enumerate(g.node):
         node = Node(p.name or f"{p.op_type}_{k}", p.op_type, p.domain, list(p.input), list(p.output))
-        node.attrs = {a.name: _attribute(p, a) for a in p.attribute}
+        node.attrs = {a.name: _attribute(p, a, base_dir) for a in p.attribute}
         domain = "" if p.domain in DEFAULT_DOMAINS else p.domain
         if p.op_type == "Constant" and domain == "":
             initializers[node.outputs[0]] = _constant_value(node)
@@ -231,6 +392,12 @@ def build_graph(model: onnx.ModelProto, base_dir: str | None, backend: str) -> G
                 f"{node.describe()} has {len(node.inputs)} inputs; "
                 f"this runtime's {p.op_type} takes at most {op.max_inputs}"
             )
+        required = _required_inputs(op)
+        if len(node.inputs) < required or not all(node.inputs[:required]):
+            raise InvalidModel(
+                f"{node.describe()} has inputs {node.inputs}; {p.op_type} needs its first {required} inputs given"
+            )
+        _check_attribute_types(node, p, op, _default_opset(model))
         if domain == "" and _default_opset(model) < op.since:
             raise UnsupportedOp(
                 f"{node.describe()}: this runtime implements {p.op_type} as defined since opset {op.since}; "

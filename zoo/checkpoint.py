@@ -1,5 +1,13 @@
 """Checkpoints as safetensors (never pickle): the tensors plus, in the header's metadata, everything needed to
-rebuild the model from the file alone: ``{"model": name, "config": {...}, "epoch": ..., "metrics": {...}}``."""
+rebuild the model from the file alone: ``{"model": name, "config": {...}, "epoch": ..., "metrics": {...}}``.
+
+The trainer's per-epoch checkpoint also carries what resuming needs to continue exactly as if never stopped:
+every optimizer's tensors (under ``RESUME_PREFIX + "optimizer/<name>/<param index>/<key>"``) and scalars and
+param_groups (in the ``resume`` metadata), the torch RNG state of each rank and the data-order generator's state
+(``RESUME_PREFIX + "rng/..."``), the run's history so far and the settings it was started with. Model weights
+keep their own names, so ``load_checkpoint`` reads either kind of file; the resume tensors' names hold a ``/``,
+which no module attribute can.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ from zoo.errors import ZooError
 from zoo.io import atomic_write
 
 FORMAT = "deconv-zoo/1"
+RESUME_PREFIX = "_resume/"
 
 
 def save_checkpoint(
@@ -21,7 +30,10 @@ def save_checkpoint(
     metrics: dict | None = None,
     extra: dict | None = None,
     overwrite: bool = True,
+    resume: dict | None = None,
 ) -> Path:
+    """``resume``: ``{"optimizers": {name: optimizer}, "rng": {name: uint8 tensor}, "state": {...}}`` for a
+    checkpoint that training can continue from (see ``load_resume_state``)."""
     from safetensors.torch import save
 
     meta = {
@@ -33,7 +45,80 @@ def save_checkpoint(
         **{k: json.dumps(v) for k, v in (extra or {}).items()},
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if resume is not None:
+        state = dict(resume.get("state", {}))
+        state["optimizers"] = {}
+        for name, optimizer in resume["optimizers"].items():
+            opt_tensors, state["optimizers"][name] = _split_optimizer_state(optimizer.state_dict())
+            tensors.update({f"{RESUME_PREFIX}optimizer/{name}/{k}": v for k, v in opt_tensors.items()})
+        tensors.update({f"{RESUME_PREFIX}rng/{k}": v.contiguous().cpu() for k, v in resume.get("rng", {}).items()})
+        meta["resume"] = json.dumps(state)
     return atomic_write(path, save(tensors, metadata=meta), overwrite=overwrite)
+
+
+def _split_optimizer_state(sd: dict) -> tuple[dict, dict]:
+    """An optimizer's state_dict as (tensors by "<param index>/<key>", everything else as JSON-able data)."""
+    import torch
+
+    tensors, scalars = {}, {}
+    for index, entries in sd["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}/{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    groups = []
+    for group in sd["param_groups"]:
+        if any(isinstance(v, torch.Tensor) for v in group.values()):
+            raise ZooError(f"optimizer param_group {sorted(group)} holds a tensor; expected plain numbers to save")
+        groups.append(group)
+    return tensors, {"scalars": scalars, "param_groups": groups}
+
+
+def _join_optimizer_state(tensors: dict, data: dict) -> dict:
+    """The inverse of ``_split_optimizer_state``: a state_dict ``optimizer.load_state_dict`` accepts."""
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        index, key = name.split("/", 1)
+        state.setdefault(int(index), {})[key] = value
+    for index, entries in data["scalars"].items():
+        state.setdefault(int(index), {}).update(entries)
+    # JSON turned tuples (Adam's betas) into lists; torch's optimizers keep tuples there.
+    groups = [
+        {k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in g.items()}
+        for g in data["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
+
+
+def load_resume_state(path, model, optimizers: dict) -> dict:
+    """Load the weights and every optimizer's state from a per-epoch checkpoint into ``model`` and
+    ``optimizers``; returns ``{"meta": ..., "state": <the saved resume data>, "rng": {name: tensor}}``."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    if "resume" not in meta:
+        raise ZooError(f"'{path}' holds no training state (optimizers, RNG); expected a per-epoch checkpoint")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors' own error types for a damaged body
+        raise ZooError(f"'{path}' cannot be read: {e}") from None
+    weights = {k: v for k, v in tensors.items() if not k.startswith(RESUME_PREFIX)}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise ZooError(f"'{path}' does not match model '{meta['model']}': {str(e).splitlines()[0]}") from None
+    state = meta["resume"]
+    saved = set(state["optimizers"])
+    if saved != set(optimizers):
+        raise ZooError(f"'{path}' holds optimizers {sorted(saved)}; the model trains with {sorted(optimizers)}")
+    for name, optimizer in optimizers.items():
+        prefix = f"{RESUME_PREFIX}optimizer/{name}/"
+        opt_tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        optimizer.load_state_dict(_join_optimizer_state(opt_tensors, state["optimizers"][name]))
+    prefix = f"{RESUME_PREFIX}rng/"
+    rng = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {"meta": meta, "state": state, "rng": rng}
 
 
 def read_metadata(path) -> dict:
@@ -59,7 +144,7 @@ def load_numpy(path) -> tuple[dict, dict]:
     from safetensors.numpy import load_file
 
     meta = read_metadata(path)
-    return load_file(str(path)), meta
+    return {k: v for k, v in load_file(str(path)).items() if not k.startswith(RESUME_PREFIX)}, meta
 
 
 def load_checkpoint(path):
@@ -70,8 +155,9 @@ def load_checkpoint(path):
 
     meta = read_metadata(path)
     model = create_model(meta["model"], **meta["config"])
+    weights = {k: v for k, v in load_file(str(path)).items() if not k.startswith(RESUME_PREFIX)}
     try:
-        model.load_state_dict(load_file(str(path)), strict=True)
+        model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         raise ZooError(f"'{path}' does not match model '{meta['model']}': {str(e).splitlines()[0]}") from None
     model.eval()
