@@ -215,9 +215,7 @@ def load_dataset(source: str, split: str = "train", size: tuple[int, int] | None
             X, y = _load_npy(path, size), None
         else:
             known = ", ".join([*BUNDLED, *SPLIT_BY_CONSTRUCTION])
-            raise ZooError(
-                f"unknown data '{source}'; expected one of {known}, a folder of images or an .npy file"
-            )
+            raise ZooError(f"unknown data '{source}'; expected one of {known}, a folder of images or an .npy file")
     have = 1 if X.ndim == 3 else X.shape[3]
     if have != channels:
         raise ZooError(f"data '{source}' has {have}-channel images; this model expects {channels} channel(s)")
