@@ -180,18 +180,28 @@ def test_train_unknown_model_and_bad_override(tmp_path):
     assert result.exit_code == 1 and "rho=2" in result.output
 
 
-def test_run_without_torch(tmp_path):
-    """`zoo run` on the shipped model in a process where torch cannot be imported."""
-    x = np.random.default_rng(2).random((4, 784), dtype=np.float32)
+# (file, input shape, backend): the CUDA case runs under the simulator in `make test`'s second process, at a
+# size the simulator manages (the full DeconvNet on CUDA: tests/test_weights.py, marked slow).
+RUN_CASES = [
+    pytest.param("sparse-ae-mnist.onnx", (4, 784), "cpu", id="sparse-ae-cpu"),
+    pytest.param("deconvnet-digits.onnx", (3, 1, 48, 48), "cpu", id="deconvnet-cpu"),
+    pytest.param("sparse-ae-digits8.onnx", (2, 64), "cuda", id="sparse-ae-digits8-cuda", marks=pytest.mark.cuda),
+]
+
+
+@pytest.mark.parametrize("file, shape, backend", RUN_CASES)
+def test_run_without_torch(tmp_path, file, shape, backend):
+    """`zoo run` on a shipped model in a process where torch cannot be imported, against onnxruntime."""
+    x = np.random.default_rng(2).random(shape, dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
     code = (
         "import sys; sys.modules['torch'] = None; from cli.main import cli; "
-        f"cli(['run', {str(WEIGHTS / 'sparse-ae-mnist.onnx')!r}, '--input', {str(tmp_path / 'x.npy')!r}, "
-        f"'--output', {str(tmp_path / 'y.npy')!r}], standalone_mode=False); "
+        f"cli(['run', {str(WEIGHTS / file)!r}, '--input', {str(tmp_path / 'x.npy')!r}, "
+        f"'--output', {str(tmp_path / 'y.npy')!r}, '--backend', {backend!r}], standalone_mode=False); "
         "assert sys.modules['torch'] is None"
     )
     subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    expected = ort_run(str(WEIGHTS / "sparse-ae-mnist.onnx"), {"image": x})[0]
+    expected = ort_run(str(WEIGHTS / file), {"image": x})[0]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=1e-5, rtol=0)
 
 
