@@ -26,6 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+# Imported before torch: importing the runtime sets OMP_WAIT_POLICY=PASSIVE (unless set), which every OpenMP
+# runtime reads when it starts. Were torch's started first, its workers would spin after each run and hold the
+# cores while the next runner starts: LeNet at batch 64 on this runtime took 5.96 ms after torch's spinning
+# workers and 2.44 ms after passive ones, alternating in one process.
+import runtime  # noqa: E402
+
 REFERENCE_MAX_PARAMS = 1_000_000  # onnx.reference is an interpreter: only on small models
 
 # Architectures without shipped weights, benchmarked with seeded random weights: (registered model name, part).
@@ -153,8 +159,6 @@ def _param_count(onnx_path: Path) -> int:
 
 def runners_for(case: Case, backend: str, threads: int) -> dict:
     import onnxruntime as ort
-
-    import runtime
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

@@ -78,13 +78,18 @@ def _openblas_thread_functions():
 class BlasThreads:
     """OpenBLAS's thread count chosen per GEMM, by size alone so that a model gives the same result on every
     run. Below ``SERIAL_FLOPS`` a GEMM runs on one thread, as onnxruntime's MLAS effectively does: waking a
-    second thread costs more than it saves, and OpenBLAS splits the work statically and waits for the slowest
-    thread, so when another process holds a core a (64, 784) x (784, 196) product took 12-48 ms on 2 threads
-    against 0.26 ms on one. (Below ``BLAS_SERIAL_FLOPS`` OpenBLAS decides that itself, and the two calls that
-    switch, 0.3 us each, are saved.) Above, OpenBLAS uses its own thread count."""
+    second thread costs more than it saves. (Below ``BLAS_SERIAL_FLOPS`` OpenBLAS decides that itself, and the
+    two calls that switch, 0.3 us each, are saved.) Above, OpenBLAS uses its own thread count. OpenBLAS splits
+    the work statically and waits for the slowest thread: when another process holds a core, a (64, 784) x
+    (784, 196) product took 12-48 ms on 2 threads against 0.26 ms on one, so on a loaded machine run with fewer
+    threads (OPENBLAS_NUM_THREADS, ``zoo bench --threads``)."""
 
     BLAS_SERIAL_FLOPS = 1 << 19
-    SERIAL_FLOPS = 1 << 24  # ~16.8 MFLOP: e.g. a (64, 784) x (784, 196) product (19.7 MFLOP) uses every thread
+    # ~16.8 MFLOP. Alone, a GEMM of 4-16 MFLOP is faster on two threads of 2 idle cores ((16, 150) x (150, 1600):
+    # 0.101 ms on one, 0.065 on two), but inside a model, between Numba's parallel loops, it is not: the shipped
+    # DeconvNet at batch 1 took 5.56 ms with this threshold at 4.2 MFLOP and 4.12 ms at 16.8 (LeNet at batch 64:
+    # 1.84 and 1.98 ms), alternating in one process.
+    SERIAL_FLOPS = 1 << 24
 
     def __init__(self):
         self.get, self.set = _openblas_thread_functions()
