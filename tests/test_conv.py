@@ -159,17 +159,21 @@ def test_batched_grouped(op, x_shape, w_shape, attrs, bias):
     check_random(op, x_shape, w_shape, bias, **attrs)
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 40_000], ids=["one-sample-chunks", "uneven-chunks"])
-def test_batch_in_several_chunks(chunk_bytes, monkeypatch):
-    """The GEMM and the im2col/col2im run chunk by chunk over the batch: one sample each, or chunks of 2 (of 5
-    for Conv's smaller col) with a shorter last one."""
+@pytest.mark.parametrize("path", ["one-sample-chunks", "uneven-chunks", "sample-per-task"])
+def test_conv_transpose_batch_paths(path, monkeypatch):
+    """ConvTranspose over a batch: one GEMM per chunk of samples (chunks of one, or of 2 with a shorter last
+    one), or one task per sample with its own GEMM and col2im. (Conv's tiling: tests/test_perf_paths.py.)"""
     from runtime.ops import conv as conv_cpu
 
-    monkeypatch.setattr(conv_cpu, "COL_CHUNK_BYTES", chunk_bytes)
-    assert len(conv_cpu._chunks(7, 128 * 36 * 4)) == (7 if chunk_bytes == 1 else 4)  # ConvTranspose's col
-    assert len(conv_cpu._chunks(7, 54 * 36 * 4)) == (7 if chunk_bytes == 1 else 2)  # Conv's col
+    monkeypatch.setattr(conv_cpu, "PARALLEL_MIN_ELEMENTS", 0)
+    if path == "sample-per-task":
+        monkeypatch.setattr(conv_cpu, "MIN_SAMPLE_COLUMNS", 1)
+    else:
+        monkeypatch.setattr(conv_cpu, "MIN_SAMPLE_COLUMNS", 1 << 30)
+        monkeypatch.setattr(conv_cpu, "COL_CHUNK_BYTES", 1 if path == "one-sample-chunks" else 40_000)
+        assert len(conv_cpu._chunks(7, 128 * 36 * 4)) == (7 if path == "one-sample-chunks" else 4)
     check_random("ConvTranspose", (7, 6, 6, 6), (6, 4, 4, 4), strides=[2, 2], pads=[1, 1, 1, 1], group=2)
-    check_random("Conv", (7, 6, 6, 6), (4, 3, 3, 3), pads=[1, 1, 1, 1], group=2)
+    check_random("ConvTranspose", (3, 4, 5, 3, 4), (4, 2, 3, 2, 3), strides=[2, 1, 3], dilations=[1, 2, 1])
 
 
 @pytest.mark.parametrize("op, x_shape, w_shape, attrs", CPU_CASES[::2], ids=[_case_id(c) for c in CPU_CASES[::2]])

@@ -146,3 +146,195 @@ def test_session_reuses_a_feeds_checks_only_for_the_same_kind_of_feed():
         sess.run(None, {"x": randn(rng, (6, 4))})
     with pytest.raises(InvalidFeed):
         sess.run(None, {"x": x6.tolist()})
+
+
+def _cached_dispatchers():
+    """Every Numba dispatcher with an on-disk cache in the runtime's CPU modules, by module attribute."""
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import runtime.ops
+
+    found = {}
+    for info in pkgutil.iter_modules(runtime.ops.__path__):
+        if info.name.endswith("_cuda") or info.name == "_cuda_launch":
+            continue
+        module = importlib.import_module(f"runtime.ops.{info.name}")
+        for name, value in vars(module).items():
+            variants = value if isinstance(value, tuple) else (value,)  # (serial, parallel) pairs
+            for i, d in enumerate(variants):
+                if isinstance(d, CPUDispatcher) and type(d._cache).__name__ != "NullCache":
+                    found[f"{info.name}.{name}[{i}]"] = d
+    return found
+
+
+def test_every_cached_kernel_has_its_own_cache_file():
+    """Numba names a cache file after the function's module, qualified name and first line, and does not key it
+    on ``parallel``: a serial and a parallel dispatcher of one function would share a file, and whichever compiled
+    first would serve both in every later process (a parallel kernel silently running serially)."""
+    dispatchers = _cached_dispatchers()
+    assert any(d.targetoptions.get("parallel") for d in dispatchers.values())
+    owners = {}
+    for name, d in dispatchers.items():
+        f = d.py_func
+        key = (f.__module__, f.__qualname__, f.__code__.co_firstlineno)
+        assert key not in owners or owners[key] is d, f"{name} and {owners[key]} share the cache file of {key}"
+        owners.setdefault(key, d)
+
+
+def test_parallel_twin_runs_in_parallel_after_the_serial_one_compiled(tmp_path):
+    """In a fresh process with an empty cache, the serial variant of a kernel compiles (and is cached) first;
+    the parallel variant must still be a parallel kernel, in that process and in the next one."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numba, numpy as np\n"
+        "from runtime.ops import conv\n"
+        "from runtime.ops._cpu_kernels import serial_and_parallel\n"
+        "def probe(out):\n"
+        "    for i in numba.prange(out.size):\n"
+        "        out[i] = numba.get_thread_id()\n"
+        "serial, parallel = serial_and_parallel(probe)\n"
+        "numba.set_num_threads(2)\n"
+        "a = np.zeros(1 << 12, np.int64)\n"
+        "serial(a); assert a.max() == 0, 'the serial kernel used several threads'\n"
+        "parallel(a); print(int(a.max()))\n"
+    )
+    path = tmp_path / "probe_kernels.py"
+    path.write_text(script)
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_NUM_THREADS": "2"}
+    for _ in range(2):  # compiling, then loading from the cache
+        out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split()[-1] == "1", "the parallel kernel ran on one thread"
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, attrs",
+    [
+        ((3, 4, 9, 7), (5, 4, 3, 3), dict(pads=[1, 1, 1, 1])),
+        ((2, 6, 5, 6, 7), (4, 3, 3, 2, 3), dict(group=2, strides=[1, 2, 1], pads=[1, 0, 1, 1, 0, 1])),
+        ((5, 3, 11), (4, 3, 3), dict(strides=[2], dilations=[2], pads=[2, 1])),
+    ],
+)
+@pytest.mark.parametrize("tile", ["one-row", "uneven", "whole-sample"])
+def test_conv_tiles_give_the_same_bits_for_any_tiling_and_thread_count(x_shape, w_shape, attrs, tile, monkeypatch):
+    """Conv runs one task per (sample, tile of output rows). Every tiling agrees with onnxruntime, and with the
+    tiling fixed the bits do not depend on the number of threads."""
+    import numba
+
+    monkeypatch.setattr(conv_ops, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(conv_ops, "MIN_TASKS", 1)
+    monkeypatch.setattr(conv_ops, "MIN_TILE_COLUMNS", 1)
+    row_bytes = 4 * w_shape[1] * int(np.prod(w_shape[2:])) * x_shape[-1]  # an upper bound on col's bytes per row
+    monkeypatch.setattr(conv_ops, "TILE_BYTES", {"one-row": 1, "uneven": 2 * row_bytes, "whole-sample": 1 << 30}[tile])
+    rng = case_rng(f"conv-tiles-{x_shape}-{tile}")
+    feed = {"x": randn(rng, x_shape), "w": randn(rng, w_shape), "b": randn(rng, (w_shape[0],))}
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)
+    model = make_model([node], [(k, F32, list(v.shape)) for k, v in feed.items()], [("y", F32, None)])
+    expected = ort_run(model, feed)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, before}):
+            numba.set_num_threads(threads)
+            results.append(runtime_run(model, feed))
+    finally:
+        numba.set_num_threads(before)
+    assert_close(results[0], expected)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other[0], results[0][0])
+
+
+@pytest.mark.parametrize("batch, c_out", [(3, 40), (48, 5)], ids=["W-rows", "x-rows"])
+@pytest.mark.parametrize("activation", [None, "LeakyRelu"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_of_a_full_window_is_one_gemm(batch, c_out, activation, bias, monkeypatch):
+    """A Conv whose single window is the whole input runs as one GEMM, in either orientation, its rows tiled
+    over the cores (the threshold lowered so that these small shapes take the tiled kernel)."""
+    from runtime.ops import gemm as gemm_cpu
+
+    monkeypatch.setattr(gemm_cpu.BlasThreads, "SERIAL_FLOPS", 0)
+    monkeypatch.setattr(gemm_cpu, "ROW_TILE", 2)
+    rng = case_rng(f"full-window-{batch}-{c_out}-{activation}-{bias}")
+    inits = {"w": randn(rng, (c_out, 6, 5, 4), scale=0.3)}
+    inputs = ["x", "w"] + (["b"] if bias else [])
+    if bias:
+        inits["b"] = randn(rng, (c_out,))
+    nodes = [helper.make_node("Conv", inputs, ["t" if activation else "y"])]
+    if activation:
+        nodes.append(helper.make_node(activation, ["t"], ["y"], alpha=0.2))
+    model = make_model(nodes, [("x", F32, [batch, 6, 5, 4])], [("y", F32, None)], inits)
+    x = randn(rng, (batch, 6, 5, 4))
+    got = runtime_run(model, {"x": x})[0]
+    assert got.shape == (batch, c_out, 1, 1)
+    assert_close(got, ort_run(model, {"x": x})[0])
+
+
+def test_full_window_path_is_taken_only_where_im2col_is_the_identity():
+    def geometry(x_shape, w_shape, **attrs):
+        return conv_ops.conv_geometry("Conv", x_shape, w_shape, **attrs)
+
+    assert conv_ops._is_full_window(geometry((2, 3, 7, 7), (5, 3, 7, 7)))
+    assert conv_ops._is_full_window(geometry((2, 3, 1, 1), (5, 3, 1, 1)))  # a 1x1 conv of a 1x1 map
+    assert not conv_ops._is_full_window(geometry((2, 3, 7, 7), (5, 3, 7, 7), pads=[1, 1, 1, 1]))
+    assert not conv_ops._is_full_window(geometry((2, 4, 7, 7), (6, 2, 7, 7), group=2))
+    assert not conv_ops._is_full_window(geometry((2, 3, 8, 7), (5, 3, 7, 7)))
+
+
+@pytest.mark.parametrize("bias_shape", [None, (1, 1), (30,), (70, 1), (70, 30)], ids=str)
+@pytest.mark.parametrize("activation", ["", "Sigmoid", "Relu", "Tanh"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_gemm_row_tiles_with_their_epilogue_match_onnxruntime(bias_shape, activation, dtype, monkeypatch):
+    """A GEMM large enough for several cores runs as row tiles on Numba's threads with bias and activation fused
+    into each tile; every broadcast of C, both layouts of B (transB), and the same bits for any thread count."""
+    import numba
+
+    from runtime.ops import gemm as gemm_cpu
+
+    monkeypatch.setattr(gemm_cpu.BlasThreads, "SERIAL_FLOPS", 0)
+    monkeypatch.setattr(gemm_cpu, "ROW_TILE", 4)  # 70 rows: tiles of 5, the tiling ROW_TILE and MAX_ROW_TASKS give
+    rng = case_rng(f"gemm-tiles-{bias_shape}-{activation}-{dtype.__name__}")
+    A, B = randn(rng, (70, 50), dtype), randn(rng, (30, 50), dtype)  # transB: B is (N, K)
+    fused = activation != ""
+    op = gemm_cpu.FusedGemm if fused else gemm_cpu.Gemm
+    C = None if bias_shape is None else randn(rng, bias_shape, dtype)
+    kwargs = dict(transB=1, beta=0.5) | ({"activation": activation} if fused else {})
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for threads in sorted({1, before}):
+            numba.set_num_threads(threads)
+            results.append(op(A, B, C, **kwargs))
+    finally:
+        numba.set_num_threads(before)
+    inputs = [("A", dtype, [70, 50]), ("B", dtype, [30, 50])]
+    if C is not None:
+        inputs.append(("C", dtype, list(bias_shape)))
+    nodes = [helper.make_node("Gemm", [n for n, _, _ in inputs], ["t" if fused else "y"], transB=1, beta=0.5)]
+    if fused:
+        nodes.append(helper.make_node(activation, ["t"], ["y"]))
+    model = make_model(nodes, inputs, [("y", dtype, None)])
+    feed = {"A": A, "B": B} | ({"C": C} if C is not None else {})
+    assert_close([results[0]], ort_run(model, feed), atol=1e-5 if dtype == np.float32 else 1e-12)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
+def test_batched_matmul_row_tiles_match_numpy(monkeypatch):
+    """``blas_matmul`` of stacks (grouped convolutions, MatMul with batch axes, broadcast operands) row-tiled."""
+    from runtime.ops import gemm as gemm_cpu
+
+    monkeypatch.setattr(gemm_cpu.BlasThreads, "SERIAL_FLOPS", 0)
+    monkeypatch.setattr(gemm_cpu, "ROW_TILE", 3)
+    rng = case_rng("matmul-tiles")
+    for a_shape, b_shape in [((2, 3, 40, 20), (2, 3, 20, 9)), ((4, 40, 20), (20, 9)), ((40, 20), (5, 20, 9))]:
+        a, b = randn(rng, a_shape), randn(rng, b_shape)
+        np.testing.assert_allclose(gemm_cpu.blas_matmul(a, b), np.matmul(a, b), rtol=1e-5, atol=1e-5)
+    a, b = randn(rng, (40, 20)), randn(rng, (9, 20)).T  # B as a transposed (Fortran-order) view
+    out = np.empty((40, 9), F32)
+    assert gemm_cpu.blas_matmul(a, b, out=out) is out
+    np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import numba
 import numpy as np
@@ -16,6 +17,18 @@ LEAKY_RELU_ALPHA = 0.01  # ONNX's default
 
 # Below this many elements a parallel loop costs more in thread start-up than it saves.
 PARALLEL_MIN_ELEMENTS = 1 << 15
+
+
+def serial_and_parallel(fn):
+    """``fn`` compiled twice, ``(serial, parallel)``, each with its own entry in Numba's on-disk cache. Numba
+    names a cache file after the function's qualified name and first line and does not key it on the
+    ``parallel`` flag: two dispatchers of one function would share one file, and whichever compiled first
+    (ever, on this machine) would serve both, a parallel kernel running serially in every later process or the
+    reverse. The parallel one is therefore a copy of ``fn`` under another name."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_parallel", fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_parallel"
+    twin.__module__ = fn.__module__
+    return numba.njit(cache=True)(fn), numba.njit(cache=True, parallel=True)(twin)
 
 
 @numba.njit(inline="always")
@@ -57,10 +70,8 @@ def _activation(y, activation, alpha):
             y[i, j] = activate_alpha(y[i, j], activation, alpha)
 
 
-_bias_activation_serial = numba.njit(cache=True)(_bias_activation)
-_bias_activation_parallel = numba.njit(cache=True, parallel=True)(_bias_activation)
-_activation_serial = numba.njit(cache=True)(_activation)
-_activation_parallel = numba.njit(cache=True, parallel=True)(_activation)
+_bias_activation_serial, _bias_activation_parallel = serial_and_parallel(_bias_activation)
+_activation_serial, _activation_parallel = serial_and_parallel(_activation)
 
 
 def bias_activation_(

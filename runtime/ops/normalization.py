@@ -13,7 +13,7 @@ import numpy as np
 
 from runtime.errors import InvalidFeed, UnsupportedOp
 from runtime.ops import onnx_op
-from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS
+from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS, serial_and_parallel
 
 
 def check_batch_norm(X_shape, params: dict, training_mode) -> int:
@@ -54,8 +54,7 @@ def _affine_channels(x, y, scale_c, bias_c):
             y[i, k] = x[i, k] * s + b
 
 
-_affine_channels_serial = numba.njit(cache=True)(_affine_channels)
-_affine_channels_parallel = numba.njit(cache=True, parallel=True)(_affine_channels)
+_affine_channels_serial, _affine_channels_parallel = serial_and_parallel(_affine_channels)
 
 
 @onnx_op

@@ -34,7 +34,7 @@ import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel, UnsupportedOp
 from runtime.ops import onnx_op
-from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS
+from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS, serial_and_parallel
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 # The values-only MaxPool goes parallel (over planes) from this many window taps: below, one core does it in
@@ -308,14 +308,10 @@ def _average_pool(x, y, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, zero, count_incl
             y[p, oh, ow] = acc / count if count > 0 else acc
 
 
-_max_pool_serial = numba.njit(cache=True)(_max_pool)
-_max_pool_parallel = numba.njit(cache=True, parallel=True)(_max_pool)
-_max_pool_values_serial = numba.njit(cache=True)(_max_pool_values)
-_max_pool_values_parallel = numba.njit(cache=True, parallel=True)(_max_pool_values)
-_max_pool_2x2_serial = numba.njit(cache=True)(_max_pool_2x2)
-_max_pool_2x2_parallel = numba.njit(cache=True, parallel=True)(_max_pool_2x2)
-_average_pool_serial = numba.njit(cache=True)(_average_pool)
-_average_pool_parallel = numba.njit(cache=True, parallel=True)(_average_pool)
+_max_pool_serial, _max_pool_parallel = serial_and_parallel(_max_pool)
+_max_pool_values_serial, _max_pool_values_parallel = serial_and_parallel(_max_pool_values)
+_max_pool_2x2_serial, _max_pool_2x2_parallel = serial_and_parallel(_max_pool_2x2)
+_average_pool_serial, _average_pool_parallel = serial_and_parallel(_average_pool)
 
 
 def _all_inside_2x2(g: PoolGeometry) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel
 from runtime.ops import onnx_op
-from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS
+from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS, serial_and_parallel
 
 # When the axis is not the last, lines are processed BLOCK at a time along the inner (contiguous) dimensions, so
 # that every pass over the softmax axis reads contiguous memory.
@@ -100,10 +100,8 @@ def _softmax_lines(x, y, log, one):
                     y[o, j, r0 + r] *= total[r]
 
 
-_softmax_rows_serial = numba.njit(cache=True)(_softmax_rows)
-_softmax_rows_parallel = numba.njit(cache=True, parallel=True)(_softmax_rows)
-_softmax_lines_serial = numba.njit(cache=True)(_softmax_lines)
-_softmax_lines_parallel = numba.njit(cache=True, parallel=True)(_softmax_lines)
+_softmax_rows_serial, _softmax_rows_parallel = serial_and_parallel(_softmax_rows)
+_softmax_lines_serial, _softmax_lines_parallel = serial_and_parallel(_softmax_lines)
 
 
 def softmax(X: np.ndarray, axis: int, log: bool, op_type: str) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel
 from runtime.ops import onnx_op
-from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS
+from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS, serial_and_parallel
 
 
 def normalize_axis(axis: int, rank: int, op_type: str) -> int:
@@ -146,8 +146,7 @@ def _clip(x, y, lo, hi):
         y[i] = hi if hi < v else v
 
 
-_clip_serial = numba.njit(cache=True)(_clip)
-_clip_parallel = numba.njit(cache=True, parallel=True)(_clip)
+_clip_serial, _clip_parallel = serial_and_parallel(_clip)
 
 
 def clip_bound(bound, default, dtype: np.dtype, name: str):
