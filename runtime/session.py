@@ -15,6 +15,7 @@ import numpy as np
 from runtime.errors import BackendUnavailable, InvalidFeed, ZooRuntimeError
 from runtime.fusion import optimize
 from runtime.graph import Graph, ValueInfo, build_graph, read_model
+from runtime.ops._cpu_kernels import register_weights
 
 BACKENDS = ("cpu", "cuda")
 
@@ -96,6 +97,10 @@ class InferenceSession:
         self._weights = {
             k: self._device.to_device(np.asarray(v, order="C")) for k, v in self._graph.initializers.items()
         }
+        if backend == "cpu":  # constant from here on: kernels may keep derived layouts of them (``packed``)
+            for w in self._weights.values():
+                w.flags.writeable = False
+            register_weights(self._weights.values())
         self._last_use = self._plan_lifetimes()
         self._trace = os.environ.get("ZOO_TRACE") == "1"
         # The execution plan, resolved once: per step the node, its implementation, and the intermediates freed

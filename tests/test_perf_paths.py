@@ -338,3 +338,34 @@ def test_batched_matmul_row_tiles_match_numpy(monkeypatch):
     out = np.empty((40, 9), F32)
     assert gemm_cpu.blas_matmul(a, b, out=out) is out
     np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_layouts_are_kept_for_a_sessions_weights_only():
+    """ConvTranspose keeps its weights' GEMM layout (``packed``) for a session's weights, which are read-only,
+    for as long as they live; a weight fed as an input is repacked on every run, so changing it in place between
+    runs changes the result."""
+    import gc
+
+    from runtime.ops import _cpu_kernels
+
+    rng = case_rng("packed")
+    x, w = randn(rng, (1, 4, 3, 3)), randn(rng, (4, 2, 3, 3))
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2])
+    as_weight = make_model([node], [("x", F32, [1, 4, 3, 3])], [("y", F32, None)], {"w": w})
+    session = runtime.InferenceSession(as_weight)
+    first = session.run(None, {"x": x})[0]
+    (weight,) = [v for v in session._weights.values()]
+    assert not weight.flags.writeable
+    assert any(key[0] == id(weight) for key in _cpu_kernels._PACKED)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], first)
+    assert_close([first], ort_run(as_weight, {"x": x}))
+    del session, weight
+    gc.collect()
+    assert not any(key[0] in _cpu_kernels._WEIGHTS for key in _cpu_kernels._PACKED)
+
+    as_input = make_model([node], [("x", F32, [1, 4, 3, 3]), ("w", F32, [4, 2, 3, 3])], [("y", F32, None)])
+    session = runtime.InferenceSession(as_input)
+    feed = {"x": x, "w": w.copy()}
+    assert_close(session.run(None, feed), ort_run(as_input, feed))
+    feed["w"] *= -2.0  # in place: the same array object, new values
+    assert_close(session.run(None, feed), ort_run(as_input, feed))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import types
+import weakref
 
 import numba
 import numpy as np
@@ -29,6 +30,41 @@ def serial_and_parallel(fn):
     twin.__qualname__ = fn.__qualname__ + "_parallel"
     twin.__module__ = fn.__module__
     return numba.njit(cache=True)(fn), numba.njit(cache=True, parallel=True)(twin)
+
+
+# --- weights in the layout a kernel wants, made once per session weight (onnxruntime's "pre-packing") --------
+
+_WEIGHTS: dict[int, weakref.ref] = {}  # id -> the session's weight arrays (read-only; see register_weights)
+_PACKED: dict[tuple[int, str], np.ndarray] = {}
+
+
+def register_weights(arrays) -> None:
+    """Mark a session's weights (initialisers, made read-only) as constant, so that ``packed`` may keep derived
+    layouts of them for as long as they live."""
+    for a in arrays:
+        if isinstance(a, np.ndarray) and not a.flags.writeable:
+            key = id(a)
+
+            def forget(_, key=key):
+                _WEIGHTS.pop(key, None)
+                for k in [k for k in _PACKED if k[0] == key]:
+                    _PACKED.pop(k, None)
+
+            _WEIGHTS[key] = weakref.ref(a, forget)
+
+
+def packed(w: np.ndarray, kind: str, make) -> np.ndarray:
+    """``make(w)``, computed once per session weight ``w`` and kind; for any other array (a feed, which its owner
+    may change between runs), computed on every call."""
+    ref = _WEIGHTS.get(id(w))
+    if ref is None or ref() is not w:
+        return make(w)
+    key = (id(w), kind)
+    out = _PACKED.get(key)
+    if out is None:
+        out = _PACKED[key] = make(w)
+        out.flags.writeable = False
+    return out
 
 
 @numba.njit(inline="always")

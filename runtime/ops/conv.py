@@ -43,6 +43,7 @@ from runtime.ops._cpu_kernels import (
     PARALLEL_MIN_ELEMENTS,
     activate_alpha,
     bias_activation_,
+    packed,
     serial_and_parallel,
 )
 from runtime.ops.gemm import FUSED_DOMAIN, IN_KERNEL_BLAS, blas_matmul
@@ -628,7 +629,9 @@ def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: floa
     CK = C_out // g * KD * KH * KW
     if _is_projection(geom):
         return _project(x5.reshape(N, C_in), w5.reshape(C_in, CK), B, y, activation, alpha).reshape(geom.y_shape)
-    w_t = w5.reshape(g, C_in // g, CK).transpose(0, 2, 1)  # (g, C_out/g·K, C_in/g), a view BLAS reads transposed
+    w_t = packed(
+        W, "conv_transpose_rows", lambda W: np.ascontiguousarray(W.reshape(g, C_in // g, CK).transpose(0, 2, 1))
+    )  # (g, C_out/g·K, C_in/g)
     bias = _bias_or_zeros(B, C_out, X.dtype)
     tables = _col2im_tables(geom)
     sW = geom.as_3d(geom.strides, 1)[2]

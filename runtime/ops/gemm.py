@@ -86,26 +86,21 @@ def _openblas_thread_functions(package=np):
 
 
 class BlasThreads:
-    """OpenBLAS's thread count chosen per GEMM, by size alone so that a model gives the same result on every
-    run. Below ``SERIAL_FLOPS`` a GEMM runs on one thread, as onnxruntime's MLAS effectively does: waking a
-    second thread costs more than it saves. (Below ``BLAS_SERIAL_FLOPS`` OpenBLAS decides that itself, and the
-    two calls that switch, 0.3 us each, are saved.) Above, OpenBLAS uses its own thread count. OpenBLAS splits
-    the work statically and waits for the slowest thread: when another process holds a core, a (64, 784) x
-    (784, 196) product took 12-48 ms on 2 threads against 0.26 ms on one, so on a loaded machine run with fewer
-    threads (OPENBLAS_NUM_THREADS, ``zoo bench --threads``)."""
+    """NumPy's OpenBLAS held at one thread for every GEMM the runtime hands it: the runtime's parallelism is
+    Numba's threads alone (large GEMMs run as row tiles, ``_gemm_row_tiles``). OpenBLAS's own workers busy-wait
+    long after each call, and Numba's kernels that follow then share the cores with them: a (64, 196) x
+    (196, 784) product as two row tiles took 0.16 ms alone and 0.64 ms right after a two-thread NumPy GEMM.
+    (Below ``BLAS_SERIAL_FLOPS`` OpenBLAS stays on one thread by itself, and the two calls that switch, 0.3 us
+    each, are saved.) ``SERIAL_FLOPS``: the size from which a GEMM is split over Numba's threads."""
 
     BLAS_SERIAL_FLOPS = 1 << 19
-    # ~16.8 MFLOP. Alone, a GEMM of 4-16 MFLOP is faster on two threads of 2 idle cores ((16, 150) x (150, 1600):
-    # 0.101 ms on one, 0.065 on two), but inside a model, between Numba's parallel loops, it is not: the shipped
-    # DeconvNet at batch 1 took 5.56 ms with this threshold at 4.2 MFLOP and 4.12 ms at 16.8 (LeNet at batch 64:
-    # 1.84 and 1.98 ms), alternating in one process.
-    SERIAL_FLOPS = 1 << 24
+    SERIAL_FLOPS = 1 << 24  # ~16.8 MFLOP
 
     def __init__(self, package=np):
         self.get, self.set = _openblas_thread_functions(package)
 
     def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None, flops: int) -> np.ndarray:
-        if self.set is None or flops < self.BLAS_SERIAL_FLOPS or flops >= self.SERIAL_FLOPS:
+        if self.set is None or flops < self.BLAS_SERIAL_FLOPS:
             return np.matmul(a, b, out=out)
         threads = self.get()
         if threads <= 1:
@@ -154,10 +149,12 @@ IN_KERNEL_BLAS = InKernelBlas()
 
 # --- GEMMs for several cores: row tiles on Numba's threads -------------------------------------------------------
 
-# Rows per task: at least ROW_TILE, and at most MAX_ROW_TASKS tasks, so that the tiling depends on the shape
-# alone (the same bits whatever the thread count) and each tile's GEMM stays efficient.
+# Rows per task: at least ROW_TILE, and as many tasks as Numba has threads at most (NUMBA_NUM_THREADS, fixed
+# when the process starts, so that ``numba.set_num_threads`` never changes the tiling and the bits stay the
+# same). Each task packs the whole of B for its GEMM, so more tasks than cores only repeat that work: on the
+# 2-core test machine the DCGAN discriminator at batch 1 took 0.86 ms with 16 tasks and 0.47 ms with 2.
 ROW_TILE = 16
-MAX_ROW_TASKS = 16
+MAX_ROW_TASKS = numba.config.NUMBA_NUM_THREADS
 
 
 @numba.njit(cache=True, parallel=True)
