@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-# Imported before torch: importing the runtime sets OMP_WAIT_POLICY=PASSIVE (unless set), which every OpenMP
-# runtime reads when it starts. Were torch's started first, its workers would spin after each run and hold the
-# cores while the next runner starts: LeNet at batch 64 on this runtime took 5.96 ms after torch's spinning
-# workers and 2.44 ms after passive ones, alternating in one process.
+# Imported before torch: importing the runtime bounds how long GNU OpenMP's workers spin (GOMP_SPINCOUNT, unless
+# the user set a wait policy), which every OpenMP runtime in the process reads when it starts. Were torch's
+# started first with its default, its workers would spin long after each run and hold the cores while the next
+# runner starts: LeNet at batch 64 on this runtime took 5.96 ms after torch's spinning workers and 2.44 ms after
+# passive ones, alternating in one process.
 import runtime  # noqa: E402
 
 REFERENCE_MAX_PARAMS = 1_000_000  # onnx.reference is an interpreter: only on small models
@@ -157,18 +158,25 @@ def _param_count(onnx_path: Path) -> int:
     return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
 
 
-def runners_for(case: Case, backend: str, threads: int) -> dict:
+def onnxruntime_session(case: Case, backend: str, threads: int, spinning: bool):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    # onnxruntime's workers spin after each run by default and hold the cores while the next runner in the
-    # alternation starts: this runtime's dcgan-mnist generator took 1.49 ms after it against 0.43 ms after a
-    # non-spinning one (onnxruntime itself: 0.65 and 0.45 ms). Off, so that no runner times another's spinning.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CUDAExecutionProvider"] if backend == "cuda" else ["CPUExecutionProvider"]
-    ort_sess = ort.InferenceSession(str(case.onnx_path), so, providers=providers)
+    return ort.InferenceSession(str(case.onnx_path), so, providers=providers)
+
+
+def runners_for(case: Case, backend: str, threads: int) -> dict:
+    # onnxruntime's workers spin-wait by default, between its operators and for many milliseconds after a run,
+    # holding the cores while the next runner in the alternation works (LeNet at batch 64 on this runtime: 1.35 ms
+    # after a non-spinning onnxruntime, 4.5-6.5 ms after a spinning one, in every run of an 8-run turn). In the
+    # alternation it therefore runs with spinning off; its default, spinning, is timed alone afterwards
+    # (``time_spinning_onnxruntime``) and reported beside it.
+    ort_sess = onnxruntime_session(case, backend, threads, spinning=False)
     ours = runtime.InferenceSession(str(case.onnx_path), backend=backend)
     out = {
         "onnxruntime": lambda: ort_sess.run(None, case.feed),
@@ -187,8 +195,16 @@ def runners_for(case: Case, backend: str, threads: int) -> dict:
     return out
 
 
-def time_alternating(runners: dict, min_runs: int = 15, max_runs: int = 400, min_seconds: float = 1.0) -> dict:
-    """Warm each runner up, then run them in turn until each has min_runs and min_seconds of runs."""
+# Runs per turn: the runners take turns in blocks of this many runs (A×k B×k C×k A×k …), so that a runner's
+# worker threads still spinning after its turn (onnxruntime's and OpenMP's spin briefly after their work, then
+# sleep) touch only the first run of the next runner's block, which the median ignores. (Sleeping between runs
+# instead is no cure on a VM: an idle vCPU takes milliseconds to wake, and every runner measured that.)
+BLOCK_RUNS = 8
+
+
+def time_alternating(runners: dict, min_runs: int = 16, max_runs: int = 400, min_seconds: float = 1.0) -> dict:
+    """Warm each runner up, then run them in turns of BLOCK_RUNS runs until each has min_runs runs and they have
+    run min_seconds together."""
     for fn in runners.values():
         fn()
         fn()
@@ -196,12 +212,20 @@ def time_alternating(runners: dict, min_runs: int = 15, max_runs: int = 400, min
     start = time.perf_counter()
     while True:
         for k, fn in runners.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
+            for _ in range(BLOCK_RUNS):
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
         n = len(next(iter(times.values())))
         if n >= max_runs or (n >= min_runs and time.perf_counter() - start >= min_seconds):
             return times
+
+
+def time_spinning_onnxruntime(case: Case, backend: str, threads: int) -> list[float]:
+    """onnxruntime as it runs by default (spinning workers), alone: no other runner shares the cores with its
+    spinning threads, which stop when the session is gone."""
+    sess = onnxruntime_session(case, backend, threads, spinning=True)  # freed on return: its threads with it
+    return time_alternating({"onnxruntime-spinning": lambda: sess.run(None, case.feed)})["onnxruntime-spinning"]
 
 
 def peak_memory_mb(fn) -> float:
@@ -280,7 +304,13 @@ def machine_info(threads: int) -> dict:
         "numba_threads": numba.get_num_threads(),
         "numba_threading_layer": _threading_layer(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-        "onnxruntime_session": {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "spinning": "off"},
+        "onnxruntime_session": {
+            "intra_op_num_threads": threads,
+            "inter_op_num_threads": 1,
+            "spinning": "off in the alternation; on (its default) for onnxruntime-spinning, timed alone",
+        },
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
+        "runs_per_turn": BLOCK_RUNS,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:
@@ -325,6 +355,7 @@ def run_bench(
     for case in cases:
         runners = runners_for(case, backend, threads)
         times = time_alternating(runners)
+        times["onnxruntime-spinning"] = time_spinning_onnxruntime(case, backend, threads)
         medians = {k: statistics.median(v) for k, v in times.items()}
         row = {
             "model": case.name,
@@ -345,12 +376,14 @@ def run_bench(
 
 def _format_row(row: dict, ours: str) -> str:
     m, r = row["median_ms"], row["ratio_to_onnxruntime"]
-    others = "  ".join(f"{k} {m[k]:.3f} ms ({r[k]:.2f}x)" for k in m if k not in (ours, "onnxruntime"))
+    spin = "onnxruntime-spinning"
+    others = "  ".join(f"{k} {m[k]:.3f} ms ({r[k]:.2f}x)" for k in m if k not in (ours, "onnxruntime", spin))
     cold = row.get("cold_start")
     cold_text = f"  cold {cold['empty_cache_s']:.2f}/{cold['warm_cache_s']:.2f} s" if cold else ""
     return (
         f"{row['model']:<28} b={row['batch']:<4} {ours} {m[ours]:.3f} ms  onnxruntime {m['onnxruntime']:.3f} ms  "
-        f"ratio {r[ours]:.2f}  {others}{cold_text}"
+        f"ratio {r[ours]:.2f}  [spinning onnxruntime {m[spin]:.3f} ms, ratio {m[ours] / m[spin]:.2f}]  "
+        f"{others}{cold_text}"
     )
 
 
