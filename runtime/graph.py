@@ -250,6 +250,8 @@ def _attribute(node: onnx.NodeProto, a: onnx.AttributeProto, base_dir: str | Non
         return _tensor_to_array(value, base_dir, what)
     if a.type == onnx.AttributeProto.TENSORS:
         return [_tensor_to_array(t, base_dir, what) for t in value]
+    if a.type in (onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS):
+        return tuple(value)  # immutable, and the ops' per-shape caches take it as their key as it is
     return value
 
 

@@ -359,9 +359,11 @@ def test_packed_layouts_are_kept_for_a_sessions_weights_only():
     assert any(key[0] == id(weight) for key in _cpu_kernels._PACKED)
     np.testing.assert_array_equal(session.run(None, {"x": x})[0], first)
     assert_close([first], ort_run(as_weight, {"x": x}))
+    weight_id = id(weight)
     del session, weight
     gc.collect()
-    assert not any(key[0] in _cpu_kernels._WEIGHTS for key in _cpu_kernels._PACKED)
+    assert weight_id not in _cpu_kernels._WEIGHTS
+    assert not any(key[0] == weight_id for key in _cpu_kernels._PACKED)
 
     as_input = make_model([node], [("x", F32, [1, 4, 3, 3]), ("w", F32, [4, 2, 3, 3])], [("y", F32, None)])
     session = runtime.InferenceSession(as_input)

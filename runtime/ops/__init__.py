@@ -44,6 +44,14 @@ class OpDef:
 OPS: dict[tuple[str, str], OpDef] = {}
 
 
+def attribute_key(value):
+    """An ints attribute (kernel_shape, pads, strides, …) as a hashable tuple of ints for the ops' per-shape
+    caches; None stays None. The loader already gives tuples, which pass as they are."""
+    if value is None or type(value) is tuple:
+        return value
+    return tuple(int(v) for v in value)
+
+
 def onnx_op(fn: Callable | None = None, *, domain: str = "", since: int = 1):
     """Register a CPU op function under its own name as the ONNX op_type (in ``domain``); ``since``: the oldest
     opset with the semantics it implements (older models using the op are refused at load)."""

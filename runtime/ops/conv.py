@@ -36,7 +36,7 @@ import numba
 import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel
-from runtime.ops import onnx_op
+from runtime.ops import attribute_key, onnx_op
 from runtime.ops._cpu_kernels import (
     ACTIVATIONS,
     LEAKY_RELU_ALPHA,
@@ -235,10 +235,6 @@ def conv_geometry(
     return ConvGeometry(N, C_in, C_out, group, in_size, kernel, strides, dilations, tuple(pads_begin), tuple(out_size))
 
 
-def _key(value):
-    return None if value is None else tuple(int(v) for v in value)
-
-
 @functools.lru_cache(maxsize=256)
 def _cached_geometry(op_type, X_shape, W_shape, B_shape, auto_pad, dilations, group, kernel_shape, pads, strides,
                      output_padding, output_shape) -> ConvGeometry:  # fmt: skip
@@ -252,9 +248,10 @@ def cached_conv_geometry(op_type: str, X_shape, W_shape, B_shape=None, *, auto_p
                          output_shape=None) -> ConvGeometry:  # fmt: skip
     """``conv_geometry`` remembered per shapes and attributes: a node sees the same ones at every run, and the
     checks cost about as much as a batch-1 convolution of LeNet's size."""
+    key = attribute_key
     return _cached_geometry(op_type, tuple(X_shape), tuple(W_shape), None if B_shape is None else tuple(B_shape),
-                            auto_pad, _key(dilations), int(group), _key(kernel_shape), _key(pads), _key(strides),
-                            _key(output_padding), _key(output_shape))  # fmt: skip
+                            auto_pad, key(dilations), int(group), key(kernel_shape), key(pads), key(strides),
+                            key(output_padding), key(output_shape))  # fmt: skip
 
 
 def _check_inputs(op_type: str, X, W, B) -> None:
@@ -527,41 +524,49 @@ def _full_window(x, w, B, y, activation: int, alpha: float) -> np.ndarray:
     return y
 
 
+@functools.lru_cache(maxsize=256)
+def _conv_plan(geom: ConvGeometry, itemsize: int) -> tuple:
+    """Per geometry and item size, once: (path, rows per tile, parallel kernels?, (kD, kH, kW) array, OH, OW, P)
+    with path "full-window", "sample" (one task, one sample: BLAS's threads for its GEMM) or "tiles"."""
+    OD, OH, OW = geom.as_3d(geom.out_size, 1)
+    P = OD * OH * OW
+    rows = conv_rows_per_tile(geom, itemsize)
+    path = "full-window" if _is_full_window(geom) else "sample" if rows == geom.N * OD * OH == OD * OH else "tiles"
+    work = geom.N * geom.C_in * math.prod(geom.kernel) * P  # col's elements over the batch
+    kernel = np.array(geom.as_3d(geom.kernel, 1), np.int64)
+    kernel.flags.writeable = False
+    return path, rows, work >= PARALLEL_MIN_ELEMENTS, kernel, OH, OW, P
+
+
 def conv(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_RELU_ALPHA) -> np.ndarray:
     """A full window: one GEMM. A sample that makes one tile: im2col in parallel over col's rows, then one GEMM
     per group (``blas_matmul``) that writes the output in place, then bias and activation. Otherwise (a batch,
     or a large sample): ``_conv_tiles``, the tiles in parallel, each with its own single-threaded GEMMs."""
-    N, C_in, C_out, g = geom.N, geom.C_in, geom.C_out, geom.group
+    N, C_out, g = geom.N, geom.C_out, geom.group
+    path, rows, parallel, kernel, OH, OW, P = _conv_plan(geom, X.itemsize)
     x5 = X.reshape(geom.x5_shape)  # (N, C_in, D, H, W)
-    w5 = W.reshape(geom.w5_shape(W.shape))  # (C_out, C_in/g, kD, kH, kW)
     y = np.empty(geom.y5_shape, X.dtype)  # (N, C_out, OD, OH, OW)
     if y.size == 0:
         return y.reshape(geom.y_shape)
-    w_rows = w5.reshape(g, C_out // g, -1)  # (g, C_out/g, C_in/g·K)
-    if _is_full_window(geom):
+    w_rows = W.reshape(g, C_out // g, -1)  # (g, C_out/g, C_in/g·K)
+    if path == "full-window":
         return _full_window(x5.reshape(N, -1), w_rows[0], B, y.reshape(N, C_out), activation, alpha).reshape(
             geom.y_shape
         )
     strides, dilations, pads = geom.kernel_arguments_cached
-    kernel = np.array(w5.shape[2:], np.int64)  # (kD, kH, kW)
-    OD, OH, OW = geom.as_3d(geom.out_size, 1)
-    P = OD * OH * OW
     bias = _bias_or_zeros(B, C_out, X.dtype)
     alpha = X.dtype.type(alpha)
-    work = N * C_in * math.prod(geom.kernel) * P  # col's elements over the batch
-    parallel = work >= PARALLEL_MIN_ELEMENTS
-    rows = conv_rows_per_tile(geom, X.itemsize)
-    with np.errstate(all="ignore"):  # inf and NaN propagate silently, as in onnxruntime
-        if rows == N * OD * OH and N == 1:  # one task, one sample: BLAS's threads for its GEMM
-            col = np.empty((g, w_rows.shape[2], P), X.dtype)  # (g, C_in/g·K, P)
-            _IM2COL_SAMPLE[parallel](x5, col.reshape(-1, P), strides, dilations, pads, kernel, OH, OW)
-            y3 = y.reshape(g, C_out // g, P)  # (g, C_out/g, P): the sample's NCHW output
+    if path == "sample":
+        col = np.empty((g, w_rows.shape[2], P), X.dtype)  # (g, C_in/g·K, P)
+        _IM2COL_SAMPLE[parallel](x5, col.reshape(-1, P), strides, dilations, pads, kernel, OH, OW)
+        y3 = y.reshape(g, C_out // g, P)  # (g, C_out/g, P): the sample's NCHW output
+        with np.errstate(all="ignore"):  # inf and NaN propagate silently, as in onnxruntime
             blas_matmul(w_rows, col, out=y3)
-            if B is not None or activation:
-                bias_activation_(y.reshape(C_out, P), bias.reshape(C_out, 1), 1.0, activation, alpha)
-            return y.reshape(geom.y_shape)
-        with IN_KERNEL_BLAS.one_thread():
-            _CONV_TILES[parallel](x5, w_rows, bias, y, strides, dilations, pads, kernel, rows, activation, alpha)
+        if B is not None or activation:
+            bias_activation_(y.reshape(C_out, P), bias.reshape(C_out, 1), 1.0, activation, alpha)
+        return y.reshape(geom.y_shape)
+    with IN_KERNEL_BLAS.one_thread():  # Numba's kernels raise no floating-point warnings: no errstate needed
+        _CONV_TILES[parallel](x5, w_rows, bias, y, strides, dilations, pads, kernel, rows, activation, alpha)
     return y.reshape(geom.y_shape)  # (N, C_out, *out_size)
 
 

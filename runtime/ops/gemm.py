@@ -13,7 +13,6 @@ layers ran on Numba's threads).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import glob
@@ -115,6 +114,28 @@ class BlasThreads:
 BLAS_THREADS = BlasThreads()
 
 
+class _OneThread:
+    """``with IN_KERNEL_BLAS.one_thread():`` (a plain context manager: a generator-based one costs ~2 us a call,
+    which a batch-1 convolution notices)."""
+
+    __slots__ = ("owner", "restore")
+
+    def __init__(self, owner):
+        self.owner, self.restore = owner, 0
+
+    def __enter__(self):
+        get, put = self.owner.functions()
+        threads = get() if get is not None else 1
+        self.restore = threads if threads > 1 else 0
+        if self.restore:
+            put(1)
+
+    def __exit__(self, *exc):
+        if self.restore:
+            self.owner.functions()[1](self.restore)
+        return False
+
+
 class InKernelBlas:
     """The BLAS that Numba's ``np.dot`` calls (SciPy's), held at one thread while a ``prange`` kernel calls it
     from every worker: each GEMM then runs on its worker's core, and the kernel's parallelism is the only one
@@ -125,23 +146,16 @@ class InKernelBlas:
     def __init__(self):
         self._functions = None
 
-    @contextlib.contextmanager
-    def one_thread(self):
+    def functions(self):
         if self._functions is None:
             import scipy
             import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS, as Numba's np.dot does)
 
             self._functions = _openblas_thread_functions(scipy)
-        get, put = self._functions
-        threads = get() if get is not None else 1
-        if threads <= 1:
-            yield
-            return
-        put(1)
-        try:
-            yield
-        finally:
-            put(threads)
+        return self._functions
+
+    def one_thread(self) -> _OneThread:
+        return _OneThread(self)
 
 
 IN_KERNEL_BLAS = InKernelBlas()

@@ -33,7 +33,7 @@ import numba
 import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel, UnsupportedOp
-from runtime.ops import onnx_op
+from runtime.ops import attribute_key, onnx_op
 from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS, serial_and_parallel
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -107,12 +107,9 @@ def _axis_geometry(size, kernel, stride, dilation, pad_begin, pad_end, auto_pad,
 def pool_geometry(op_type: str, shape, *, auto_pad, ceil_mode, dilations, kernel_shape, pads, strides) -> PoolGeometry:
     """Check a pool's attributes against the input shape, (N, C, H, W) or (N, C, L), and compute its windows.
     Remembered per shape and attributes: a node sees the same ones at every run (4 us a call otherwise)."""
-    return _pool_geometry(op_type, tuple(shape), auto_pad, ceil_mode, _key(dilations), _key(kernel_shape),
-                          _key(pads), _key(strides))  # fmt: skip
-
-
-def _key(value):
-    return None if value is None else tuple(int(v) for v in value)
+    key = attribute_key
+    return _pool_geometry(op_type, tuple(shape), auto_pad, ceil_mode, key(dilations), key(kernel_shape), key(pads),
+                          key(strides))  # fmt: skip
 
 
 @functools.lru_cache(maxsize=256)
