@@ -1,15 +1,16 @@
 """Conv and ConvTranspose on the CPU (https://onnx.ai/onnx/operators/onnx__Conv.html,
 https://onnx.ai/onnx/operators/onnx__ConvTranspose.html): BLAS GEMMs plus Numba kernels that rearrange the
-data around them. Where onnx shape inference and
-onnxruntime disagree on ConvTranspose's padding, this follows onnxruntime (see ``conv_geometry``).
+data around them. Where onnx shape inference and onnxruntime disagree on ConvTranspose's padding, this follows
+onnxruntime (see ``conv_geometry``).
 
 1-D and 2-D convolutions run as 3-D ones whose leading spatial axes have size 1, so one set of kernels serves
 every rank. With K = kD·kH·kW taps, P_in / P_out spatial positions, g groups and a chunk of n samples:
 
 - Conv of a sample that makes one tile (see ``conv_rows_per_tile``): ``_im2col_sample`` writes col
   (C_in·K, P_out) in parallel over its rows, zeros where a window leaves the input; the GEMM
-  W (g, C_out/g, C_in/g·K) @ col (g, C_in/g·K, P_out), on BLAS's threads, writes the output (C_out, P_out) in
-  place; bias and activation follow in one pass.
+  W (g, C_out/g, C_in/g·K) @ col (g, C_in/g·K, P_out) (``blas_matmul``: row tiles on Numba's threads when large)
+  writes the output (C_out, P_out) in place; bias and activation follow in one pass. A Conv whose window is the
+  whole input is one GEMM (``_full_window``).
 - Conv of a batch or of a large sample: ``_conv_tiles`` runs one task per tile of the batch's output rows in
   ``prange``: the tile's im2col, a single-threaded GEMM per group called from the kernel (Numba's ``np.dot``,
   SciPy's BLAS held at one thread, ``IN_KERNEL_BLAS``), bias and activation written into the output. col stays
@@ -20,8 +21,8 @@ every rank. With K = kD·kH·kW taps, P_in / P_out spatial positions, g groups a
   without races. This is onnxruntime's GEMM + col2im. A batch whose samples have at least MIN_SAMPLE_COLUMNS
   input positions runs one task per sample (``_conv_transpose_samples``: its single-threaded GEMM and its
   col2im, on one core); otherwise the samples sit side by side in the GEMM's columns, chunk by chunk, the
-  chunks sized so that col stays in cache between the GEMM (NumPy's BLAS, its threads) and the col2im
-  (``COL_CHUNK_BYTES``).
+  chunks sized so that col stays in cache between the GEMM (``blas_matmul``, with Wᵀ packed once per session
+  weight) and the col2im (``COL_CHUNK_BYTES``).
 
 No fastmath anywhere, so NaN propagates as in onnxruntime.
 """
@@ -539,9 +540,7 @@ def _conv_plan(geom: ConvGeometry, itemsize: int) -> tuple:
 
 
 def conv(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_RELU_ALPHA) -> np.ndarray:
-    """A full window: one GEMM. A sample that makes one tile: im2col in parallel over col's rows, then one GEMM
-    per group (``blas_matmul``) that writes the output in place, then bias and activation. Otherwise (a batch,
-    or a large sample): ``_conv_tiles``, the tiles in parallel, each with its own single-threaded GEMMs."""
+    """The three paths of the module docstring, chosen once per geometry (``_conv_plan``)."""
     N, C_out, g = geom.N, geom.C_out, geom.group
     path, rows, parallel, kernel, OH, OW, P = _conv_plan(geom, X.itemsize)
     x5 = X.reshape(geom.x5_shape)  # (N, C_in, D, H, W)
