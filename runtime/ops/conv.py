@@ -40,6 +40,7 @@ from runtime.errors import InvalidFeed, InvalidModel
 from runtime.ops import attribute_key, onnx_op
 from runtime.ops._cpu_kernels import (
     ACTIVATIONS,
+    JIT,
     LEAKY_RELU_ALPHA,
     PARALLEL_MIN_ELEMENTS,
     activate_alpha,
@@ -270,7 +271,7 @@ def _check_inputs(op_type: str, X, W, B) -> None:
 U = numba.uint64
 
 
-@numba.njit(cache=True)
+@numba.njit(**JIT)
 def _tap_table(out_size, in_size, k, s, d, pad):
     """Along one axis of a transposed convolution, for each output index o, the taps t (and input indices i)
     with o = i·s − pad + t·d: their count (out,), taps (out, k) and input indices (out, k)."""
@@ -287,7 +288,7 @@ def _tap_table(out_size, in_size, k, s, d, pad):
     return count, taps, sources
 
 
-@numba.njit(inline="always")
+@numba.njit(**JIT)
 def _fill_col_row(xf, colf, dst0, T, n, r, q0, q1, x_shape, kernel, OH, OW, strides, dilations, pads):
     # Row r = (c, kd, kh, kw) of im2col for output rows q = (od, oh) in [q0, q1) of sample n, written from
     # colf[dst0] on, OW values per output row (T values in all): x's value under tap r of each output position,
@@ -328,51 +329,58 @@ def _im2col_sample(x, col, strides, dilations, pads, kernel, OH, OW):
         _fill_col_row(xf, colf, r * P, P, 0, r, 0, P // OW, x.shape, kernel, OH, OW, strides, dilations, pads)
 
 
-def _conv_tiles(x, w_rows, bias, y, strides, dilations, pads, kernel, rows_per_tile, activation, alpha):
-    # x: (N, C_in, D, H, W); w_rows: (g, C_out/g, C_in/g·K); y: (N, C_out, OD, OH, OW) = act(conv + bias).
-    # The batch's output rows u = (n, od, oh), N·OD·OH of them, cut into tiles of rows_per_tile (a tile may span
-    # samples); one task per tile: its im2col into col (C_in·K, rows·OW); per group one GEMM
-    # W_g (C_out/g, C_in/g·K) @ col_g into prod (C_out/g, rows·OW), on the task's core; bias and activation on
-    # the way into y, where each sample's share of the tile is contiguous in each channel. col and prod stay in
-    # the core's cache.
+@numba.njit(**JIT)
+def _conv_tile(x, w_rows, bias, y, strides, dilations, pads, kernel, u0, u1, activation, alpha):
+    # One tile of ``_conv_tiles``: the batch's output rows [u0, u1), u = (n, od, oh).
     G, Cg_out, CKg = w_rows.shape
     _, C_out, OD, OH, OW = y.shape
     R = OD * OH  # output rows per sample
-    rows = x.shape[0] * R
     xf = x.reshape(-1)
     yf = y.reshape(-1)
+    T = (u1 - u0) * OW  # the tile's output positions
+    col = np.empty((G, CKg, T), x.dtype)  # (g, C_in/g·K, T), rows (c, kd, kh, kw)
+    colf = col.reshape(-1)
+    for r in range(G * CKg):
+        u = u0
+        while u < u1:  # the tile's share of sample n: rows [q, q_end) of it
+            n, q = u // R, u % R
+            q_end = min(R, q + u1 - u)
+            dst = r * T + (u - u0) * OW
+            _fill_col_row(xf, colf, dst, T, n, r, q, q_end, x.shape, kernel, OH, OW, strides, dilations, pads)
+            u += q_end - q
+    prod = np.empty((Cg_out, T), x.dtype)  # (C_out/g, T)
+    for g in range(G):
+        np.dot(w_rows[g], col[g], prod)
+        for o in range(Cg_out):
+            co = g * Cg_out + o
+            b = bias[co]
+            u = u0
+            while u < u1:
+                n, q = u // R, u % R
+                length = (min(R, q + u1 - u) - q) * OW
+                base = ((n * C_out + co) * R + q) * OW  # y[n, co] from row q on
+                src = (u - u0) * OW
+                for p in range(length):
+                    yf[U(base + p)] = activate_alpha(prod[o, src + p] + b, activation, alpha)
+                u += length // OW
+
+
+def _conv_tiles(x, w_rows, bias, y, strides, dilations, pads, kernel, rows_per_tile, activation, alpha):
+    # x: (N, C_in, D, H, W); w_rows: (g, C_out/g, C_in/g·K); y: (N, C_out, OD, OH, OW) = act(conv + bias).
+    # The batch's output rows u = (n, od, oh), N·OD·OH of them, cut into tiles of rows_per_tile (a tile may span
+    # samples); one task per tile (``_conv_tile``): its im2col into col (C_in·K, rows·OW); per group one GEMM
+    # W_g (C_out/g, C_in/g·K) @ col_g into prod (C_out/g, rows·OW), on the task's core; bias and activation on
+    # the way into y, where each sample's share of the tile is contiguous in each channel. col and prod stay in
+    # the core's cache.
+    rows = x.shape[0] * y.shape[2] * y.shape[3]
     for t in numba.prange((rows + rows_per_tile - 1) // rows_per_tile):
         u0 = t * rows_per_tile
-        u1 = min(rows, u0 + rows_per_tile)
-        T = (u1 - u0) * OW  # the tile's output positions
-        col = np.empty((G, CKg, T), x.dtype)  # (g, C_in/g·K, T), rows (c, kd, kh, kw)
-        colf = col.reshape(-1)
-        for r in range(G * CKg):
-            u = u0
-            while u < u1:  # the tile's share of sample n: rows [q, q_end) of it
-                n, q = u // R, u % R
-                q_end = min(R, q + u1 - u)
-                dst = r * T + (u - u0) * OW
-                _fill_col_row(xf, colf, dst, T, n, r, q, q_end, x.shape, kernel, OH, OW, strides, dilations, pads)
-                u += q_end - q
-        prod = np.empty((Cg_out, T), x.dtype)  # (C_out/g, T)
-        for g in range(G):
-            np.dot(w_rows[g], col[g], prod)
-            for o in range(Cg_out):
-                co = g * Cg_out + o
-                b = bias[co]
-                u = u0
-                while u < u1:
-                    n, q = u // R, u % R
-                    length = (min(R, q + u1 - u) - q) * OW
-                    base = ((n * C_out + co) * R + q) * OW  # y[n, co] from row q on
-                    src = (u - u0) * OW
-                    for p in range(length):
-                        yf[U(base + p)] = activate_alpha(prod[o, src + p] + b, activation, alpha)
-                    u += length // OW
+        _conv_tile(x, w_rows, bias, y, strides, dilations, pads, kernel, u0, min(rows, u0 + rows_per_tile),
+                   activation, alpha)  # fmt: skip
 
 
-def _col2im(
+@numba.njit(**JIT)
+def _col2im_planes(
     col,
     bias,
     y,
@@ -389,12 +397,15 @@ def _col2im(
     sW,
     activation,
     alpha,
+    r0,
+    r1,
 ):
     # col: (C_out, kD, kH, kW, n, D, H, W), tap (kd, kh, kw)'s contribution from input position (d, h, w);
     # y: (n, C_out, D_out, H_out, W_out). A gather: each output row y[n, c, od, oh] sums the contributions that
     # land on it, found in the (D, H) tap tables and, along W, through each tap kw's input column range
     # [w_lo, w_hi), which lands on output columns (iw + w_shift)·sW + w_phase. The sums are built per phase in
     # `acc` (contiguous, so the adds vectorise) and interleaved into the row once, through the activation.
+    # This function: the rows r = (n, c, od) in [r0, r1), every oh of each.
     N, C, OD, OH, OW = y.shape
     KD, KH, KW, ID, IH, IW = col.shape[1], col.shape[2], col.shape[3], col.shape[5], col.shape[6], col.shape[7]
     colf = col.reshape(-1)
@@ -404,7 +415,7 @@ def _col2im(
     st_kh = KW * st_kw
     st_kd = KH * st_kh
     L = (OW + sW - 1) // sW  # output columns per phase, at most
-    for r in numba.prange(N * C * OD):
+    for r in range(r0, r1):
         od = r % OD
         c = (r // OD) % C
         n = r // (OD * C)
@@ -427,17 +438,26 @@ def _col2im(
                     yf[U(row + phase + j * sW)] = activate_alpha(acc[U(phase * L + j)], activation, alpha)
 
 
+def _col2im(col, bias, y, d_count, d_taps, d_sources, h_count, h_taps, h_sources, w_lo, w_hi, w_phase, w_shift, sW,
+            activation, alpha):  # fmt: skip
+    # ``_col2im_planes`` over all of y's (n, c, od) rows, in bands run in parallel
+    rows = y.shape[0] * y.shape[1] * y.shape[2]
+    tasks = min(rows, 64)
+    for t in numba.prange(tasks):
+        _col2im_planes(col, bias, y, d_count, d_taps, d_sources, h_count, h_taps, h_sources, w_lo, w_hi, w_phase,
+                       w_shift, sW, activation, alpha, t * rows // tasks, (t + 1) * rows // tasks)  # fmt: skip
+
+
 _IM2COL_SAMPLE = serial_and_parallel(_im2col_sample)
 _CONV_TILES = serial_and_parallel(_conv_tiles)
 _COL2IM = serial_and_parallel(_col2im)
-_col2im_serial = _COL2IM[0]
 
 
 def _conv_transpose_samples(x, w, bias, y, in3, k3, tables, sW, activation, alpha):
     # x: (N, g, C_in/g, P_in); w: (g, C_in/g, C_out/g·K); y: (N, C_out, OD, OH, OW); in3 = (ID, IH, IW),
     # k3 = (kD, kH, kW); tables: ``_col2im_tables``. One task per sample: per group the single-threaded GEMM
     # W_gᵀ (C_out/g·K, C_in/g) @ x_g (C_in/g, P_in) into the sample's col (C_out·K, P_in), then the sample's
-    # col2im gather (the serial ``_col2im``) into y.
+    # col2im gather (``_col2im_planes``) into y.
     N, G, _, P_in = x.shape
     C_out = y.shape[1]
     for n in numba.prange(N):
@@ -445,7 +465,7 @@ def _conv_transpose_samples(x, w, bias, y, in3, k3, tables, sW, activation, alph
         for g in range(G):
             np.dot(w[g].T, x[n, g], col[g])
         col8 = col.reshape(C_out, k3[0], k3[1], k3[2], 1, in3[0], in3[1], in3[2])  # (C_out, kD, kH, kW, 1, D, H, W)
-        _col2im_serial(col8, bias, y[n : n + 1], *tables, sW, activation, alpha)
+        _col2im_planes(col8, bias, y[n : n + 1], *tables, sW, activation, alpha, 0, y.shape[1] * y.shape[2])
 
 
 _CONV_TRANSPOSE_SAMPLES = serial_and_parallel(_conv_transpose_samples)

@@ -23,7 +23,7 @@ import numpy as np
 
 from runtime.errors import InvalidFeed
 from runtime.ops import onnx_op
-from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA, activate_alpha, bias_activation_
+from runtime.ops._cpu_kernels import ACTIVATIONS, JIT, LEAKY_RELU_ALPHA, bias_activation_, bias_activation_rows
 
 FUSED_DOMAIN = "ai.deconvzoo"
 
@@ -171,27 +171,18 @@ ROW_TILE = 16
 MAX_ROW_TASKS = numba.config.NUMBA_NUM_THREADS
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(**JIT, parallel=True)
 def _gemm_row_tiles(a, b, y, bias, has_bias, beta, activation, alpha, rows_per_task):
     # y (M, N) = act(a (M, K) @ b (K, N) + beta · bias): one task per tile of rows, its GEMM on its own core
     # (SciPy's BLAS held at one thread) and the epilogue while the tile is in cache. bias: (Mb, Nb), Mb in {1, M},
     # Nb in {1, N} (ONNX's unidirectional broadcast); read only when has_bias.
-    M, N = y.shape
-    row_step = 1 if bias.shape[0] > 1 else 0
-    col_step = 1 if bias.shape[1] > 1 else 0
+    M = y.shape[0]
     for t in numba.prange((M + rows_per_task - 1) // rows_per_task):
         r0 = t * rows_per_task
         r1 = min(M, r0 + rows_per_task)
         np.dot(a[r0:r1], b, y[r0:r1])
-        if has_bias:
-            for i in range(r0, r1):
-                bi = i * row_step
-                for j in range(N):
-                    y[i, j] = activate_alpha(y[i, j] + beta * bias[bi, j * col_step], activation, alpha)
-        elif activation != 0:
-            for i in range(r0, r1):
-                for j in range(N):
-                    y[i, j] = activate_alpha(y[i, j], activation, alpha)
+        if has_bias or activation != 0:
+            bias_activation_rows(y, bias, has_bias, beta, activation, alpha, r0, r1)
 
 
 def _tiled(M: int, a_dtype, b_dtype, flops: int) -> bool:

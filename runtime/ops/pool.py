@@ -34,7 +34,7 @@ import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel, UnsupportedOp
 from runtime.ops import attribute_key, onnx_op
-from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS, serial_and_parallel
+from runtime.ops._cpu_kernels import JIT, PARALLEL_MIN_ELEMENTS, serial_and_parallel
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 # The values-only MaxPool goes parallel (over planes) from this many window taps: below, one core does it in
@@ -391,7 +391,7 @@ def unpool_shape(X_shape, I_shape, output_shape, *, kernel_shape, pads, strides)
     return shape
 
 
-@numba.njit(cache=True)
+@numba.njit(**JIT)
 def _max_unpool(x, indices, y):
     # x, indices: the flat input and its global indices; y: the flat, zeroed output. Serial, in scan order, as
     # onnxruntime: the last of duplicate indices wins. Returns the position of the first index out of range, or -1.
