@@ -77,20 +77,13 @@ def packed(w: np.ndarray, kind: str, make) -> np.ndarray:
 # --- the logistic function, float32: the rational approximation onnxruntime's MLAS uses (Eigen's coefficients)
 # logistic(x) − 1/2 ≈ x·P(x²)/Q(x²) on x clamped to [−18, 18], where float32's logistic is 0 or 1 to within
 # 1.6e-8. Pure arithmetic, so LLVM vectorises the epilogue loops around it (math.exp is a scalar libm call:
-# bias + sigmoid over 64×784 took 100 us, bias + relu 23 us). Largest difference from the exact float64 value
+# bias + logistic over 64×784 took 107 us with it, 13 us with this). Largest difference from the exact value
 # over [−30, 30]: 2.2e-7 (tests/test_perf_paths.py). NaN stays NaN (the clamps below keep it); −inf gives 0
 # and +inf 1 (onnxruntime's gives −6e-8 at −inf: this one is clamped to [0, 1]).
 _LOGISTIC_LO, _LOGISTIC_HI, _HALF, _ONE = np.float32(-18.0), np.float32(18.0), np.float32(0.5), np.float32(1.0)
-_P9, _P7, _P5, _P3, _P1 = (
-    np.float32(c)
-    for c in (
-        4.37031012579801e-11,
-        1.15627324459942e-07,
-        6.08574864600143e-05,
-        8.51377133304701e-03,
-        2.48287947061529e-01,
-    )
-)
+_P9, _P7, _P5, _P3, _P1 = (np.float32(c) for c in (4.37031012579801e-11, 1.15627324459942e-07,
+                                                    6.08574864600143e-05, 8.51377133304701e-03,
+                                                    2.48287947061529e-01))  # fmt: skip
 _Q10, _Q8, _Q6, _Q4, _Q2, _Q0 = (np.float32(c) for c in (6.10247389755681e-13, 5.76102136993427e-09,
                                                          6.29106785017040e-06, 1.70198817374094e-03,
                                                          1.16817656904453e-01, 9.93151921023180e-01))  # fmt: skip
@@ -98,30 +91,19 @@ _ZERO = np.float32(0.0)
 
 
 def logistic(v):
-    """1 / (1 + exp(−v)) (Python; in Numba code, the overload below)."""
+    """1 / (1 + exp(−v)): this in Python and for float64 in Numba code; float32 in Numba: ``_logistic_float32``."""
     return 1.0 / (1.0 + math.exp(-v))
 
 
-@numba.extending.overload(logistic)
-def _logistic(v):
-    if isinstance(v, numba.types.Float) and v.bitwidth == 32:
-
-        def logistic_float32(v):
-            x = _LOGISTIC_LO if v < _LOGISTIC_LO else v  # a NaN fails both tests and stays
-            x = _LOGISTIC_HI if x > _LOGISTIC_HI else x
-            x2 = x * x
-            p = (((_P9 * x2 + _P7) * x2 + _P5) * x2 + _P3) * x2 + _P1
-            q = ((((_Q10 * x2 + _Q8) * x2 + _Q6) * x2 + _Q4) * x2 + _Q2) * x2 + _Q0
-            y = x * p / q + _HALF
-            y = _ZERO if y < _ZERO else y  # the approximation dips to −6e-8 at −18 and tops 1 by an ulp at 18
-            return _ONE if y > _ONE else y  # NaN fails both tests and stays
-
-        return logistic_float32
-
-    def logistic_exact(v):  # float64: exp(-v) overflows to inf for v < -709, and 1/inf is the exact limit 0
-        return 1.0 / (1.0 + math.exp(-v))
-
-    return logistic_exact
+def _logistic_float32(v):
+    x = _LOGISTIC_LO if v < _LOGISTIC_LO else v  # a NaN fails both tests and stays
+    x = _LOGISTIC_HI if x > _LOGISTIC_HI else x
+    x2 = x * x
+    p = (((_P9 * x2 + _P7) * x2 + _P5) * x2 + _P3) * x2 + _P1
+    q = ((((_Q10 * x2 + _Q8) * x2 + _Q6) * x2 + _Q4) * x2 + _Q2) * x2 + _Q0
+    y = x * p / q + _HALF
+    y = _ZERO if y < _ZERO else y  # the approximation dips to −6e-8 at −18 and tops 1 by an ulp at 18
+    return _ONE if y > _ONE else y  # NaN fails both tests and stays
 
 
 # --- tanh, float32: the same scheme (onnxruntime's MLAS, Eigen's coefficients): tanh(x) ≈ x·P(x²)/Q(x²) on x
@@ -137,30 +119,31 @@ _U6, _U4, _U2, _U0 = (np.float32(c) for c in (1.19825839466702e-06, 1.1853470568
 
 
 def tanh(v):
-    """The hyperbolic tangent (Python; in Numba code, the overload below)."""
+    """The hyperbolic tangent: this in Python and for float64 in Numba code; float32 in Numba: ``_tanh_float32``."""
     return math.tanh(v)
 
 
-@numba.extending.overload(tanh)
-def _tanh(v):
-    if isinstance(v, numba.types.Float) and v.bitwidth == 32:
+def _tanh_float32(v):
+    x = _TANH_LO if v < _TANH_LO else v  # a NaN fails both tests and stays
+    x = _TANH_HI if x > _TANH_HI else x
+    x2 = x * x
+    p = (((((_T13 * x2 + _T11) * x2 + _T9) * x2 + _T7) * x2 + _T5) * x2 + _T3) * x2 + _T1
+    q = ((_U6 * x2 + _U4) * x2 + _U2) * x2 + _U0
+    y = x * p / q
+    y = -_ONE if y < -_ONE else y
+    return _ONE if y > _ONE else y
 
-        def tanh_float32(v):
-            x = _TANH_LO if v < _TANH_LO else v  # a NaN fails both tests and stays
-            x = _TANH_HI if x > _TANH_HI else x
-            x2 = x * x
-            p = (((((_T13 * x2 + _T11) * x2 + _T9) * x2 + _T7) * x2 + _T5) * x2 + _T3) * x2 + _T1
-            q = ((_U6 * x2 + _U4) * x2 + _U2) * x2 + _U0
-            y = x * p / q
-            y = -_ONE if y < -_ONE else y
-            return _ONE if y > _ONE else y
 
-        return tanh_float32
+def _float32_in_numba(exact, fast):
+    """In Numba code, ``exact(v)`` runs ``fast`` when v is float32 and ``exact``'s own body otherwise."""
 
-    def tanh_exact(v):
-        return math.tanh(v)
+    @numba.extending.overload(exact)
+    def _choose(v):
+        return fast if isinstance(v, numba.types.Float) and v.bitwidth == 32 else exact
 
-    return tanh_exact
+
+_float32_in_numba(logistic, _logistic_float32)
+_float32_in_numba(tanh, _tanh_float32)
 
 
 @numba.njit(inline="always")
@@ -182,9 +165,10 @@ def activate(v, activation):
     return activate_alpha(v, activation, LEAKY_RELU_ALPHA)
 
 
-# Parallel kernels call a separately compiled serial function for their inner loops: a loop written directly in a
-# ``prange`` body is not vectorised (bias + logistic over 64×784 on one thread: 192 us in the prange body, 21 us
-# through a called function).
+# The elementwise epilogues' parallel kernels call a separately compiled serial function for their inner loops:
+# written directly in the ``prange`` body the loop was not vectorised (bias + logistic over 64×784 on one
+# thread: 192 us in the prange body, 21 us through a called function). Measure before moving other kernels:
+# Conv's tiles, which call BLAS, ran 10-15 % slower as a called function than inlined into the body.
 
 
 @numba.njit(**JIT)

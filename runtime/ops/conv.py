@@ -288,7 +288,7 @@ def _tap_table(out_size, in_size, k, s, d, pad):
     return count, taps, sources
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always")
 def _fill_col_row(xf, colf, dst0, T, n, r, q0, q1, x_shape, kernel, OH, OW, strides, dilations, pads):
     # Row r = (c, kd, kh, kw) of im2col for output rows q = (od, oh) in [q0, q1) of sample n, written from
     # colf[dst0] on, OW values per output row (T values in all): x's value under tap r of each output position,
@@ -329,7 +329,7 @@ def _im2col_sample(x, col, strides, dilations, pads, kernel, OH, OW):
         _fill_col_row(xf, colf, r * P, P, 0, r, 0, P // OW, x.shape, kernel, OH, OW, strides, dilations, pads)
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always")
 def _conv_tile(x, w_rows, bias, y, strides, dilations, pads, kernel, u0, u1, activation, alpha):
     # One tile of ``_conv_tiles``: the batch's output rows [u0, u1), u = (n, od, oh).
     G, Cg_out, CKg = w_rows.shape
