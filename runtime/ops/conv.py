@@ -548,7 +548,7 @@ def _full_window(x, w, B, y, activation: int, alpha: float) -> np.ndarray:
 @functools.lru_cache(maxsize=256)
 def _conv_plan(geom: ConvGeometry, itemsize: int) -> tuple:
     """Per geometry and item size, once: (path, rows per tile, parallel kernels?, (kD, kH, kW) array, OH, OW, P)
-    with path "full-window", "sample" (one task, one sample: BLAS's threads for its GEMM) or "tiles"."""
+    with path "full-window", "sample" (one task, one sample: its GEMM through ``blas_matmul``) or "tiles"."""
     OD, OH, OW = geom.as_3d(geom.out_size, 1)
     P = OD * OH * OW
     rows = conv_rows_per_tile(geom, itemsize)
