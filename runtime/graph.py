@@ -131,19 +131,25 @@ def _physical_memory_bytes() -> int:
 MAX_TENSOR_BYTES = _physical_memory_bytes()
 
 
+def _itemsize(elem_type: int, subject: str) -> int:
+    """Bytes per element of ONNX tensor type ``elem_type``; ``subject`` names the tensor and its type in the
+    error raised when it is no tensor type."""
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise InvalidModel(
+            f"{subject}, which is no ONNX tensor type; expected one of "
+            f"{', '.join(sorted(ONNX_TYPE_NAMES.values()))} or another TensorProto.DataType"
+        ) from None
+
+
 def _declared_nbytes(t: onnx.TensorProto, what: str) -> int:
     """Bytes the tensor's declared dims and data_type need, refused if a dim is negative or the total is more
     than MAX_TENSOR_BYTES; computed in Python integers, so no overflow hides a huge shape."""
     dims = list(t.dims)
     if any(d < 0 for d in dims):
         raise InvalidModel(f"{what} '{t.name}' has shape {tuple(dims)}; expected dimensions >= 0")
-    try:
-        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-    except (KeyError, ValueError, TypeError):
-        raise InvalidModel(
-            f"{what} '{t.name}' has data_type {t.data_type}, which is no ONNX tensor type; expected one of "
-            f"{', '.join(sorted(ONNX_TYPE_NAMES.values()))} or another TensorProto.DataType"
-        ) from None
+    itemsize = _itemsize(t.data_type, f"{what} '{t.name}' has data_type {t.data_type}")
     count = math.prod(dims)
     nbytes = count * itemsize
     if nbytes > MAX_TENSOR_BYTES:
@@ -214,13 +220,7 @@ def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
     fixed = [d for d in shape if isinstance(d, int)]
     if any(d < 0 for d in fixed):
         raise InvalidModel(f"graph input/output '{v.name}' has shape {shape}; expected dimensions >= 0")
-    try:
-        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
-    except (KeyError, ValueError, TypeError):
-        raise InvalidModel(
-            f"graph input/output '{v.name}' has elem_type {tt.elem_type}, which is no ONNX tensor type; "
-            f"expected one of {', '.join(sorted(ONNX_TYPE_NAMES.values()))} or another TensorProto.DataType"
-        ) from None
+    itemsize = _itemsize(tt.elem_type, f"graph input/output '{v.name}' has elem_type {tt.elem_type}")
     if math.prod(fixed) * itemsize > MAX_TENSOR_BYTES:
         raise InvalidModel(
             f"graph input/output '{v.name}' declares shape {shape}: {math.prod(fixed) * itemsize} bytes; "

@@ -200,6 +200,12 @@ _bias_activation_serial, _bias_activation_parallel = serial_and_parallel(_bias_a
 _NO_BIAS = {np.dtype(np.float32): np.zeros((1, 1), np.float32), np.dtype(np.float64): np.zeros((1, 1), np.float64)}
 
 
+def no_bias(dtype) -> np.ndarray:
+    """The (1, 1) placeholder passed as ``bias`` with ``has_bias=False`` (never read)."""
+    dtype = np.dtype(dtype)
+    return _NO_BIAS[dtype] if dtype in _NO_BIAS else np.zeros((1, 1), dtype)
+
+
 def bias_activation_(
     y: np.ndarray, bias: np.ndarray | None, beta: float, activation: int, alpha: float = LEAKY_RELU_ALPHA
 ) -> np.ndarray:
@@ -211,7 +217,7 @@ def bias_activation_(
     fn = _bias_activation_parallel if parallel else _bias_activation_serial
     dtype = y.dtype
     has_bias = bias is not None
-    bias = bias.astype(dtype, copy=False) if has_bias else _NO_BIAS.get(dtype, np.zeros((1, 1), dtype))
+    bias = bias.astype(dtype, copy=False) if has_bias else no_bias(dtype)
     fn(y, bias, has_bias, dtype.type(beta), activation, dtype.type(alpha), min(y.shape[0], 16) if parallel else 1)
     return y
 

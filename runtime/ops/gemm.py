@@ -23,7 +23,14 @@ import numpy as np
 
 from runtime.errors import InvalidFeed
 from runtime.ops import onnx_op
-from runtime.ops._cpu_kernels import ACTIVATIONS, JIT, LEAKY_RELU_ALPHA, bias_activation_, bias_activation_rows
+from runtime.ops._cpu_kernels import (
+    ACTIVATIONS,
+    JIT,
+    LEAKY_RELU_ALPHA,
+    bias_activation_,
+    bias_activation_rows,
+    no_bias,
+)
 
 FUSED_DOMAIN = "ai.deconvzoo"
 
@@ -203,7 +210,7 @@ def _run_row_tiles(a, b, y, bias, beta, activation, alpha) -> None:
     a = a if a.flags.c_contiguous else np.ascontiguousarray(a)  # (M, K)
     b = b if b.flags.c_contiguous or b.flags.f_contiguous else np.ascontiguousarray(b)  # (K, N)
     has_bias = bias is not None
-    bias = bias.astype(y.dtype, copy=False) if has_bias else np.zeros((1, 1), y.dtype)
+    bias = bias.astype(y.dtype, copy=False) if has_bias else no_bias(y.dtype)
     with IN_KERNEL_BLAS.one_thread():
         _gemm_row_tiles(a, b, y, bias, has_bias, y.dtype.type(beta), activation, y.dtype.type(alpha), rows)
 
