@@ -101,14 +101,8 @@ class InferenceSession:
             for w in self._weights.values():
                 w.flags.writeable = False
             register_weights(self._weights.values())
-        self._last_use = self._plan_lifetimes()
         self._trace = os.environ.get("ZOO_TRACE") == "1"
-        # The execution plan, resolved once: per step the node, its implementation, and the intermediates freed
-        # after it. (A batch-1 run of a small model is mostly this loop: every lookup saved counts.)
-        self._plan = [
-            (node, node.op.impl[self.backend], tuple(self._last_use.get(step, ())))
-            for step, node in enumerate(self._graph.nodes)
-        ]
+        self._build_plan()
         self._declared_outputs = [v.name for v in self._graph.outputs]
         # The (name, dtype, shape) of each input of the last feed that passed every check: a feed of plain
         # C-contiguous arrays with exactly these passes again without them (4 us of a 20 us batch-1 run).
@@ -132,11 +126,12 @@ class InferenceSession:
         wanted = self._declared_outputs if output_names is None else self._check_output_names(output_names)
         feed = input_feed if self._is_accepted_feed(input_feed) else self._check_feed(input_feed)
         on_cuda = self.backend == "cuda"
-        values = dict(self._weights)
-        values.update({k: self._device.to_device(v) for k, v in feed.items()} if on_cuda else feed)
-        keep = set(wanted)
-        for node, impl, freed in self._plan:
-            args = [values[i] if i else None for i in node.inputs]
+        slot = self._slot
+        values = self._weight_slots.copy()  # [slot] -> value; slot 0 is an omitted input, always None
+        for name, value in feed.items():
+            values[slot[name]] = self._device.to_device(value) if on_cuda else value
+        for node, impl, inputs, outputs, freed in self._steps:
+            args = [values[i] for i in inputs]
             start = time.perf_counter() if self._trace else 0.0
             if on_cuda and all(a is None or isinstance(a, np.ndarray) for a in args):
                 impl = node.op.impl["cpu"]  # host-resident tensors (integers, shapes, empties) stay on the host
@@ -152,31 +147,47 @@ class InferenceSession:
                     f"{node.describe()} cannot run on inputs of shapes {shapes} ({type(e).__name__}: {e}); "
                     "expected inputs that fit the op and its attributes"
                 ) from None
-            results = result if isinstance(result, tuple) else (result,)
-            for name, value in zip(node.outputs, results):
-                if name:
-                    values[name] = value
+            if type(result) is tuple:
+                for i, value in zip(outputs, result):
+                    values[i] = value
+            else:
+                values[outputs[0]] = result
+            values[0] = None  # where an unused output ("") went
             if self._trace:
-                self._print_trace(node, results, time.perf_counter() - start)
-            for name in freed:
-                if name not in keep:
-                    values.pop(name, None)
-        outputs = [self._device.to_host(values[name]) for name in wanted]
+                self._print_trace(node, result if type(result) is tuple else (result,), time.perf_counter() - start)
+            for i in freed:
+                values[i] = None
+        outputs = [self._device.to_host(values[slot[name]]) for name in wanted]
         # A view (Identity, Reshape) of a feed or a weight must not let the caller write into either.
         return [y.copy() if not y.flags.owndata or any(y is f for f in feed.values()) else y for y in outputs]
 
     # --- internals -------------------------------------------------------------------------------------
-    def _plan_lifetimes(self) -> dict[int, list[str]]:
-        """For each step, the intermediate values read for the last time there (freed after it)."""
-        last = {}
-        for step, node in enumerate(self._graph.nodes):
+    def _build_plan(self) -> None:
+        """The execution plan, resolved once (a batch-1 run of a small model is mostly its loop: every lookup
+        saved counts). Each value gets a slot in a list, slot 0 standing for an omitted input; per step: the node,
+        its implementation, its input and output slots, and the slots of the intermediates read for the last time
+        there (freed after it; never a graph output)."""
+        g = self._graph
+        names = [*self._weights, *(v.name for v in g.inputs), *(o for n in g.nodes for o in n.outputs if o)]
+        self._slot = {"": 0} | {name: i for i, name in enumerate(dict.fromkeys(names), start=1)}
+        self._weight_slots = [None] * (len(self._slot))
+        for name, value in self._weights.items():
+            self._weight_slots[self._slot[name]] = value
+        last_use = {}
+        for step, node in enumerate(g.nodes):
             for name in node.inputs:
                 if name and name not in self._weights:
-                    last[name] = step
-        plan: dict[int, list[str]] = {}
-        for name, step in last.items():
-            plan.setdefault(step, []).append(name)
-        return plan
+                    last_use[name] = step
+        kept = {v.name for v in g.outputs}
+        freed: dict[int, list[int]] = {}
+        for name, step in last_use.items():
+            if name not in kept:
+                freed.setdefault(step, []).append(self._slot[name])
+        self._steps = [
+            (node, node.op.impl[self.backend], tuple(self._slot[i] for i in node.inputs),
+             tuple(self._slot[o] for o in node.outputs), tuple(freed.get(step, ())))
+            for step, node in enumerate(g.nodes)
+        ]  # fmt: skip
 
     def _check_output_names(self, output_names) -> list[str]:
         declared = [v.name for v in self._graph.outputs]

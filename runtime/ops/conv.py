@@ -6,15 +6,16 @@ onnxruntime (see ``conv_geometry``).
 1-D and 2-D convolutions run as 3-D ones whose leading spatial axes have size 1, so one set of kernels serves
 every rank. With K = kD·kH·kW taps, P_in / P_out spatial positions, g groups and a chunk of n samples:
 
-- Conv of a sample that makes one tile (see ``conv_rows_per_tile``): ``_im2col_sample`` writes col
-  (C_in·K, P_out) in parallel over its rows, zeros where a window leaves the input; the GEMM
-  W (g, C_out/g, C_in/g·K) @ col (g, C_in/g·K, P_out) (``blas_matmul``: row tiles on Numba's threads when large)
-  writes the output (C_out, P_out) in place; bias and activation follow in one pass. A Conv whose window is the
-  whole input is one GEMM (``_full_window``).
-- Conv of a batch or of a large sample: ``_conv_tiles`` runs one task per tile of the batch's output rows in
-  ``prange``: the tile's im2col, a single-threaded GEMM per group called from the kernel (Numba's ``np.dot``,
-  SciPy's BLAS held at one thread, ``IN_KERNEL_BLAS``), bias and activation written into the output. col stays
-  in the core's cache and the output is written once, in NCHW; the batch's GEMMs run side by side on the cores.
+- Conv of a sample large enough for several cores that makes one tile (see ``conv_rows_per_tile``):
+  ``_im2col_sample`` writes col (C_in·K, P_out) in parallel over its rows, zeros where a window leaves the
+  input; the GEMM W (g, C_out/g, C_in/g·K) @ col (g, C_in/g·K, P_out) (``blas_matmul``: row tiles on Numba's
+  threads when large) writes the output (C_out, P_out) in place; bias and activation follow in one pass. A Conv
+  whose window is the whole input is one GEMM (``_full_window``).
+- Conv of a batch, of a large sample, or of one too small for several cores (then one tile, one kernel call):
+  ``_conv_tiles`` runs one task per tile of the batch's output rows in ``prange``: the tile's im2col, a
+  single-threaded GEMM per group called from the kernel (Numba's ``np.dot``, SciPy's BLAS held at one thread,
+  ``IN_KERNEL_BLAS``), bias and activation written into the output. col stays in the core's cache and the
+  output is written once, in NCHW; the batch's GEMMs run side by side on the cores.
 - ConvTranspose: the GEMM Wᵀ (g, C_out/g·K, C_in/g) @ X (g, C_in/g, n·P_in) gives every tap's contribution,
   col (C_out, K, n, P_in); ``_col2im`` is a gather: each output row sums the contributions that land on it
   (the taps k with o + pad − k·d divisible by the stride), so rows are independent and run in ``prange``
@@ -48,7 +49,7 @@ from runtime.ops._cpu_kernels import (
     packed,
     serial_and_parallel,
 )
-from runtime.ops.gemm import FUSED_DOMAIN, IN_KERNEL_BLAS, blas_matmul
+from runtime.ops.gemm import FUSED_DOMAIN, IN_KERNEL_BLAS, BlasThreads, blas_matmul
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 DTYPES = (np.float32, np.float64)
@@ -314,8 +315,12 @@ def _fill_col_row(xf, colf, dst0, T, n, r, q0, q1, x_shape, kernel, OH, OW, stri
         src = (((n * C + c) * D + id_) * H + ih) * W + off
         for ow in range(lo):
             colf[U(dst + ow)] = 0.0
-        for ow in range(lo, hi):
-            colf[U(dst + ow)] = xf[U(src + ow * sW)]
+        if sW == 1:  # a contiguous copy, which LLVM vectorises
+            for ow in range(lo, hi):
+                colf[U(dst + ow)] = xf[U(src + ow)]
+        else:
+            for ow in range(lo, hi):
+                colf[U(dst + ow)] = xf[U(src + ow * sW)]
         for ow in range(hi, OW):
             colf[U(dst + ow)] = 0.0
 
@@ -547,22 +552,30 @@ def _full_window(x, w, B, y, activation: int, alpha: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _conv_plan(geom: ConvGeometry, itemsize: int) -> tuple:
-    """Per geometry and item size, once: (path, rows per tile, parallel kernels?, (kD, kH, kW) array, OH, OW, P)
-    with path "full-window", "sample" (one task, one sample: its GEMM through ``blas_matmul``) or "tiles"."""
+    """Per geometry and item size, once: (path, rows per tile, parallel kernels?, hold the in-kernel BLAS at one
+    thread?, (kD, kH, kW) array, OH, OW, P) with path "full-window", "sample" (a sample large enough for
+    several cores that makes one tile: its GEMM through ``blas_matmul``) or "tiles"."""
     OD, OH, OW = geom.as_3d(geom.out_size, 1)
     P = OD * OH * OW
-    rows = conv_rows_per_tile(geom, itemsize)
-    path = "full-window" if _is_full_window(geom) else "sample" if rows == geom.N * OD * OH == OD * OH else "tiles"
     work = geom.N * geom.C_in * math.prod(geom.kernel) * P  # col's elements over the batch
+    parallel = work >= PARALLEL_MIN_ELEMENTS
+    # Too small for several cores: the whole batch is one tile, im2col, GEMM and epilogue in one kernel call
+    # (LeNet's second layer at batch 1: 26 -> 14 us, most of it Python around three calls).
+    rows = conv_rows_per_tile(geom, itemsize) if parallel else geom.N * OD * OH
+    path = "full-window" if _is_full_window(geom) else "sample" if rows == geom.N * OD * OH == OD * OH else "tiles"
+    if not parallel and path == "sample":
+        path = "tiles"
+    # Below BLAS_SERIAL_FLOPS OpenBLAS runs a GEMM on one thread by itself: no need to hold it there
+    blas_one_thread = parallel or 2 * geom.C_out * work // geom.group >= BlasThreads.BLAS_SERIAL_FLOPS
     kernel = np.array(geom.as_3d(geom.kernel, 1), np.int64)
     kernel.flags.writeable = False
-    return path, rows, work >= PARALLEL_MIN_ELEMENTS, kernel, OH, OW, P
+    return path, rows, parallel, blas_one_thread, kernel, OH, OW, P
 
 
 def conv(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_RELU_ALPHA) -> np.ndarray:
     """The three paths of the module docstring, chosen once per geometry (``_conv_plan``)."""
     N, C_out, g = geom.N, geom.C_out, geom.group
-    path, rows, parallel, kernel, OH, OW, P = _conv_plan(geom, X.itemsize)
+    path, rows, parallel, blas_one_thread, kernel, OH, OW, P = _conv_plan(geom, X.itemsize)
     x5 = X.reshape(geom.x5_shape)  # (N, C_in, D, H, W)
     y = np.empty(geom.y5_shape, X.dtype)  # (N, C_out, OD, OH, OW)
     if y.size == 0:
@@ -584,7 +597,11 @@ def conv(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_
         if B is not None or activation:
             bias_activation_(y.reshape(C_out, P), bias.reshape(C_out, 1), 1.0, activation, alpha)
         return y.reshape(geom.y_shape)
-    with IN_KERNEL_BLAS.one_thread():  # Numba's kernels raise no floating-point warnings: no errstate needed
+    # Numba's kernels raise no floating-point warnings: no errstate needed
+    if blas_one_thread:
+        with IN_KERNEL_BLAS.one_thread():
+            _CONV_TILES[parallel](x5, w_rows, bias, y, strides, dilations, pads, kernel, rows, activation, alpha)
+    else:
         _CONV_TILES[parallel](x5, w_rows, bias, y, strides, dilations, pads, kernel, rows, activation, alpha)
     return y.reshape(geom.y_shape)  # (N, C_out, *out_size)
 

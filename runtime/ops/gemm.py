@@ -25,11 +25,11 @@ from runtime.errors import InvalidFeed
 from runtime.ops import onnx_op
 from runtime.ops._cpu_kernels import (
     ACTIVATIONS,
-    JIT,
     LEAKY_RELU_ALPHA,
     bias_activation_,
     bias_activation_rows,
     no_bias,
+    serial_and_parallel,
 )
 
 FUSED_DOMAIN = "ai.deconvzoo"
@@ -178,7 +178,6 @@ ROW_TILE = 16
 MAX_ROW_TASKS = numba.config.NUMBA_NUM_THREADS
 
 
-@numba.njit(**JIT, parallel=True)
 def _gemm_row_tiles(a, b, y, bias, has_bias, beta, activation, alpha, rows_per_task):
     # y (M, N) = act(a (M, K) @ b (K, N) + beta · bias): one task per tile of rows, its GEMM on its own core
     # (SciPy's BLAS held at one thread) and the epilogue while the tile is in cache. bias: (Mb, Nb), Mb in {1, M},
@@ -190,6 +189,10 @@ def _gemm_row_tiles(a, b, y, bias, has_bias, beta, activation, alpha, rows_per_t
         np.dot(a[r0:r1], b, y[r0:r1])
         if has_bias or activation != 0:
             bias_activation_rows(y, bias, has_bias, beta, activation, alpha, r0, r1)
+
+
+# (serial: a small GEMM and its epilogue in one call, as one tile; parallel: row tiles on the cores)
+_GEMM_ROW_TILES = serial_and_parallel(_gemm_row_tiles)
 
 
 def _tiled(M: int, a_dtype, b_dtype, flops: int) -> bool:
@@ -204,6 +207,18 @@ def _tiled(M: int, a_dtype, b_dtype, flops: int) -> bool:
     )
 
 
+def _in_kernel_operands(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether Numba's ``np.dot`` takes ``a`` and ``b`` as they are: float32 or float64 alike, each C- or
+    Fortran-contiguous (a transposed operand is a Fortran-contiguous view)."""
+    return (
+        a.dtype == b.dtype
+        and a.dtype.kind == "f"
+        and a.dtype.itemsize >= 4
+        and (a.flags.c_contiguous or a.flags.f_contiguous)
+        and (b.flags.c_contiguous or b.flags.f_contiguous)
+    )
+
+
 def _run_row_tiles(a, b, y, bias, beta, activation, alpha) -> None:
     M = a.shape[0]
     rows = max(ROW_TILE, -(-M // MAX_ROW_TASKS))
@@ -212,7 +227,7 @@ def _run_row_tiles(a, b, y, bias, beta, activation, alpha) -> None:
     has_bias = bias is not None
     bias = bias.astype(y.dtype, copy=False) if has_bias else no_bias(y.dtype)
     with IN_KERNEL_BLAS.one_thread():
-        _gemm_row_tiles(a, b, y, bias, has_bias, y.dtype.type(beta), activation, y.dtype.type(alpha), rows)
+        _GEMM_ROW_TILES[1](a, b, y, bias, has_bias, y.dtype.type(beta), activation, y.dtype.type(alpha), rows)
 
 
 def blas_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -250,6 +265,32 @@ def _fused_gemm(A, B, C, alpha, beta, transA, transB, activation):
     a = A.T if transA else A  # (M, K)
     b = B.T if transB else B  # (K, N)
     bias = None if C is None else C.reshape(C2_shape)  # (1|M, 1|N)
+    M, N = a.shape[0], b.shape[1]
+    if flops < BlasThreads.BLAS_SERIAL_FLOPS and alpha == 1.0 and a.size and b.size and _in_kernel_operands(a, b):
+        # Small (every batch-1 layer of the zoo's MLPs): the GEMM (one BLAS thread by itself at this size) and
+        # its epilogue in one kernel call; no NumPy call and no errstate around it (sparse-ae-digits8's layer:
+        # 4.9 -> 2 us, nearly all of it Python before)
+        y = np.empty((M, N), a.dtype)  # (M, N)
+        has_bias = bias is not None
+        bias = bias.astype(y.dtype, copy=False) if has_bias else no_bias(y.dtype)
+        dt = y.dtype.type
+        _GEMM_ROW_TILES[0](a, b, y, bias, has_bias, dt(beta), activation, dt(LEAKY_RELU_ALPHA), M)
+        return y
+    if (
+        alpha == 1.0
+        and transB
+        and M < 2 * ROW_TILE <= N
+        and a.size
+        and _in_kernel_operands(a, b)
+        and B.flags.c_contiguous
+    ):
+        # Too few rows to split (a batch-1 Linear layer of 0.5 MFLOP or more): the transposed product
+        # yᵀ (N, M) = B (N, K) @ aᵀ (K, M) as row tiles, i.e. y in column tiles, each core reading its share of
+        # the weight (cgen's last layer at batch 1, a 784x512 weight: 31 -> 21 us)
+        yT = np.empty((N, M), a.dtype)  # (N, M)
+        biasT = None if bias is None else np.ascontiguousarray(bias.T)  # (1|N, 1|M)
+        _run_row_tiles(B, a.T, yT, biasT, beta, activation, LEAKY_RELU_ALPHA)
+        return yT.T if M == 1 else np.ascontiguousarray(yT.T)  # (M, N); for M = 1 the view is C-contiguous
     with np.errstate(all="ignore"):  # inf and NaN propagate silently, as in onnxruntime
         if alpha == 1.0 and _tiled(a.shape[0], a.dtype, b.dtype, flops):  # GEMM and epilogue tile by tile
             y = np.empty((a.shape[0], b.shape[1]), a.dtype)  # (M, N)
