@@ -71,19 +71,19 @@ def runtime_run(model: bytes | str, feed: dict, backend: str = "cpu") -> list[np
     return runtime.InferenceSession(model, backend=backend).run(None, feed)
 
 
-def assert_close(got, expected, atol: float = ATOL, switch_flips: float = 0.0):
-    """Elementwise agreement within ``atol``. ``switch_flips``: the fraction of elements allowed to differ more,
-    for graphs with max-pool switches (DeconvNet), where two float32 sums that differ in their last bit can pick
-    another maximum in a near-tied window and send that value to a neighbouring pixel."""
+def assert_close(got, expected, atol: float = ATOL, switch_flips: float = 0.0, rtol: float = 0.0):
+    """Elementwise agreement within ``atol + rtol·|expected|``. ``switch_flips``: the fraction of elements allowed
+    to differ more, for graphs with max-pool switches (DeconvNet), where two float32 sums that differ in their last
+    bit can pick another maximum in a near-tied window and send that value to a neighbouring pixel."""
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         assert g.shape == e.shape, (g.shape, e.shape)
         assert g.dtype == e.dtype, (g.dtype, e.dtype)
         if switch_flips:
-            off = ~np.isclose(g, e, rtol=0, atol=atol, equal_nan=True)
+            off = ~np.isclose(g, e, rtol=rtol, atol=atol, equal_nan=True)
             assert off.mean() <= switch_flips, f"{off.sum()} of {off.size} elements differ by more than {atol}"
         else:
-            np.testing.assert_allclose(g, e, rtol=0, atol=atol, equal_nan=True)
+            np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, equal_nan=True)
 
 
 def case_rng(case_id: str) -> np.random.Generator:

@@ -7,6 +7,8 @@ thread): ``NUMBA_ENABLE_CUDASIM=1 pytest -m cuda tests/test_conv.py``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import assume, event, given, settings
@@ -145,7 +147,39 @@ CPU_CASES = [
     ("ConvTranspose", (2, 3, 3, 4, 5), (3, 2, 2, 3, 2), dict(strides=[1, 2, 3], auto_pad="SAME_LOWER")),
     ("ConvTranspose", (2, 4, 5, 5), (4, 2, 3, 3), dict(strides=[2, 2], auto_pad="VALID", output_padding=[1, 0])),
     ("ConvTranspose", (4, 8, 6, 6), (8, 4, 1, 1), dict(strides=[2, 2])),  # 1x1 stride 2: zeros in between
+    # unit strides: run as a Conv over the flipped window (``_transpose_as_conv``), or, where a pad crops, not
+    ("ConvTranspose", (3, 4, 7, 6), (4, 3, 3, 3), dict(group=2, pads=[1, 0, 2, 1], dilations=[2, 1])),
+    ("ConvTranspose", (2, 3, 4, 5, 6), (3, 2, 2, 3, 3), dict(pads=[0, 1, 1, 1, 0, 2], output_padding=[0, 0, 0])),
+    ("ConvTranspose", (2, 4, 9), (4, 3, 3), dict(pads=[3, 1])),  # begin pad 3 > (3 - 1)·1: crops
+    ("ConvTranspose", (5, 16, 12, 12), (16, 16, 3, 3), dict(pads=[1, 1, 1, 1])),  # DeconvNet's decoder layer
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, attrs, as_conv",
+    [((1, 4, 5, 5), (4, 2, 3, 3), dict(pads=[1, 1, 1, 1]), True),
+     ((1, 4, 5, 5), (4, 2, 3, 3), dict(pads=[0, 2, 2, 0], dilations=[1, 2], group=2), True),
+     ((1, 4, 9), (4, 3, 3), dict(pads=[3, 1]), False),
+     ((1, 4, 5, 5), (4, 2, 3, 3), dict(strides=[1, 2]), False)],
+)  # fmt: skip
+def test_unit_stride_conv_transpose_runs_as_conv(x_shape, w_shape, attrs, as_conv):
+    """The geometry of a ConvTranspose with unit strides whose pads fit in the window becomes a Conv's with the
+    same output size (and CPU_CASES checks its values against onnxruntime); other ones keep GEMM + col2im."""
+    from runtime.ops import conv as conv_cpu
+
+    geom = conv_cpu.cached_conv_geometry("ConvTranspose", x_shape, w_shape, **attrs)
+    conv_geom = conv_cpu._transpose_as_conv(geom)
+    assert (conv_geom is not None) == as_conv
+    if as_conv:
+        assert conv_geom.out_size == geom.out_size and conv_geom.C_out == geom.C_out
+        w = np.random.default_rng(0).random(w_shape, dtype=np.float32)
+        flipped = conv_cpu._flipped_transposed(w, geom)
+        g = geom.group
+        assert flipped.shape == (geom.C_out, geom.C_in // g, *geom.kernel)
+        # output channel o of group j, input channel i of that group: W[j·C_in/g + i, o] flipped in space
+        j, i, o = g - 1, 1, 0
+        window = w[j * (geom.C_in // g) + i, o][(slice(None, None, -1),) * len(geom.kernel)]
+        np.testing.assert_array_equal(flipped[j * (geom.C_out // g) + o, i], window)
 
 
 def _case_id(case) -> str:
@@ -156,7 +190,10 @@ def _case_id(case) -> str:
 @pytest.mark.parametrize("op, x_shape, w_shape, attrs", CPU_CASES, ids=[_case_id(c) for c in CPU_CASES])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_batched_grouped(op, x_shape, w_shape, attrs, bias):
-    check_random(op, x_shape, w_shape, bias, **attrs)
+    # Each output sums C_in/g·K products of values in [0, 1); over ~100 of them, float32 sums taken in another
+    # order than onnxruntime's differ by more than 1e-5 (outputs of ~36: 1.7e-5, 5e-7 relative)
+    reduction = (w_shape[1] if op == "Conv" else w_shape[0] // attrs.get("group", 1)) * math.prod(w_shape[2:])
+    check_random(op, x_shape, w_shape, bias, atol=ATOL_LARGE_K if reduction > 100 else ATOL, **attrs)
 
 
 @pytest.mark.parametrize("path", ["one-sample-chunks", "uneven-chunks", "sample-per-task"])

@@ -178,7 +178,9 @@ def _cases():
 def test_shipped_onnx_matches_onnxruntime(file, backend, batch):
     path = str(WEIGHTS / file)
     feed = _feed_for(WEIGHTS / file, batch, seed=batch)
-    assert_close(runtime_run(path, feed, backend), ort_run(path, feed))
+    # rtol: a deep model's float32 sums, taken in another order than onnxruntime's, drift by a few ulps of the
+    # output (DeconvNet-digits after 26 convolutions: 1.0e-5 on a logit of ~16, 5 ulps)
+    assert_close(runtime_run(path, feed, backend), ort_run(path, feed), rtol=1e-6)
 
 
 def _data_set_cases():
@@ -197,4 +199,4 @@ def test_shipped_test_data_set(file, backend):
     value = onnx.numpy_helper.to_array(x)
     value = value[:2] if backend == "cuda" else value
     got = runtime_run(str(WEIGHTS / file), {x.name: value}, backend)
-    assert_close(got, [e[: len(value)] for e in expected])
+    assert_close(got, [e[: len(value)] for e in expected], rtol=1e-6)  # rtol: as in the test above
