@@ -147,11 +147,12 @@ CPU_CASES = [
     ("ConvTranspose", (2, 3, 3, 4, 5), (3, 2, 2, 3, 2), dict(strides=[1, 2, 3], auto_pad="SAME_LOWER")),
     ("ConvTranspose", (2, 4, 5, 5), (4, 2, 3, 3), dict(strides=[2, 2], auto_pad="VALID", output_padding=[1, 0])),
     ("ConvTranspose", (4, 8, 6, 6), (8, 4, 1, 1), dict(strides=[2, 2])),  # 1x1 stride 2: zeros in between
-    # unit strides: run as a Conv over the flipped window (``_transpose_as_conv``), or, where a pad crops, not
-    ("ConvTranspose", (3, 4, 7, 6), (4, 3, 3, 3), dict(group=2, pads=[1, 0, 2, 1], dilations=[2, 1])),
-    ("ConvTranspose", (2, 3, 4, 5, 6), (3, 2, 2, 3, 3), dict(pads=[0, 1, 1, 1, 0, 2], output_padding=[0, 0, 0])),
+    # unit strides, one sample or samples under MIN_SAMPLE_COLUMNS positions: run as a Conv over the flipped
+    # window (``_transpose_as_conv``), or, where a pad crops, not
+    ("ConvTranspose", (3, 4, 5, 6), (4, 3, 3, 3), dict(group=2, pads=[1, 0, 2, 1], dilations=[2, 1])),
+    ("ConvTranspose", (2, 3, 2, 3, 5), (3, 2, 2, 3, 3), dict(pads=[0, 1, 1, 1, 0, 2], output_padding=[0, 0, 0])),
     ("ConvTranspose", (2, 4, 9), (4, 3, 3), dict(pads=[3, 1])),  # begin pad 3 > (3 - 1)·1: crops
-    ("ConvTranspose", (5, 16, 12, 12), (16, 16, 3, 3), dict(pads=[1, 1, 1, 1])),  # DeconvNet's decoder layer
+    ("ConvTranspose", (1, 16, 12, 12), (16, 16, 3, 3), dict(pads=[1, 1, 1, 1])),  # DeconvNet's decoder layer
 ]  # fmt: skip
 
 

@@ -668,7 +668,8 @@ def _transpose_as_conv(geom: ConvGeometry) -> ConvGeometry | None:
     y[o] = Σ_k x[o + pad − k·d] w[k] is a convolution over the flipped window: tap t = K−1−k reads
     x[o − ((K−1)·d − pad) + t·d], so the Conv's begin pad is (K−1)·d − pad (required ≥ 0; a larger pad crops,
     and stays on the GEMM + col2im path), its weights ``_flipped_transposed``, its output the same. On the
-    DeconvNet decoder's 3x3 layers: 2x faster than GEMM + col2im."""
+    DeconvNet decoder's 3x3 layers at batch 1: 2x faster than GEMM + col2im; a batch whose samples each run their
+    own GEMM and col2im on a core (``_conv_transpose_samples``) runs as fast that way as this one, and stays."""
     if any(s != 1 for s in geom.strides):
         return None
     begin = tuple((k - 1) * d - p for k, d, p in zip(geom.kernel, geom.dilations, geom.pads_begin))
@@ -701,7 +702,8 @@ def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: floa
     CK = C_out // g * KD * KH * KW
     if _is_projection(geom):
         return _project(x5.reshape(N, C_in), w5.reshape(C_in, CK), B, y, activation, alpha).reshape(geom.y_shape)
-    as_conv = _transpose_as_conv(geom)
+    per_sample = N > 1 and P_in >= MIN_SAMPLE_COLUMNS
+    as_conv = None if per_sample else _transpose_as_conv(geom)
     if as_conv is not None:  # unit strides: a Conv, whose im2col tiles run faster than a GEMM + col2im
         w_conv = packed(W, f"as_conv/{g}", lambda W: _flipped_transposed(W, geom))  # (C_out, C_in/g, *kernel)
         return conv(X, w_conv, B, as_conv, activation, alpha)
@@ -711,7 +713,7 @@ def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: floa
     bias = _bias_or_zeros(B, C_out, X.dtype)
     tables = _col2im_tables(geom)
     sW = geom.as_3d(geom.strides, 1)[2]
-    if N > 1 and P_in >= MIN_SAMPLE_COLUMNS:  # the samples side by side on the cores, each its GEMM and col2im
+    if per_sample:  # the samples side by side on the cores, each its GEMM and col2im
         x4 = x5.reshape(N, g, C_in // g, P_in)  # (N, g, C_in/g, P_in)
         in3, k3 = np.array((ID, IH, IW), np.int64), np.array((KD, KH, KW), np.int64)
         with np.errstate(all="ignore"), IN_KERNEL_BLAS.one_thread():
