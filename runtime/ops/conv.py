@@ -290,32 +290,30 @@ def _tap_table(out_size, in_size, k, s, d, pad):
 
 
 @numba.njit(inline="always")
-def _fill_col_row(xf, colf, dst0, T, n, r, q0, q1, x_shape, kernel, OH, OW, strides, dilations, pads):
-    # Row r = (c, kd, kh, kw) of im2col for output rows q = (od, oh) in [q0, q1) of sample n, written from
-    # colf[dst0] on, OW values per output row (T values in all): x's value under tap r of each output position,
-    # or 0 where the window leaves x.
+def _fill_col_row(xf, colf, dst, n, c, kd, kh, kw, od, oh, rows, x_shape, OH, OW, strides, dilations, pads):
+    # Row (c, kd, kh, kw) of im2col for ``rows`` output rows of sample n from (od, oh) on, written from colf[dst]
+    # on, OW values per output row: x's value under that tap at each output position, or 0 where the window
+    # leaves x. No integer division where the stride is 1: per call they cost more than a short row's copy.
     C, D, H, W = x_shape[1], x_shape[2], x_shape[3], x_shape[4]
-    KD, KH, KW = kernel[0], kernel[1], kernel[2]
-    kw = r % KW
-    kh = (r // KW) % KH
-    kd = (r // (KW * KH)) % KD
-    c = r // (KW * KH * KD)
     sW = strides[2]
     off = kw * dilations[2] - pads[2]  # input column of output column ow: ow·s + off
-    lo = min(OW, max(0, -(off // sW)))
-    hi = max(lo, min(OW, (W - 1 - off) // sW + 1))
-    od, oh = q0 // OH, q0 % OH  # then counted up: an integer division per output row kept LLVM from the copies
-    for q in range(q0, q1):
+    if sW == 1:
+        lo = min(OW, max(0, -off))
+        hi = max(lo, min(OW, W - off))
+    else:
+        lo = min(OW, max(0, -(off // sW)))
+        hi = max(lo, min(OW, (W - 1 - off) // sW + 1))
+    for _ in range(rows):
         id_ = od * strides[0] - pads[0] + kd * dilations[0]
         ih = oh * strides[1] - pads[1] + kh * dilations[1]
         oh += 1
         if oh == OH:
             oh = 0
             od += 1
-        dst = dst0 + (q - q0) * OW
         if id_ < 0 or id_ >= D or ih < 0 or ih >= H:
             for ow in range(OW):
                 colf[U(dst + ow)] = 0.0
+            dst += OW
             continue
         src = (((n * C + c) * D + id_) * H + ih) * W + off
         for ow in range(lo):
@@ -328,6 +326,7 @@ def _fill_col_row(xf, colf, dst0, T, n, r, q0, q1, x_shape, kernel, OH, OW, stri
                 colf[U(dst + ow)] = xf[U(src + ow * sW)]
         for ow in range(hi, OW):
             colf[U(dst + ow)] = 0.0
+        dst += OW
 
 
 def _im2col_sample(x, col, strides, dilations, pads, kernel, OH, OW):
@@ -335,8 +334,10 @@ def _im2col_sample(x, col, strides, dilations, pads, kernel, OH, OW):
     xf = x.reshape(-1)
     colf = col.reshape(-1)
     CK, P = col.shape
+    KD, KH, KW = kernel[0], kernel[1], kernel[2]
     for r in numba.prange(CK):
-        _fill_col_row(xf, colf, r * P, P, 0, r, 0, P // OW, x.shape, kernel, OH, OW, strides, dilations, pads)
+        kw, kh, kd, c = r % KW, (r // KW) % KH, (r // (KW * KH)) % KD, r // (KW * KH * KD)
+        _fill_col_row(xf, colf, r * P, 0, c, kd, kh, kw, 0, 0, P // OW, x.shape, OH, OW, strides, dilations, pads)
 
 
 @numba.njit(inline="always")
@@ -350,14 +351,29 @@ def _conv_tile(x, w_rows, bias, y, strides, dilations, pads, kernel, u0, u1, act
     T = (u1 - u0) * OW  # the tile's output positions
     col = np.empty((G, CKg, T), x.dtype)  # (g, C_in/g·K, T), rows (c, kd, kh, kw)
     colf = col.reshape(-1)
-    for r in range(G * CKg):
-        u = u0
-        while u < u1:  # the tile's share of sample n: rows [q, q_end) of it
-            n, q = u // R, u % R
-            q_end = min(R, q + u1 - u)
-            dst = r * T + (u - u0) * OW
-            _fill_col_row(xf, colf, dst, T, n, r, q, q_end, x.shape, kernel, OH, OW, strides, dilations, pads)
-            u += q_end - q
+    # The tile's share of each sample it meets, found once (integer divisions): sample seg[i, 0], from output row
+    # (od, oh) = seg[i, 1:3] on, seg[i, 3] rows of it
+    seg = np.empty(((u1 - u0) // R + 2, 4), np.int64)
+    S = 0
+    u = u0
+    while u < u1:
+        q = u % R
+        rows = min(R, q + u1 - u) - q
+        seg[S, 0], seg[S, 1], seg[S, 2], seg[S, 3] = u // R, q // OH, q % OH, rows
+        u += rows
+        S += 1
+    KD, KH, KW = kernel[0], kernel[1], kernel[2]
+    r = 0
+    for c in range(x.shape[1]):
+        for kd in range(KD):
+            for kh in range(KH):
+                for kw in range(KW):
+                    dst = r * T
+                    for i in range(S):
+                        _fill_col_row(xf, colf, dst, seg[i, 0], c, kd, kh, kw, seg[i, 1], seg[i, 2], seg[i, 3], x.shape,
+                                      OH, OW, strides, dilations, pads)  # fmt: skip
+                        dst += seg[i, 3] * OW
+                    r += 1
     prod = np.empty((Cg_out, T), x.dtype)  # (C_out/g, T)
     for g in range(G):
         np.dot(w_rows[g], col[g], prod)
