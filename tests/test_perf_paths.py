@@ -285,23 +285,41 @@ def test_full_window_path_is_taken_only_where_im2col_is_the_identity():
     assert not conv_ops._is_full_window(geometry((2, 3, 8, 7), (5, 3, 7, 7)))
 
 
-@pytest.mark.parametrize("bias_shape", [None, (1, 1), (30,), (70, 1), (70, 30)], ids=str)
+# (rows M, the thresholds patched): which path of ``_fused_gemm`` a (M, 50) x (50, 30) Gemm takes
+GEMM_PATHS = {
+    "one-call": (70, {}),  # 0.2 MFLOP: the GEMM and its epilogue in one serial kernel call
+    "row-tiles": (70, {"BLAS_SERIAL_FLOPS": 0, "SERIAL_FLOPS": 0}),  # over COLUMN_TILES_MAX_ROWS rows
+    "column-tiles-few-rows": (6, {"BLAS_SERIAL_FLOPS": 0}),  # under 2·ROW_TILE rows
+    "column-tiles-wider-weight": (20, {"BLAS_SERIAL_FLOPS": 0, "SERIAL_FLOPS": 0}),  # M ≤ 64 and M < N
+}
+
+
+@pytest.mark.parametrize("path", list(GEMM_PATHS))
+@pytest.mark.parametrize("bias_shape", [None, "1x1", "N", "Mx1", "MxN"])
 @pytest.mark.parametrize("activation", ["", "Sigmoid", "Relu", "Tanh"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_gemm_row_tiles_with_their_epilogue_match_onnxruntime(bias_shape, activation, dtype, monkeypatch):
-    """A GEMM large enough for several cores runs as row tiles on Numba's threads with bias and activation fused
-    into each tile; every broadcast of C, both layouts of B (transB), and the same bits for any thread count."""
+def test_gemm_paths_with_their_epilogue_match_onnxruntime(path, bias_shape, activation, dtype, monkeypatch):
+    """Each way a Gemm runs on the CPU (one kernel call; row tiles on Numba's threads; column tiles as the
+    transposed product) with bias and activation fused, every broadcast of C, the same bits for any thread count,
+    and the path checked to be the one meant."""
     import numba
 
     from runtime.ops import gemm as gemm_cpu
 
-    monkeypatch.setattr(gemm_cpu.BlasThreads, "SERIAL_FLOPS", 0)
-    monkeypatch.setattr(gemm_cpu, "ROW_TILE", 4)  # 70 rows: tiles of 5, the tiling ROW_TILE and MAX_ROW_TASKS give
-    rng = case_rng(f"gemm-tiles-{bias_shape}-{activation}-{dtype.__name__}")
-    A, B = randn(rng, (70, 50), dtype), randn(rng, (30, 50), dtype)  # transB: B is (N, K)
+    M, thresholds = GEMM_PATHS[path]
+    N, K = 30, 50
+    for name, value in thresholds.items():
+        monkeypatch.setattr(gemm_cpu.BlasThreads, name, value)
+    monkeypatch.setattr(gemm_cpu, "ROW_TILE", 4)  # row tiles of ROW_TILE or M/MAX_ROW_TASKS rows; N = 30 > 2·4
+    tiled = []  # the (rows, K) shape of the left operand of each tiled GEMM
+    run_row_tiles = gemm_cpu._run_row_tiles
+    monkeypatch.setattr(gemm_cpu, "_run_row_tiles", lambda a, *rest: tiled.append(a.shape) or run_row_tiles(a, *rest))
+    rng = case_rng(f"gemm-{path}-{bias_shape}-{activation}-{dtype.__name__}")
+    A, B = randn(rng, (M, K), dtype), randn(rng, (N, K), dtype)  # transB: B is (N, K)
+    shape = {None: None, "1x1": (1, 1), "N": (N,), "Mx1": (M, 1), "MxN": (M, N)}[bias_shape]
+    C = None if shape is None else randn(rng, shape, dtype)
     fused = activation != ""
     op = gemm_cpu.FusedGemm if fused else gemm_cpu.Gemm
-    C = None if bias_shape is None else randn(rng, bias_shape, dtype)
     kwargs = dict(transB=1, beta=0.5) | ({"activation": activation} if fused else {})
     before = numba.get_num_threads()
     try:
@@ -311,14 +329,16 @@ def test_gemm_row_tiles_with_their_epilogue_match_onnxruntime(bias_shape, activa
             results.append(op(A, B, C, **kwargs))
     finally:
         numba.set_num_threads(before)
-    inputs = [("A", dtype, [70, 50]), ("B", dtype, [30, 50])]
+    assert set(tiled) == {"one-call": set(), "row-tiles": {(M, K)}}.get(path, {(N, K)})
+    inputs = [("A", dtype, [M, K]), ("B", dtype, [N, K])]
     if C is not None:
-        inputs.append(("C", dtype, list(bias_shape)))
+        inputs.append(("C", dtype, list(shape)))
     nodes = [helper.make_node("Gemm", [n for n, _, _ in inputs], ["t" if fused else "y"], transB=1, beta=0.5)]
     if fused:
         nodes.append(helper.make_node(activation, ["t"], ["y"]))
     model = make_model(nodes, inputs, [("y", dtype, None)])
     feed = {"A": A, "B": B} | ({"C": C} if C is not None else {})
+    assert results[0].flags.c_contiguous and results[0].shape == (M, N)
     assert_close([results[0]], ort_run(model, feed), atol=1e-5 if dtype == np.float32 else 1e-12)
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
