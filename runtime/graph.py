@@ -362,6 +362,8 @@ def build_graph(model: onnx.ModelProto, base_dir: str | None, backend: str) -> G
             f"the model's {len(g.initializer)} initializers need {total} bytes together; "
             f"expected at most {MAX_TENSOR_BYTES} bytes (this machine's memory)"
         )
+    if any(not t.name for t in g.initializer):
+        raise InvalidModel('an initializer has an empty name; a name is needed ("" marks an omitted input)')
     initializers = {t.name: _tensor_to_array(t, base_dir) for t in g.initializer}
     inputs = [_value_info(v) for v in g.input if v.name not in initializers]
     outputs = [_value_info(v) for v in g.output]

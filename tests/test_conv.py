@@ -237,6 +237,13 @@ def test_empty_batch():
         assert check_random(op, (0, 3, 5, 5), w_shape).shape[0] == 0
 
 
+@pytest.mark.parametrize("attrs", [{}, dict(pads=[1, 1, 1, 1]), dict(strides=[2, 2])], ids=str)
+def test_conv_transpose_of_no_input_channel_is_its_bias(attrs):
+    """C_in = 0: every output is its channel's bias (the unit-stride Conv rewrite must not take it)."""
+    y = check_random("ConvTranspose", (1, 0, 5, 5), (0, 4, 3, 3), **attrs)
+    assert y.shape[1] == 4 and y.size
+
+
 def test_float64_matches_float32_onnxruntime():
     """onnxruntime has no float64 Conv kernels: compare with its float32 result on the same values."""
     rng = np.random.default_rng(2)

@@ -181,6 +181,14 @@ def test_initializer_too_large_for_memory_is_refused_before_allocating(dims):
     assert peak < 64 << 20, f"{peak} bytes were allocated before the refusal"
 
 
+def test_initializer_without_a_name():
+    """ "" marks an omitted input: an initializer named so is refused at load (onnxruntime refuses it too)."""
+    with raises_invalid_model("initializer has an empty name"):
+        runtime.InferenceSession(
+            gemm_model(numpy_helper.from_array(W, "W"), [numpy_helper.from_array(W, "")]).SerializeToString()
+        )
+
+
 def test_negative_dim_in_an_initializer():
     with raises_invalid_model("'W'", "(3, -4)", "expected dimensions >= 0"):
         runtime.InferenceSession(gemm_model(declared_only((3, -4))).SerializeToString())

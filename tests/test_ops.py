@@ -132,6 +132,7 @@ def gemm_cases() -> list[Case]:
     cases += [
         gemm_case(5, 7, 6, alpha=2.5),
         gemm_case(5, 7, 6, beta=0.0, bias="MN"),
+        gemm_case(5, 7, 6, beta=0.0, bias="MN", bias_specials=True),  # beta = 0: C unread, as in onnxruntime
         gemm_case(5, 7, 6, alpha=-1.0, beta=3.0, bias="M1", transA=1),
         gemm_case(18, 6, 5, alpha=0.0, bias="1N"),
         # M at and around the kernel switch, several row tiles, K = 1, K = 64, exact tile multiples

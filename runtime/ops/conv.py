@@ -579,15 +579,16 @@ def _conv_plan(geom: ConvGeometry, itemsize: int) -> tuple:
     OD, OH, OW = geom.as_3d(geom.out_size, 1)
     P = OD * OH * OW
     work = geom.N * geom.C_in * math.prod(geom.kernel) * P  # col's elements over the batch
-    parallel = work >= PARALLEL_MIN_ELEMENTS
+    flops = 2 * geom.C_out * work // geom.group
+    parallel = work >= PARALLEL_MIN_ELEMENTS or flops >= BlasThreads.SERIAL_FLOPS  # a small input, many channels
     # Too small for several cores: the whole batch is one tile, im2col, GEMM and epilogue in one kernel call
-    # (LeNet's second layer at batch 1: 26 -> 14 us, most of it Python around three calls).
+    # (LeNet's second layer at batch 1: 26 -> 19 us, most of it Python around three calls).
     rows = conv_rows_per_tile(geom, itemsize) if parallel else geom.N * OD * OH
     path = "full-window" if _is_full_window(geom) else "sample" if rows == geom.N * OD * OH == OD * OH else "tiles"
     if not parallel and path == "sample":
         path = "tiles"
     # Below BLAS_SERIAL_FLOPS OpenBLAS runs a GEMM on one thread by itself: no need to hold it there
-    blas_one_thread = parallel or 2 * geom.C_out * work // geom.group >= BlasThreads.BLAS_SERIAL_FLOPS
+    blas_one_thread = parallel or flops >= BlasThreads.BLAS_SERIAL_FLOPS
     kernel = np.array(geom.as_3d(geom.kernel, 1), np.int64)
     kernel.flags.writeable = False
     return path, rows, parallel, blas_one_thread, kernel, OH, OW, P
@@ -686,7 +687,7 @@ def _transpose_as_conv(geom: ConvGeometry) -> ConvGeometry | None:
     and stays on the GEMM + col2im path), its weights ``_flipped_transposed``, its output the same. On the
     DeconvNet decoder's 3x3 layers at batch 1: 2x faster than GEMM + col2im; a batch whose samples each run their
     own GEMM and col2im on a core (``_conv_transpose_samples``) runs as fast that way as this one, and stays."""
-    if any(s != 1 for s in geom.strides):
+    if any(s != 1 for s in geom.strides) or geom.C_in == 0:  # no input channel: the bias alone, on the other path
         return None
     begin = tuple((k - 1) * d - p for k, d, p in zip(geom.kernel, geom.dilations, geom.pads_begin))
     if any(b < 0 for b in begin):
@@ -700,7 +701,7 @@ def _flipped_transposed(W: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     ``_transpose_as_conv``: input and output channels swapped within each group, the window flipped on every
     axis (reversing the flattened tap index flips them all at once)."""
     g = geom.group
-    w = W.reshape(g, geom.C_in // g, geom.C_out // g, -1)  # (g, C_in/g, C_out/g, K)
+    w = W.reshape(g, geom.C_in // g, geom.C_out // g, math.prod(geom.kernel))  # (g, C_in/g, C_out/g, K)
     w = w[..., ::-1].transpose(0, 2, 1, 3)  # (g, C_out/g, C_in/g, K), taps reversed
     return np.ascontiguousarray(w).reshape(geom.C_out, geom.C_in // g, *geom.kernel)
 

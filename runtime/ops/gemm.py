@@ -265,7 +265,8 @@ def _fused_gemm(A, B, C, alpha, beta, transA, transB, activation):
     C2_shape, flops = _gemm_plan(A.shape, B.shape, None if C is None else C.shape, transA, transB)
     a = A.T if transA else A  # (M, K)
     b = B.T if transB else B  # (K, N)
-    bias = None if C is None else C.reshape(C2_shape)  # (1|M, 1|N)
+    # (1|M, 1|N); with beta = 0, unread, as onnxruntime does (0·inf would be NaN) once its shape is checked
+    bias = None if C is None or beta == 0.0 else C.reshape(C2_shape)
     M, N = a.shape[0], b.shape[1]
     if flops < BlasThreads.BLAS_SERIAL_FLOPS and alpha == 1.0 and a.size and b.size and _in_kernel_operands(a, b):
         # Small (every batch-1 layer of the zoo's MLPs): the GEMM (one BLAS thread by itself at this size) and

@@ -106,7 +106,7 @@ def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation
         np.float32(beta),
         np.int32(transA),
         np.int32(transB),
-        np.int32(C is not None),
+        np.int32(C is not None and beta != 0.0),  # beta = 0: C unread, as in onnxruntime (0·inf would be NaN)
         np.int32(activation),
     )
     return Y
