@@ -311,9 +311,14 @@ def test_gemm_paths_with_their_epilogue_match_onnxruntime(path, bias_shape, acti
     for name, value in thresholds.items():
         monkeypatch.setattr(gemm_cpu.BlasThreads, name, value)
     monkeypatch.setattr(gemm_cpu, "ROW_TILE", 4)  # row tiles of ROW_TILE or M/MAX_ROW_TASKS rows; N = 30 > 2·4
-    tiled = []  # the (rows, K) shape of the left operand of each tiled GEMM
-    run_row_tiles = gemm_cpu._run_row_tiles
-    monkeypatch.setattr(gemm_cpu, "_run_row_tiles", lambda a, *rest: tiled.append(a.shape) or run_row_tiles(a, *rest))
+    tiled = []  # per tiled GEMM: its kind and the shape of its left operand
+    run_row_tiles, column_tiles = gemm_cpu._run_row_tiles, gemm_cpu._gemm_column_tiles
+    monkeypatch.setattr(
+        gemm_cpu, "_run_row_tiles", lambda a, *rest: tiled.append(("rows", a.shape)) or run_row_tiles(a, *rest)
+    )
+    monkeypatch.setattr(
+        gemm_cpu, "_gemm_column_tiles", lambda w, *rest: tiled.append(("columns", w.shape)) or column_tiles(w, *rest)
+    )
     rng = case_rng(f"gemm-{path}-{bias_shape}-{activation}-{dtype.__name__}")
     A, B = randn(rng, (M, K), dtype), randn(rng, (N, K), dtype)  # transB: B is (N, K)
     shape = {None: None, "1x1": (1, 1), "N": (N,), "Mx1": (M, 1), "MxN": (M, N)}[bias_shape]
@@ -329,7 +334,7 @@ def test_gemm_paths_with_their_epilogue_match_onnxruntime(path, bias_shape, acti
             results.append(op(A, B, C, **kwargs))
     finally:
         numba.set_num_threads(before)
-    assert set(tiled) == {"one-call": set(), "row-tiles": {(M, K)}}.get(path, {(N, K)})
+    assert set(tiled) == {"one-call": set(), "row-tiles": {("rows", (M, K))}}.get(path, {("columns", (N, K))})
     inputs = [("A", dtype, [M, K]), ("B", dtype, [N, K])]
     if C is not None:
         inputs.append(("C", dtype, list(shape)))

@@ -25,6 +25,7 @@ from runtime.errors import InvalidFeed
 from runtime.ops import onnx_op
 from runtime.ops._cpu_kernels import (
     ACTIVATIONS,
+    JIT,
     LEAKY_RELU_ALPHA,
     bias_activation_,
     bias_activation_rows,
@@ -196,6 +197,32 @@ def _gemm_row_tiles(a, b, y, bias, has_bias, beta, activation, alpha, rows_per_t
 _GEMM_ROW_TILES = serial_and_parallel(_gemm_row_tiles)
 
 
+@numba.njit(**JIT)
+def _transpose_into(tile, y, n0):
+    # y[:, n0:n0 + n] = tileᵀ, tile (n, M): a loop of its own (one in a prange body is not optimised as well)
+    for i in range(y.shape[0]):
+        for j in range(tile.shape[0]):
+            y[i, n0 + j] = tile[j, i]
+
+
+@numba.njit(**JIT, parallel=True)
+def _gemm_column_tiles(w, aT, y, biasT, has_bias, beta, activation, alpha, cols_per_task):
+    # y (M, N) = act(a (M, K) @ wᵀ + beta · bias), w (N, K) and aT = aᵀ (K, M), biasT = biasᵀ (Nb, Mb): one task
+    # per tile of columns [n0, n1): its product tile (n1 − n0, M) = w[n0:n1] @ aT on its own core (SciPy's BLAS
+    # held at one thread), the epilogue along the tile's rows (``bias_activation_rows``, vectorised), the tile
+    # into y's columns. Each core reads and packs only its share of the weight.
+    M, N = y.shape
+    for t in numba.prange((N + cols_per_task - 1) // cols_per_task):
+        n0 = t * cols_per_task
+        n1 = min(N, n0 + cols_per_task)
+        tile = np.empty((n1 - n0, M), y.dtype)  # (columns of y, M)
+        np.dot(w[n0:n1], aT, tile)
+        if has_bias or activation != 0:
+            part = biasT[n0:n1] if biasT.shape[0] > 1 else biasT  # (1|n, 1|M)
+            bias_activation_rows(tile, part, has_bias, beta, activation, alpha, 0, n1 - n0)
+        _transpose_into(tile, y, n0)
+
+
 def _tiled(M: int, a_dtype, b_dtype, flops: int) -> bool:
     """Whether an (M, K) x (K, N) GEMM of ``flops`` runs as row tiles: large enough for several cores, enough
     rows, float32 or float64 on both sides."""
@@ -276,19 +303,24 @@ def _fused_gemm(A, B, C, alpha, beta, transA, transB, activation):
         has_bias = bias is not None
         bias = bias.astype(y.dtype, copy=False) if has_bias else no_bias(y.dtype)
         dt = y.dtype.type
+        a = a if a.flags.c_contiguous else np.ascontiguousarray(a)  # (transA) its rows sliced in the kernel
         _GEMM_ROW_TILES[0](a, b, y, bias, has_bias, dt(beta), activation, dt(LEAKY_RELU_ALPHA), M)
         return y
     # Too few rows to split (a batch-1 Linear layer of 0.5 MFLOP or more), or fewer than the weight's rows and few
     # (a batch-64 one): the transposed product yᵀ (N, M) = B (N, K) @ aᵀ (K, M) as row tiles, i.e. y in column
     # tiles, each core reading and packing only its share of the weight (cgen's last layer at batch 1, a 784x512
-    # weight: 31 -> 21 us; at batch 64, against row tiles that each pack the whole weight: 0.38 -> 0.32 ms)
+    # weight: 31 -> 21 us; at batch 64, against row tiles that each pack the whole weight: 0.38 -> 0.30 ms)
     few_rows = M < 2 * ROW_TILE or (M <= COLUMN_TILES_MAX_ROWS and M < N and _tiled(M, a.dtype, b.dtype, flops))
     if alpha == 1.0 and transB and few_rows and 2 * ROW_TILE <= N and a.size and B.flags.c_contiguous \
             and _in_kernel_operands(a, b):  # fmt: skip
-        yT = np.empty((N, M), a.dtype)  # (N, M)
-        biasT = None if bias is None else np.ascontiguousarray(bias.T)  # (1|N, 1|M)
-        _run_row_tiles(B, a.T, yT, biasT, beta, activation, LEAKY_RELU_ALPHA)
-        return yT.T if M == 1 else np.ascontiguousarray(yT.T)  # (M, N); for M = 1 the view is C-contiguous
+        y = np.empty((M, N), a.dtype)  # (M, N)
+        has_bias = bias is not None
+        biasT = np.ascontiguousarray(bias.T, y.dtype) if has_bias else no_bias(y.dtype)  # (1|N, 1|M)
+        dt = y.dtype.type
+        with IN_KERNEL_BLAS.one_thread():
+            _gemm_column_tiles(B, a.T, y, biasT, has_bias, dt(beta), activation, dt(LEAKY_RELU_ALPHA),
+                               max(ROW_TILE, -(-N // MAX_ROW_TASKS)))  # fmt: skip
+        return y
     with np.errstate(all="ignore"):  # inf and NaN propagate silently, as in onnxruntime
         if alpha == 1.0 and _tiled(a.shape[0], a.dtype, b.dtype, flops):  # GEMM and epilogue tile by tile
             y = np.empty((a.shape[0], b.shape[1]), a.dtype)  # (M, N)
