@@ -30,6 +30,7 @@ No fastmath anywhere, so NaN propagates as in onnxruntime.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -571,6 +572,9 @@ def _full_window(x, w, B, y, activation: int, alpha: float) -> np.ndarray:
     return y
 
 
+_AS_IT_IS = contextlib.nullcontext()  # the in-kernel BLAS's thread count left alone
+
+
 @functools.lru_cache(maxsize=256)
 def _conv_plan(geom: ConvGeometry, itemsize: int) -> tuple:
     """Per geometry and item size, once: (path, rows per tile, parallel kernels?, hold the in-kernel BLAS at one
@@ -584,9 +588,8 @@ def _conv_plan(geom: ConvGeometry, itemsize: int) -> tuple:
     # Too small for several cores: the whole batch is one tile, im2col, GEMM and epilogue in one kernel call
     # (LeNet's second layer at batch 1: 26 -> 19 us, most of it Python around three calls).
     rows = conv_rows_per_tile(geom, itemsize) if parallel else geom.N * OD * OH
-    path = "full-window" if _is_full_window(geom) else "sample" if rows == geom.N * OD * OH == OD * OH else "tiles"
-    if not parallel and path == "sample":
-        path = "tiles"
+    one_sample_tile = parallel and rows == geom.N * OD * OH == OD * OH
+    path = "full-window" if _is_full_window(geom) else "sample" if one_sample_tile else "tiles"
     # Below BLAS_SERIAL_FLOPS OpenBLAS runs a GEMM on one thread by itself: no need to hold it there
     blas_one_thread = parallel or flops >= BlasThreads.BLAS_SERIAL_FLOPS
     kernel = np.array(geom.as_3d(geom.kernel, 1), np.int64)
@@ -620,10 +623,7 @@ def conv(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_
             bias_activation_(y.reshape(C_out, P), bias.reshape(C_out, 1), 1.0, activation, alpha)
         return y.reshape(geom.y_shape)
     # Numba's kernels raise no floating-point warnings: no errstate needed
-    if blas_one_thread:
-        with IN_KERNEL_BLAS.one_thread():
-            _CONV_TILES[parallel](x5, w_rows, bias, y, strides, dilations, pads, kernel, rows, activation, alpha)
-    else:
+    with IN_KERNEL_BLAS.one_thread() if blas_one_thread else _AS_IT_IS:
         _CONV_TILES[parallel](x5, w_rows, bias, y, strides, dilations, pads, kernel, rows, activation, alpha)
     return y.reshape(geom.y_shape)  # (N, C_out, *out_size)
 

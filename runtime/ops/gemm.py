@@ -247,13 +247,20 @@ def _in_kernel_operands(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
+def _epilogue_bias(bias: np.ndarray | None, dtype) -> tuple[np.ndarray, bool]:
+    """(the 2-D bias in the output's dtype, or the unread placeholder; whether there is one), as the GEMM kernels
+    take them."""
+    if bias is None:
+        return no_bias(dtype), False
+    return bias.astype(dtype, copy=False), True
+
+
 def _run_row_tiles(a, b, y, bias, beta, activation, alpha) -> None:
     M = a.shape[0]
     rows = max(ROW_TILE, -(-M // MAX_ROW_TASKS))
     a = a if a.flags.c_contiguous else np.ascontiguousarray(a)  # (M, K)
     b = b if b.flags.c_contiguous or b.flags.f_contiguous else np.ascontiguousarray(b)  # (K, N)
-    has_bias = bias is not None
-    bias = bias.astype(y.dtype, copy=False) if has_bias else no_bias(y.dtype)
+    bias, has_bias = _epilogue_bias(bias, y.dtype)
     with IN_KERNEL_BLAS.one_thread():
         _GEMM_ROW_TILES[1](a, b, y, bias, has_bias, y.dtype.type(beta), activation, y.dtype.type(alpha), rows)
 
@@ -298,24 +305,22 @@ def _fused_gemm(A, B, C, alpha, beta, transA, transB, activation):
     if flops < BlasThreads.BLAS_SERIAL_FLOPS and alpha == 1.0 and a.size and b.size and _in_kernel_operands(a, b):
         # Small (every batch-1 layer of the zoo's MLPs): the GEMM (one BLAS thread by itself at this size) and
         # its epilogue in one kernel call; no NumPy call and no errstate around it (sparse-ae-digits8's layer:
-        # 4.9 -> 2 us, nearly all of it Python before)
+        # 4.9 -> 3.8 us, the kernel call 1.7 us of it)
         y = np.empty((M, N), a.dtype)  # (M, N)
-        has_bias = bias is not None
-        bias = bias.astype(y.dtype, copy=False) if has_bias else no_bias(y.dtype)
+        bias, has_bias = _epilogue_bias(bias, y.dtype)
         dt = y.dtype.type
         a = a if a.flags.c_contiguous else np.ascontiguousarray(a)  # (transA) its rows sliced in the kernel
         _GEMM_ROW_TILES[0](a, b, y, bias, has_bias, dt(beta), activation, dt(LEAKY_RELU_ALPHA), M)
         return y
     # Too few rows to split (a batch-1 Linear layer of 0.5 MFLOP or more), or fewer than the weight's rows and few
-    # (a batch-64 one): the transposed product yᵀ (N, M) = B (N, K) @ aᵀ (K, M) as row tiles, i.e. y in column
-    # tiles, each core reading and packing only its share of the weight (cgen's last layer at batch 1, a 784x512
-    # weight: 31 -> 21 us; at batch 64, against row tiles that each pack the whole weight: 0.38 -> 0.30 ms)
+    # (a batch-64 one): y in column tiles, each B[n0:n1] (n, K) @ aᵀ (K, M) on a core that reads and packs only its
+    # share of the weight (``_gemm_column_tiles``; cgen's last layer at batch 1, a 784x512 weight: 31 -> 21 us;
+    # at batch 64, against row tiles that each pack the whole weight: 0.38 -> 0.30 ms)
     few_rows = M < 2 * ROW_TILE or (M <= COLUMN_TILES_MAX_ROWS and M < N and _tiled(M, a.dtype, b.dtype, flops))
     if alpha == 1.0 and transB and few_rows and 2 * ROW_TILE <= N and a.size and B.flags.c_contiguous \
             and _in_kernel_operands(a, b):  # fmt: skip
         y = np.empty((M, N), a.dtype)  # (M, N)
-        has_bias = bias is not None
-        biasT = np.ascontiguousarray(bias.T, y.dtype) if has_bias else no_bias(y.dtype)  # (1|N, 1|M)
+        biasT, has_bias = _epilogue_bias(None if bias is None else np.ascontiguousarray(bias.T), y.dtype)  # (1|N, 1|M)
         dt = y.dtype.type
         with IN_KERNEL_BLAS.one_thread():
             _gemm_column_tiles(B, a.T, y, biasT, has_bias, dt(beta), activation, dt(LEAKY_RELU_ALPHA),
