@@ -206,6 +206,14 @@ def no_bias(dtype) -> np.ndarray:
     return _NO_BIAS[dtype] if dtype in _NO_BIAS else np.zeros((1, 1), dtype)
 
 
+def bias_operand(bias: np.ndarray | None, dtype) -> tuple[np.ndarray, bool]:
+    """(the 2-D bias in the output's dtype, or the unread placeholder; whether there is one), as the epilogue
+    kernels take them."""
+    if bias is None:
+        return no_bias(dtype), False
+    return bias.astype(dtype, copy=False), True
+
+
 def bias_activation_(
     y: np.ndarray, bias: np.ndarray | None, beta: float, activation: int, alpha: float = LEAKY_RELU_ALPHA
 ) -> np.ndarray:
@@ -216,8 +224,7 @@ def bias_activation_(
     parallel = y.size >= PARALLEL_MIN_ELEMENTS and y.shape[0] > 1
     fn = _bias_activation_parallel if parallel else _bias_activation_serial
     dtype = y.dtype
-    has_bias = bias is not None
-    bias = bias.astype(dtype, copy=False) if has_bias else no_bias(dtype)
+    bias, has_bias = bias_operand(bias, dtype)
     fn(y, bias, has_bias, dtype.type(beta), activation, dtype.type(alpha), min(y.shape[0], 16) if parallel else 1)
     return y
 

@@ -29,7 +29,7 @@ from runtime.ops._cpu_kernels import (
     LEAKY_RELU_ALPHA,
     bias_activation_,
     bias_activation_rows,
-    no_bias,
+    bias_operand,
     serial_and_parallel,
 )
 
@@ -247,20 +247,12 @@ def _in_kernel_operands(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def _epilogue_bias(bias: np.ndarray | None, dtype) -> tuple[np.ndarray, bool]:
-    """(the 2-D bias in the output's dtype, or the unread placeholder; whether there is one), as the GEMM kernels
-    take them."""
-    if bias is None:
-        return no_bias(dtype), False
-    return bias.astype(dtype, copy=False), True
-
-
 def _run_row_tiles(a, b, y, bias, beta, activation, alpha) -> None:
     M = a.shape[0]
     rows = max(ROW_TILE, -(-M // MAX_ROW_TASKS))
     a = a if a.flags.c_contiguous else np.ascontiguousarray(a)  # (M, K)
     b = b if b.flags.c_contiguous or b.flags.f_contiguous else np.ascontiguousarray(b)  # (K, N)
-    bias, has_bias = _epilogue_bias(bias, y.dtype)
+    bias, has_bias = bias_operand(bias, y.dtype)
     with IN_KERNEL_BLAS.one_thread():
         _GEMM_ROW_TILES[1](a, b, y, bias, has_bias, y.dtype.type(beta), activation, y.dtype.type(alpha), rows)
 
@@ -307,7 +299,7 @@ def _fused_gemm(A, B, C, alpha, beta, transA, transB, activation):
         # its epilogue in one kernel call; no NumPy call and no errstate around it (sparse-ae-digits8's layer:
         # 4.9 -> 3.8 us, the kernel call 1.7 us of it)
         y = np.empty((M, N), a.dtype)  # (M, N)
-        bias, has_bias = _epilogue_bias(bias, y.dtype)
+        bias, has_bias = bias_operand(bias, y.dtype)
         dt = y.dtype.type
         a = a if a.flags.c_contiguous else np.ascontiguousarray(a)  # (transA) its rows sliced in the kernel
         _GEMM_ROW_TILES[0](a, b, y, bias, has_bias, dt(beta), activation, dt(LEAKY_RELU_ALPHA), M)
@@ -320,7 +312,7 @@ def _fused_gemm(A, B, C, alpha, beta, transA, transB, activation):
     if alpha == 1.0 and transB and few_rows and 2 * ROW_TILE <= N and a.size and B.flags.c_contiguous \
             and _in_kernel_operands(a, b):  # fmt: skip
         y = np.empty((M, N), a.dtype)  # (M, N)
-        biasT, has_bias = _epilogue_bias(None if bias is None else np.ascontiguousarray(bias.T), y.dtype)  # (1|N, 1|M)
+        biasT, has_bias = bias_operand(None if bias is None else np.ascontiguousarray(bias.T), y.dtype)  # (1|N, 1|M)
         dt = y.dtype.type
         with IN_KERNEL_BLAS.one_thread():
             _gemm_column_tiles(B, a.T, y, biasT, has_bias, dt(beta), activation, dt(LEAKY_RELU_ALPHA),
