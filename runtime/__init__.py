@@ -7,7 +7,10 @@ created).
     (y,) = sess.run(None, {"x": x})
 """
 
+import ctypes
+import glob
 import os
+import sys
 
 # How Numba's OpenMP workers wait between parallel loops, read when OpenMP starts (so set before any kernel runs;
 # a user's own setting wins). GNU OpenMP's default spins for long after every loop, holding cores that
@@ -18,6 +21,35 @@ import os
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "30000"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # other OpenMP runtimes: wait passively
+
+
+def _threading_layer() -> str:
+    """Numba's threading layer, chosen before any parallel kernel runs: TBB, which is safe both in a forked child
+    and from several threads at once (GNU OpenMP kills a child forked after a parallel loop, so a
+    ``multiprocessing.Pool`` hangs; Numba's own workqueue aborts when two threads launch kernels at once). The
+    ``tbb`` wheel installs its library in ``<prefix>/lib``, which the loader does not search in a virtual
+    environment: it is loaded here by path, so that Numba's TBB pool finds it. A user's NUMBA_THREADING_LAYER
+    wins; without TBB, Numba's default order applies."""
+    import numba
+
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return numba.config.THREADING_LAYER
+    for pattern in ("libtbb.so.12", "libtbb.12.dylib", "libtbb.so.12.*"):
+        for path in glob.glob(os.path.join(sys.prefix, "lib", pattern)):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                break
+            except OSError:
+                continue
+    try:
+        from numba.np.ufunc import tbbpool  # noqa: F401  (the layer's own library: importable only with TBB)
+    except ImportError:
+        return numba.config.THREADING_LAYER
+    numba.config.THREADING_LAYER = "tbb"
+    return "tbb"
+
+
+THREADING_LAYER = _threading_layer()
 
 from runtime.errors import BackendUnavailable, InvalidFeed, InvalidModel, UnsupportedOp, ZooRuntimeError  # noqa: E402
 from runtime.ops import supported_ops  # noqa: E402

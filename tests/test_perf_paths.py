@@ -1,7 +1,7 @@
 """The fast paths of the CPU backend, each against onnxruntime (or against the general path it short-cuts):
 the 2x2 stride-2 MaxPool kernel and the general values-only one, ConvTranspose of a 1x1 input as one GEMM
-(DCGAN's projection), Reshape's remembered target shapes, OpenBLAS's per-GEMM thread count, and the session's
-re-use of a feed's checks. No timings here: these check that the fast paths give the same answers.
+(DCGAN's projection), Reshape's remembered target shapes, the session's re-use of a feed's checks, the GEMM's
+paths. No timings here: these check that the fast paths give the same answers.
 """
 
 from __future__ import annotations
@@ -108,24 +108,6 @@ def test_reshape_remembers_targets_and_still_refuses_bad_ones():
             Reshape(x, np.array(bad, np.int64))
 
 
-@pytest.mark.parametrize("shape", [(1, 784, 196), (64, 784, 196), (64, 300, 2000), (3, 64, 130, 70)])
-def test_blas_thread_choice_is_deterministic_and_changes_results_by_rounding_only(shape):
-    rng = case_rng(f"blas-{shape}")
-    if len(shape) == 4:  # (g, M, K) @ (g, K, N), as the convolutions call it
-        a, b = randn(rng, shape[:3]), randn(rng, (shape[0], shape[2], shape[3]))
-    else:  # (M, K) @ (K, N)
-        a, b = randn(rng, shape[:2]), randn(rng, shape[1:])
-    expected = np.matmul(a, b)
-    threads = gemm_ops.BLAS_THREADS
-    first = gemm_ops.blas_matmul(a, b)
-    # one thread may take other OpenBLAS kernels than two: equal to NumPy's up to float32 rounding
-    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-4)
-    for _ in range(3):  # the count depends on the size only: the same bits on every call
-        np.testing.assert_array_equal(gemm_ops.blas_matmul(a, b), first)
-    if threads.get is not None:
-        assert threads.get() >= 1  # restored after every single-threaded call
-
-
 def test_session_reuses_a_feeds_checks_only_for_the_same_kind_of_feed():
     rng = case_rng("feed-fast-path")
     node = helper.make_node("Relu", ["x"], ["y"])
@@ -195,11 +177,14 @@ def test_parallel_twin_runs_in_parallel_after_the_serial_one_compiled(tmp_path):
         "from runtime.ops import conv\n"
         "from runtime.ops._cpu_kernels import serial_and_parallel\n"
         "def probe(out):\n"
-        "    for i in numba.prange(out.size):\n"
-        "        out[i] = numba.get_thread_id()\n"
+        "    for i in numba.prange(out.size):\n"  # enough work per iteration that TBB hands some to a worker
+        "        v = 0.0\n"
+        "        for j in range(200000):\n"
+        "            v = v * 0.5 + j\n"
+        "        out[i] = numba.get_thread_id() + (v < 0)\n"
         "serial, parallel = serial_and_parallel(probe)\n"
         "numba.set_num_threads(2)\n"
-        "a = np.zeros(1 << 12, np.int64)\n"
+        "a = np.zeros(64, np.int64)\n"
         "serial(a); assert a.max() == 0, 'the serial kernel used several threads'\n"
         "parallel(a); print(int(a.max()))\n"
     )
@@ -253,12 +238,12 @@ def test_conv_tiles_give_the_same_bits_for_any_tiling_and_thread_count(x_shape, 
 @pytest.mark.parametrize("activation", [None, "LeakyRelu"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv_of_a_full_window_is_one_gemm(batch, c_out, activation, bias, monkeypatch):
-    """A Conv whose single window is the whole input runs as one GEMM, in either orientation, its rows tiled
-    over the cores (the threshold lowered so that these small shapes take the tiled kernel)."""
-    from runtime.ops import gemm as gemm_cpu
+    """A Conv whose single window is the whole input runs as one GEMM, with more rows than columns or fewer, in
+    blocks over the cores (the thresholds lowered so that these small shapes take the parallel kernel)."""
+    from runtime.ops import _gemm_cpu
 
-    monkeypatch.setattr(gemm_cpu.BlasThreads, "SERIAL_FLOPS", 0)
-    monkeypatch.setattr(gemm_cpu, "ROW_TILE", 2)
+    monkeypatch.setattr(_gemm_cpu, "PARALLEL_FLOPS", 0)
+    monkeypatch.setattr(_gemm_cpu, "BLOCK_FLOPS", 1)
     rng = case_rng(f"full-window-{batch}-{c_out}-{activation}-{bias}")
     inits = {"w": randn(rng, (c_out, 6, 5, 4), scale=0.3)}
     inputs = ["x", "w"] + (["b"] if bias else [])
@@ -285,40 +270,34 @@ def test_full_window_path_is_taken_only_where_im2col_is_the_identity():
     assert not conv_ops._is_full_window(geometry((2, 3, 8, 7), (5, 3, 7, 7)))
 
 
-# (rows M, the thresholds patched): which path of ``_fused_gemm`` a (M, 50) x (50, 30) Gemm takes
+# (rows M, the GEMM's thresholds patched): how a (M, 50) x (50, 30) Gemm runs
 GEMM_PATHS = {
-    "one-call": (70, {}),  # 0.2 MFLOP: the GEMM and its epilogue in one serial kernel call
-    "row-tiles": (70, {"BLAS_SERIAL_FLOPS": 0, "SERIAL_FLOPS": 0}),  # over COLUMN_TILES_MAX_ROWS rows
-    "column-tiles-few-rows": (6, {"BLAS_SERIAL_FLOPS": 0}),  # under 2·ROW_TILE rows
-    "column-tiles-wider-weight": (20, {"BLAS_SERIAL_FLOPS": 0, "SERIAL_FLOPS": 0}),  # M ≤ 64 and M < N
+    "serial": (70, {}),  # 0.2 MFLOP: the GEMM and its epilogue in one serial kernel call
+    "parallel": (70, {"PARALLEL_FLOPS": 0, "BLOCK_FLOPS": 1}),  # one block of (8 rows x 32 columns) per task
+    "one-row": (1, {}),  # the 1-high micro-kernel
+    "odd-rows": (13, {"PARALLEL_FLOPS": 0}),  # an 8-high panel, then a 5-row one padded to 8
 }
 
 
 @pytest.mark.parametrize("path", list(GEMM_PATHS))
+@pytest.mark.parametrize("weight", [False, True], ids=["B-fed", "B-weight"])
 @pytest.mark.parametrize("bias_shape", [None, "1x1", "N", "Mx1", "MxN"])
 @pytest.mark.parametrize("activation", ["", "Sigmoid", "Relu", "Tanh"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_gemm_paths_with_their_epilogue_match_onnxruntime(path, bias_shape, activation, dtype, monkeypatch):
-    """Each way a Gemm runs on the CPU (one kernel call; row tiles on Numba's threads; column tiles as the
-    transposed product) with bias and activation fused, every broadcast of C, the same bits for any thread count,
-    and the path checked to be the one meant."""
+def test_gemm_paths_with_their_epilogue_match_onnxruntime(path, weight, bias_shape, activation, dtype, monkeypatch):
+    """Each way a Gemm runs on the CPU (serial, in parallel blocks, short panels) with B fed or packed once as a
+    session weight, bias and activation fused, every broadcast of C: against onnxruntime, and the same bits for
+    any thread count and either way of giving B."""
     import numba
 
+    from runtime.ops import _gemm_cpu
     from runtime.ops import gemm as gemm_cpu
+    from runtime.ops._cpu_kernels import register_weights
 
     M, thresholds = GEMM_PATHS[path]
     N, K = 30, 50
     for name, value in thresholds.items():
-        monkeypatch.setattr(gemm_cpu.BlasThreads, name, value)
-    monkeypatch.setattr(gemm_cpu, "ROW_TILE", 4)  # row tiles of ROW_TILE or M/MAX_ROW_TASKS rows; N = 30 > 2·4
-    tiled = []  # per tiled GEMM: its kind and the shape of its left operand
-    run_row_tiles, column_tiles = gemm_cpu._run_row_tiles, gemm_cpu._gemm_column_tiles
-    monkeypatch.setattr(
-        gemm_cpu, "_run_row_tiles", lambda a, *rest: tiled.append(("rows", a.shape)) or run_row_tiles(a, *rest)
-    )
-    monkeypatch.setattr(
-        gemm_cpu, "_gemm_column_tiles", lambda w, *rest: tiled.append(("columns", w.shape)) or column_tiles(w, *rest)
-    )
+        monkeypatch.setattr(_gemm_cpu, name, value)
     rng = case_rng(f"gemm-{path}-{bias_shape}-{activation}-{dtype.__name__}")
     A, B = randn(rng, (M, K), dtype), randn(rng, (N, K), dtype)  # transB: B is (N, K)
     shape = {None: None, "1x1": (1, 1), "N": (N,), "Mx1": (M, 1), "MxN": (M, N)}[bias_shape]
@@ -326,15 +305,20 @@ def test_gemm_paths_with_their_epilogue_match_onnxruntime(path, bias_shape, acti
     fused = activation != ""
     op = gemm_cpu.FusedGemm if fused else gemm_cpu.Gemm
     kwargs = dict(transB=1, beta=0.5) | ({"activation": activation} if fused else {})
+    B_used = B
+    if weight:
+        B_used = B.copy()
+        B_used.flags.writeable = False
+        register_weights([B_used])
     before = numba.get_num_threads()
     try:
         results = []
         for threads in sorted({1, before}):
             numba.set_num_threads(threads)
-            results.append(op(A, B, C, **kwargs))
+            results.append(op(A, B_used, C, **kwargs))
     finally:
         numba.set_num_threads(before)
-    assert set(tiled) == {"one-call": set(), "row-tiles": {("rows", (M, K))}}.get(path, {("columns", (N, K))})
+    assert (gemm_cpu.weight_panels(B_used, 1) is not None) == weight
     inputs = [("A", dtype, [M, K]), ("B", dtype, [N, K])]
     if C is not None:
         inputs.append(("C", dtype, list(shape)))
@@ -347,22 +331,23 @@ def test_gemm_paths_with_their_epilogue_match_onnxruntime(path, bias_shape, acti
     assert_close([results[0]], ort_run(model, feed), atol=1e-5 if dtype == np.float32 else 1e-12)
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
+    np.testing.assert_array_equal(op(A, B, C, **kwargs), results[0])  # B fed or packed: the same bits
 
 
-def test_batched_matmul_row_tiles_match_numpy(monkeypatch):
-    """``blas_matmul`` of stacks (grouped convolutions, MatMul with batch axes, broadcast operands) row-tiled."""
+def test_batched_matmul_matches_numpy():
+    """MatMul of stacks (batch axes, broadcast operands, a transposed view, vectors) through the runtime's GEMM."""
     from runtime.ops import gemm as gemm_cpu
 
-    monkeypatch.setattr(gemm_cpu.BlasThreads, "SERIAL_FLOPS", 0)
-    monkeypatch.setattr(gemm_cpu, "ROW_TILE", 3)
-    rng = case_rng("matmul-tiles")
-    for a_shape, b_shape in [((2, 3, 40, 20), (2, 3, 20, 9)), ((4, 40, 20), (20, 9)), ((40, 20), (5, 20, 9))]:
+    rng = case_rng("matmul-stacks")
+    cases = [((2, 3, 40, 20), (2, 3, 20, 9)), ((4, 40, 20), (20, 9)), ((40, 20), (5, 20, 9)), ((20,), (3, 20, 9)),
+             ((4, 40, 20), (20,)), ((7,), (7,))]  # fmt: skip
+    for a_shape, b_shape in cases:
         a, b = randn(rng, a_shape), randn(rng, b_shape)
-        np.testing.assert_allclose(gemm_cpu.blas_matmul(a, b), np.matmul(a, b), rtol=1e-5, atol=1e-5)
+        got = gemm_cpu.MatMul(a, b)
+        assert got.shape == np.matmul(a, b).shape
+        np.testing.assert_allclose(got, np.matmul(a, b), rtol=1e-5, atol=1e-5)
     a, b = randn(rng, (40, 20)), randn(rng, (9, 20)).T  # B as a transposed (Fortran-order) view
-    out = np.empty((40, 9), F32)
-    assert gemm_cpu.blas_matmul(a, b, out=out) is out
-    np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gemm_cpu.MatMul(a, b), a @ b, rtol=1e-5, atol=1e-5)
 
 
 def test_packed_layouts_are_kept_for_a_sessions_weights_only():

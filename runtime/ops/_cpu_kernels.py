@@ -60,6 +60,14 @@ def register_weights(arrays) -> None:
             _WEIGHTS[key] = weakref.ref(a, forget)
 
 
+def packed_weight(w: np.ndarray, kind: str, make) -> np.ndarray | None:
+    """``make(w)``, computed once per session weight ``w`` and kind; None for any other array."""
+    ref = _WEIGHTS.get(id(w))
+    if ref is None or ref() is not w:
+        return None
+    return packed(w, kind, make)
+
+
 def packed(w: np.ndarray, kind: str, make) -> np.ndarray:
     """``make(w)``, computed once per session weight ``w`` and kind; for any other array (a feed, which its owner
     may change between runs), computed on every call."""

@@ -30,7 +30,6 @@ No fastmath anywhere, so NaN propagates as in onnxruntime.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -46,11 +45,12 @@ from runtime.ops._cpu_kernels import (
     LEAKY_RELU_ALPHA,
     PARALLEL_MIN_ELEMENTS,
     activate_alpha,
-    bias_activation_,
     packed,
+    packed_weight,
     serial_and_parallel,
 )
-from runtime.ops.gemm import FUSED_DOMAIN, IN_KERNEL_BLAS, BlasThreads, blas_matmul
+from runtime.ops._gemm_cpu import MR, PARALLEL_FLOPS, gemm, gemm_panels, pack_b_panels, packed_a, packed_b
+from runtime.ops.gemm import FUSED_DOMAIN
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 DTYPES = (np.float32, np.float64)
@@ -342,9 +342,9 @@ def _im2col_sample(x, col, strides, dilations, pads, kernel, OH, OW):
 
 
 @numba.njit(inline="always")
-def _conv_tile(x, w_rows, bias, y, strides, dilations, pads, kernel, u0, u1, activation, alpha):
+def _conv_tile(x, w_panels, Cg_out, CKg, bias, y, strides, dilations, pads, kernel, u0, u1, activation, alpha):
     # One tile of ``_conv_tiles``: the batch's output rows [u0, u1), u = (n, od, oh).
-    G, Cg_out, CKg = w_rows.shape
+    G = w_panels.shape[0]
     _, C_out, OD, OH, OW = y.shape
     R = OD * OH  # output rows per sample
     xf = x.reshape(-1)
@@ -376,8 +376,15 @@ def _conv_tile(x, w_rows, bias, y, strides, dilations, pads, kernel, u0, u1, act
                         dst += seg[i, 3] * OW
                     r += 1
     prod = np.empty((Cg_out, T), x.dtype)  # (C_out/g, T)
+    nr = 2 * 64 // x.itemsize  # the GEMM's panel width (``nr_of``)
+    nq = (T + nr - 1) // nr
+    col_panels = np.empty(nq * nr * CKg, x.dtype)  # col_g packed: (T/nr, C_in/g·K, nr)
+    tile = np.empty(MR * nr, x.dtype)
+    unused = np.zeros((1, 1), x.dtype)
     for g in range(G):
-        np.dot(w_rows[g], col[g], prod)
+        pack_b_panels(col[g], col_panels, 0, nq, nr)
+        gemm_panels(w_panels[g], Cg_out, col_panels, T, CKg, prod, nr, 0, nq, 0, (Cg_out + MR - 1) // MR, tile,
+                    unused, False, alpha, 0, alpha)  # fmt: skip
         for o in range(Cg_out):
             co = g * Cg_out + o
             b = bias[co]
@@ -392,8 +399,10 @@ def _conv_tile(x, w_rows, bias, y, strides, dilations, pads, kernel, u0, u1, act
                 u += length // OW
 
 
-def _conv_tiles(x, w_rows, bias, y, strides, dilations, pads, kernel, rows_per_tile, activation, alpha):
-    # x: (N, C_in, D, H, W); w_rows: (g, C_out/g, C_in/g·K); y: (N, C_out, OD, OH, OW) = act(conv + bias).
+def _conv_tiles(x, w_panels, Cg_out, CKg, bias, y, strides, dilations, pads, kernel, rows_per_tile, activation,
+                alpha):  # fmt: skip
+    # x: (N, C_in, D, H, W); w_panels: per group W_g (C_out/g, C_in/g·K) packed for the GEMM (``packed_a``);
+    # y: (N, C_out, OD, OH, OW) = act(conv + bias).
     # The batch's output rows u = (n, od, oh), N·OD·OH of them, cut into tiles of rows_per_tile (a tile may span
     # samples); one task per tile (``_conv_tile``): its im2col into col (C_in·K, rows·OW); per group one GEMM
     # W_g (C_out/g, C_in/g·K) @ col_g into prod (C_out/g, rows·OW), on the task's core; bias and activation on
@@ -402,8 +411,8 @@ def _conv_tiles(x, w_rows, bias, y, strides, dilations, pads, kernel, rows_per_t
     rows = x.shape[0] * y.shape[2] * y.shape[3]
     for t in numba.prange((rows + rows_per_tile - 1) // rows_per_tile):
         u0 = t * rows_per_tile
-        _conv_tile(x, w_rows, bias, y, strides, dilations, pads, kernel, u0, min(rows, u0 + rows_per_tile),
-                   activation, alpha)  # fmt: skip
+        _conv_tile(x, w_panels, Cg_out, CKg, bias, y, strides, dilations, pads, kernel, u0,
+                   min(rows, u0 + rows_per_tile), activation, alpha)  # fmt: skip
 
 
 @numba.njit(**JIT)
@@ -480,17 +489,24 @@ _CONV_TILES = serial_and_parallel(_conv_tiles)
 _COL2IM = serial_and_parallel(_col2im)
 
 
-def _conv_transpose_samples(x, w, bias, y, in3, k3, tables, sW, activation, alpha):
-    # x: (N, g, C_in/g, P_in); w: (g, C_in/g, C_out/g·K); y: (N, C_out, OD, OH, OW); in3 = (ID, IH, IW),
-    # k3 = (kD, kH, kW); tables: ``_col2im_tables``. One task per sample: per group the single-threaded GEMM
-    # W_gᵀ (C_out/g·K, C_in/g) @ x_g (C_in/g, P_in) into the sample's col (C_out·K, P_in), then the sample's
-    # col2im gather (``_col2im_planes``) into y.
-    N, G, _, P_in = x.shape
+def _conv_transpose_samples(x, wt_panels, CK, bias, y, in3, k3, tables, sW, activation, alpha):
+    # x: (N, g, C_in/g, P_in); wt_panels: per group W_gᵀ (C_out/g·K, C_in/g) packed for the GEMM (``packed_a``);
+    # y: (N, C_out, OD, OH, OW); in3 = (ID, IH, IW), k3 = (kD, kH, kW); tables: ``_col2im_tables``. One task
+    # per sample: per group the GEMM W_gᵀ @ x_g (C_in/g, P_in) into the sample's col (C_out·K, P_in), then the
+    # sample's col2im gather (``_col2im_planes``) into y.
+    N, G, Cg_in, P_in = x.shape
     C_out = y.shape[1]
+    nr = 2 * 64 // x.itemsize  # the GEMM's panel width (``nr_of``)
+    nq = (P_in + nr - 1) // nr
     for n in numba.prange(N):
-        col = np.empty((G, w.shape[2], P_in), x.dtype)  # (g, C_out/g·K, P_in)
+        col = np.empty((G, CK, P_in), x.dtype)  # (g, C_out/g·K, P_in)
+        x_panels = np.empty(nq * nr * Cg_in, x.dtype)
+        tile = np.empty(MR * nr, x.dtype)
+        unused = np.zeros((1, 1), x.dtype)
         for g in range(G):
-            np.dot(w[g].T, x[n, g], col[g])
+            pack_b_panels(x[n, g], x_panels, 0, nq, nr)
+            gemm_panels(wt_panels[g], CK, x_panels, P_in, Cg_in, col[g], nr, 0, nq, 0, (CK + MR - 1) // MR, tile,
+                        unused, False, alpha, 0, alpha)  # fmt: skip
         col8 = col.reshape(C_out, k3[0], k3[1], k3[2], 1, in3[0], in3[1], in3[2])  # (C_out, kD, kH, kW, 1, D, H, W)
         _col2im_planes(col8, bias, y[n : n + 1], *tables, sW, activation, alpha, 0, y.shape[1] * y.shape[2])
 
@@ -558,73 +574,74 @@ def _is_full_window(geom: ConvGeometry) -> bool:
     )
 
 
-def _full_window(x, w, B, y, activation: int, alpha: float) -> np.ndarray:
-    # x: (N, C_in·K); w: (C_out, C_in·K); y: (N, C_out) = act(x @ wᵀ + bias), the GEMM oriented so that its
-    # rows are the larger side (row tiles, ``blas_matmul``)
+def _full_window(x, W, B, y, activation: int, alpha: float) -> np.ndarray:
+    # x: (N, C_in·K); W: (C_out, C_in, *K); y: (N, C_out) = act(x @ Wᵀ + bias), one GEMM with Wᵀ's panels
+    # packed once per session weight, bias and activation in its epilogue
     N, C_out = y.shape
-    with np.errstate(all="ignore"):
-        if N >= C_out:
-            blas_matmul(x, w.T, out=y)
-        else:
-            y[...] = blas_matmul(w, x.T).T  # (C_out, N) transposed
-    if B is not None or activation:
-        bias_activation_(y, None if B is None else B.reshape(1, C_out), 1.0, activation, alpha)
-    return y
+    panels = _weight_panels(W, "full_window", lambda W: packed_b(W.reshape(C_out, -1).T))  # Wᵀ (C_in·K, C_out)
+    bias = None if B is None else B.reshape(1, C_out)
+    return gemm(y, x, b_packed=panels, bias=bias, activation=activation, alpha=alpha)
 
 
-_AS_IT_IS = contextlib.nullcontext()  # the in-kernel BLAS's thread count left alone
+def _weight_panels(W: np.ndarray, kind: str, make) -> np.ndarray:
+    """``make(W)``: a weight's GEMM panels, made once per session weight (on every call for a feed)."""
+    panels = packed_weight(W, kind, make)
+    return make(W) if panels is None else panels
+
+
+def _group_panels(w_groups: np.ndarray) -> np.ndarray:
+    """Per group g, the (rows, K) matrix w_groups[g] packed for the GEMM (``packed_a``): (g, packed size)."""
+    return np.stack([packed_a(w) for w in w_groups]) if len(w_groups) else np.zeros((0, 0), w_groups.dtype)
 
 
 @functools.lru_cache(maxsize=256)
 def _conv_plan(geom: ConvGeometry, itemsize: int) -> tuple:
-    """Per geometry and item size, once: (path, rows per tile, parallel kernels?, hold the in-kernel BLAS at one
-    thread?, (kD, kH, kW) array, OH, OW, P) with path "full-window", "sample" (a sample large enough for
-    several cores that makes one tile: its GEMM through ``blas_matmul``) or "tiles"."""
+    """Per geometry and item size, once: (path, rows per tile, parallel kernels?, (kD, kH, kW) array, OH, OW, P)
+    with path "full-window", "sample" (a sample large enough for several cores that makes one tile: its im2col,
+    then the GEMM on Numba's threads) or "tiles". Every path sums each output in the same order (the GEMM's), so
+    the choice, which depends on the batch, changes no bit of a sample's output."""
     OD, OH, OW = geom.as_3d(geom.out_size, 1)
     P = OD * OH * OW
     work = geom.N * geom.C_in * math.prod(geom.kernel) * P  # col's elements over the batch
     flops = 2 * geom.C_out * work // geom.group
-    parallel = work >= PARALLEL_MIN_ELEMENTS or flops >= BlasThreads.SERIAL_FLOPS  # a small input, many channels
+    parallel = work >= PARALLEL_MIN_ELEMENTS or flops >= PARALLEL_FLOPS  # a small input, many channels
     # Too small for several cores: the whole batch is one tile, im2col, GEMM and epilogue in one kernel call
     # (LeNet's second layer at batch 1: 26 -> 19 us, most of it Python around three calls).
     rows = conv_rows_per_tile(geom, itemsize) if parallel else geom.N * OD * OH
     one_sample_tile = parallel and rows == geom.N * OD * OH == OD * OH
     path = "full-window" if _is_full_window(geom) else "sample" if one_sample_tile else "tiles"
-    # Below BLAS_SERIAL_FLOPS OpenBLAS runs a GEMM on one thread by itself: no need to hold it there
-    blas_one_thread = parallel or flops >= BlasThreads.BLAS_SERIAL_FLOPS
     kernel = np.array(geom.as_3d(geom.kernel, 1), np.int64)
     kernel.flags.writeable = False
-    return path, rows, parallel, blas_one_thread, kernel, OH, OW, P
+    return path, rows, parallel, kernel, OH, OW, P
 
 
-def conv(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_RELU_ALPHA) -> np.ndarray:
-    """The three paths of the module docstring, chosen once per geometry (``_conv_plan``)."""
+def conv(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_RELU_ALPHA,
+         panels: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """The three paths of the module docstring, chosen once per geometry (``_conv_plan``). ``panels``: W's
+    per-group GEMM panels (``_group_panels``) when the caller has them."""
     N, C_out, g = geom.N, geom.C_out, geom.group
-    path, rows, parallel, blas_one_thread, kernel, OH, OW, P = _conv_plan(geom, X.itemsize)
+    path, rows, parallel, kernel, OH, OW, P = _conv_plan(geom, X.itemsize)
     x5 = X.reshape(geom.x5_shape)  # (N, C_in, D, H, W)
     y = np.empty(geom.y5_shape, X.dtype)  # (N, C_out, OD, OH, OW)
     if y.size == 0:
         return y.reshape(geom.y_shape)
-    w_rows = W.reshape(g, C_out // g, -1)  # (g, C_out/g, C_in/g·K)
     if path == "full-window":
-        return _full_window(x5.reshape(N, -1), w_rows[0], B, y.reshape(N, C_out), activation, alpha).reshape(
-            geom.y_shape
-        )
+        return _full_window(x5.reshape(N, -1), W, B, y.reshape(N, C_out), activation, alpha).reshape(geom.y_shape)
+    Cg_out, CKg = C_out // g, W[0].size if len(W) else 0
+    if panels is None:  # (g, packed W_g (C_out/g, C_in/g·K))
+        panels = _weight_panels(W, "conv", lambda W: _group_panels(W.reshape(g, Cg_out, CKg)))
     strides, dilations, pads = geom.kernel_arguments_cached
-    bias = _bias_or_zeros(B, C_out, X.dtype)
     alpha = X.dtype.type(alpha)
     if path == "sample":
-        col = np.empty((g, w_rows.shape[2], P), X.dtype)  # (g, C_in/g·K, P)
+        col = np.empty((g, CKg, P), X.dtype)  # (g, C_in/g·K, P)
         _IM2COL_SAMPLE[parallel](x5, col.reshape(-1, P), strides, dilations, pads, kernel, OH, OW)
-        y3 = y.reshape(g, C_out // g, P)  # (g, C_out/g, P): the sample's NCHW output
-        with np.errstate(all="ignore"):  # inf and NaN propagate silently, as in onnxruntime
-            blas_matmul(w_rows, col, out=y3)
-        if B is not None or activation:
-            bias_activation_(y.reshape(C_out, P), bias.reshape(C_out, 1), 1.0, activation, alpha)
+        y3 = y.reshape(g, Cg_out, P)  # (g, C_out/g, P): the sample's NCHW output
+        for i in range(g):
+            bias = None if B is None else B[i * Cg_out : (i + 1) * Cg_out].reshape(Cg_out, 1)
+            gemm(y3[i], b=col[i], a_packed=panels[i], K=CKg, bias=bias, activation=activation, alpha=alpha)
         return y.reshape(geom.y_shape)
-    # Numba's kernels raise no floating-point warnings: no errstate needed
-    with IN_KERNEL_BLAS.one_thread() if blas_one_thread else _AS_IT_IS:
-        _CONV_TILES[parallel](x5, w_rows, bias, y, strides, dilations, pads, kernel, rows, activation, alpha)
+    bias = _bias_or_zeros(B, C_out, X.dtype)
+    _CONV_TILES[parallel](x5, panels, Cg_out, CKg, bias, y, strides, dilations, pads, kernel, rows, activation, alpha)
     return y.reshape(geom.y_shape)  # (N, C_out, *out_size)
 
 
@@ -666,16 +683,15 @@ def _is_projection(geom: ConvGeometry) -> bool:
     )
 
 
-def _project(x, w, B, y, activation: int, alpha: float) -> np.ndarray:
-    # x: (N, C_in); w: (C_in, C_out·K); y: (N, C_out, *K) = act(x @ w + bias per channel), written by the GEMM
+def _project(x, W, B, y, activation: int, alpha: float) -> np.ndarray:
+    # x: (N, C_in); W: (C_in, C_out, *K); y: (N, C_out, *K) = act(x @ W (C_in, C_out·K) + bias per channel), one
+    # GEMM with W's panels packed once per session weight, bias (repeated over each channel's K outputs) and
+    # activation in its epilogue
     N, C_out = y.shape[0], y.shape[1]
     y2 = y.reshape(N, -1)  # (N, C_out·K)
-    with np.errstate(all="ignore"):
-        blas_matmul(x, w, out=y2)
-    if B is not None or activation:
-        rows = y.reshape(N * C_out, -1)  # (N·C_out, K), one row per sample and channel
-        bias = None if B is None else np.tile(B, N).reshape(N * C_out, 1)
-        bias_activation_(rows, bias, 1.0, activation, alpha)
+    panels = _weight_panels(W, "project", lambda W: packed_b(W.reshape(W.shape[0], -1)))
+    bias = None if B is None else np.repeat(B, y2.shape[1] // max(1, C_out)).reshape(1, -1)  # (1, C_out·K)
+    gemm(y2, x, b_packed=panels, bias=bias, activation=activation, alpha=alpha)
     return y
 
 
@@ -718,25 +734,29 @@ def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: floa
         return y.reshape(geom.y_shape)
     CK = C_out // g * KD * KH * KW
     if _is_projection(geom):
-        return _project(x5.reshape(N, C_in), w5.reshape(C_in, CK), B, y, activation, alpha).reshape(geom.y_shape)
-    per_sample = N > 1 and P_in >= MIN_SAMPLE_COLUMNS
-    as_conv = None if per_sample else _transpose_as_conv(geom)
-    if as_conv is not None:  # unit strides: a Conv, whose im2col tiles run faster than a GEMM + col2im
+        return _project(x5.reshape(N, C_in), W, B, y, activation, alpha).reshape(geom.y_shape)
+    # Unit strides: a Conv, whose im2col tiles run faster than a GEMM + col2im. Chosen by the geometry alone,
+    # never by the batch: the two paths sum in different orders, and a sample must give the same bits at any N.
+    as_conv = _transpose_as_conv(geom)
+    if as_conv is not None:
         w_conv = packed(W, f"as_conv/{g}", lambda W: _flipped_transposed(W, geom))  # (C_out, C_in/g, *kernel)
-        return conv(X, w_conv, B, as_conv, activation, alpha)
-    w_t = packed(
-        W, "conv_transpose_rows", lambda W: np.ascontiguousarray(W.reshape(g, C_in // g, CK).transpose(0, 2, 1))
-    )  # (g, C_out/g·K, C_in/g)
+        panels = _weight_panels(  # (g, packed flipped W_g (C_out/g, C_in/g·K)), kept with the session's W
+            W, f"as_conv_panels/{g}", lambda W: _group_panels(w_conv.reshape(g, C_out // g, -1))
+        )
+        return conv(X, w_conv, B, as_conv, activation, alpha, panels)
+    # (g, packed W_gᵀ (C_out/g·K, C_in/g))
+    wt_panels = _weight_panels(
+        W, "conv_transpose", lambda W: _group_panels(W.reshape(g, C_in // g, CK).transpose(0, 2, 1))
+    )
     bias = _bias_or_zeros(B, C_out, X.dtype)
     tables = _col2im_tables(geom)
     sW = geom.as_3d(geom.strides, 1)[2]
-    if per_sample:  # the samples side by side on the cores, each its GEMM and col2im
+    if N > 1 and P_in >= MIN_SAMPLE_COLUMNS:  # the samples side by side on the cores, each its GEMM and col2im
         x4 = x5.reshape(N, g, C_in // g, P_in)  # (N, g, C_in/g, P_in)
         in3, k3 = np.array((ID, IH, IW), np.int64), np.array((KD, KH, KW), np.int64)
-        with np.errstate(all="ignore"), IN_KERNEL_BLAS.one_thread():
-            _CONV_TRANSPOSE_SAMPLES[N * C_out * P_in >= PARALLEL_MIN_ELEMENTS](
-                x4, w5.reshape(g, C_in // g, CK), bias, y, in3, k3, tables, sW, activation, X.dtype.type(alpha)
-            )
+        _CONV_TRANSPOSE_SAMPLES[N * C_out * P_in >= PARALLEL_MIN_ELEMENTS](
+            x4, wt_panels, CK, bias, y, in3, k3, tables, sW, activation, X.dtype.type(alpha)
+        )
         return y.reshape(geom.y_shape)  # (N, C_out, *out_size)
     chunks = _chunks(N, CK * g * P_in * X.itemsize)
     col = np.empty(g * CK * (chunks[0][1] - chunks[0][0]) * P_in, X.dtype)  # one buffer, reused by every chunk
@@ -745,8 +765,8 @@ def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: floa
         # The chunk's samples side by side in the GEMM's columns (a copy, except for one sample)
         x_cols = x5[n0:n1].reshape(nb, C_in, P_in).transpose(1, 0, 2).reshape(g, C_in // g, nb * P_in)
         col_chunk = col[: g * CK * nb * P_in].reshape(g, CK, nb * P_in)  # (g, C_out/g·K, nb·P_in)
-        with np.errstate(all="ignore"):
-            blas_matmul(w_t, x_cols, out=col_chunk)
+        for i in range(g):
+            gemm(col_chunk[i], b=x_cols[i], a_packed=wt_panels[i], K=C_in // g)
         col8 = col_chunk.reshape(C_out, KD, KH, KW, nb, ID, IH, IW)  # (C_out, kD, kH, kW, nb, D, H, W)
         _variant(_COL2IM, len(chunks), nb * C_out * P_in)(
             col8, bias, y[n0:n1], *tables, sW, activation, X.dtype.type(alpha)

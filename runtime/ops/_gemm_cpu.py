@@ -1,0 +1,388 @@
+"""The CPU backend's one matrix product: packed panels and a register-tiled micro-kernel (the BLIS / MLAS
+scheme: Van Zee & van de Geijn, "BLIS: A Framework for Rapidly Instantiating BLAS Functionality", 2015, §3),
+written here so that its rounding is the runtime's own and not the BLAS build's.
+
+The contract: every output element is ``c[i, j] = fma(a[i, K−1], b[K−1, j], … fma(a[i, 0], b[0, j], 0))``, one
+fused multiply-add per k in the order k = 0, 1, …, K−1, whatever the shapes, the tile the element falls in, the
+batch it belongs to, the thread count or the machine's BLAS. Two outputs whose rows of ``a`` and columns of ``b``
+are equal are therefore bit-identical (a constant image convolves to a constant; a sample alone equals its row
+in a batch), which keeps MaxPool's ties exact and MaxUnpool's switches where torch and onnxruntime put them.
+
+Layout. ``a`` (M, K) is packed into panels of MR rows, each (K, h) with h the panel's height (MR, or 4, 2, 1 for
+the last rows); ``b`` (K, N) into panels of NR columns, each (K, NR), zero-padded. The micro-kernel keeps an
+h × NR block of ``c`` in vector registers (8 × 32 float32: 16 zmm accumulators; 8 × 16 float64) over the whole
+of K — no K blocking, so nothing is rounded to memory between partial sums, and a K-long panel of ``b`` streams
+from L2. It is an LLVM intrinsic (``_microkernel``): vector loads of the ``b`` row, a broadcast of each ``a``
+element, ``llvm.fma`` on <16 x float> (or <8 x double>) accumulators kept in SSA registers. No fast-math flag is
+involved: NaN and inf propagate exactly as IEEE fma gives them.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from runtime.ops._cpu_kernels import JIT, LEAKY_RELU_ALPHA, activate_alpha, bias_operand, serial_and_parallel
+
+MR = 8  # rows of a panel of a (the micro-kernel's height); the last panel may be 4, 2 or 1 high
+VECTORS = 2  # vectors per row of the micro-kernel: NR = VECTORS · (64 bytes / itemsize)
+VECTOR_BYTES = 64
+HEIGHTS = (8, 4, 2, 1)
+
+
+def nr_of(dtype) -> int:
+    """Columns of a panel of b for ``dtype``: 32 for float32, 16 for float64."""
+    return VECTORS * VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+def _make_microkernel(height: int, panels: int):
+    """The micro-kernel for ``height`` rows and ``panels`` consecutive panels of b (panel u at b_off + u·bs):
+    c[c_off + i·ldc + u·NR + j] = Σ_k a[a_off + k·height + i]·b[b_off + u·bs + k·NR + j] for i < height,
+    j < NR, fused multiply-adds in order k = 0…K−1 from 0. Short panels take several panels of b at once, so that
+    there are always 16 independent accumulators (two FMA pipes times four cycles of latency, twice over)."""
+
+    @intrinsic
+    def microkernel(typingctx, a, a_off, b, b_off, bs, K, c, c_off, ldc):
+        dtype = a.dtype
+        sig = types.void(a, types.intp, b, types.intp, types.intp, types.intp, c, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            a_v, a_off_v, b_v, b_off_v, bs_v, K_v, c_v, c_off_v, ldc_v = args
+            i64 = ir.IntType(64)
+            width = VECTOR_BYTES // (dtype.bitwidth // 8)
+            nr = VECTORS * width
+            fty = context.get_value_type(dtype)
+            vty = ir.VectorType(fty, width)
+            A = builder.gep(context.make_array(signature.args[0])(context, builder, a_v).data, [a_off_v])
+            B = builder.gep(context.make_array(signature.args[2])(context, builder, b_v).data, [b_off_v])
+            C = builder.gep(context.make_array(signature.args[6])(context, builder, c_v).data, [c_off_v])
+            n_vec = VECTORS * panels  # vectors per row of the block
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{width}f{dtype.bitwidth}"
+            )
+            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * width)
+            # accumulators as allocas in the entry block: LLVM's mem2reg turns them into registers
+            acc = [[cgutils.alloca_once(builder, vty) for _ in range(n_vec)] for _ in range(height)]
+            for row in acc:
+                for slot in row:
+                    builder.store(zero, slot)
+            splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+            undef = ir.Constant(vty, ir.Undefined)
+            with cgutils.for_range(builder, K_v) as loop:
+                k = loop.index
+                b_row = builder.gep(B, [builder.mul(k, ir.Constant(i64, nr))])
+                b_vecs = []
+                for u in range(panels):
+                    b_panel = builder.gep(b_row, [builder.mul(bs_v, ir.Constant(i64, u))])
+                    for v in range(VECTORS):
+                        p = builder.bitcast(builder.gep(b_panel, [ir.Constant(i64, v * width)]), vty.as_pointer())
+                        b_vecs.append(builder.load(p, align=dtype.bitwidth // 8))
+                a_col = builder.gep(A, [builder.mul(k, ir.Constant(i64, height))])
+                for i in range(height):
+                    x = builder.load(builder.gep(a_col, [ir.Constant(i64, i)]))
+                    x = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)),
+                                               undef, splat_mask)  # fmt: skip
+                    for v in range(n_vec):
+                        builder.store(builder.call(fma, [x, b_vecs[v], builder.load(acc[i][v])]), acc[i][v])
+            for i in range(height):
+                c_row = builder.gep(C, [builder.mul(ldc_v, ir.Constant(i64, i))])
+                for v in range(n_vec):
+                    p = builder.bitcast(builder.gep(c_row, [ir.Constant(i64, v * width)]), vty.as_pointer())
+                    builder.store(builder.load(acc[i][v]), p, align=dtype.bitwidth // 8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return microkernel
+
+
+# (height, panels): 16 accumulators each, but for the 8-high one (MR x NR, 16 too)
+_mk8 = _make_microkernel(8, 1)
+_mk4x2, _mk4 = _make_microkernel(4, 2), _make_microkernel(4, 1)
+_mk2x4, _mk2x2, _mk2 = _make_microkernel(2, 4), _make_microkernel(2, 2), _make_microkernel(2, 1)
+_mk1x8, _mk1x4, _mk1x2, _mk1 = (_make_microkernel(1, u) for u in (8, 4, 2, 1))
+GROUP = 8  # panels of b a row panel of a meets in one pass (the most the 1-high micro-kernel takes)
+
+
+@numba.njit(inline="always")
+def _panels_for(h, available):
+    """How many panels of b the micro-kernel of height h takes at once, with ``available`` full panels left."""
+    u = 8 // h
+    while u > 1 and u > available:
+        u //= 2
+    return u
+
+
+@numba.njit(inline="always")
+def _microkernel(h, u, a, a_off, b, b_off, bs, K, c, c_off, ldc):
+    if h == 8:
+        _mk8(a, a_off, b, b_off, bs, K, c, c_off, ldc)
+    elif h == 4:
+        if u == 2:
+            _mk4x2(a, a_off, b, b_off, bs, K, c, c_off, ldc)
+        else:
+            _mk4(a, a_off, b, b_off, bs, K, c, c_off, ldc)
+    elif h == 2:
+        if u == 4:
+            _mk2x4(a, a_off, b, b_off, bs, K, c, c_off, ldc)
+        elif u == 2:
+            _mk2x2(a, a_off, b, b_off, bs, K, c, c_off, ldc)
+        else:
+            _mk2(a, a_off, b, b_off, bs, K, c, c_off, ldc)
+    elif u == 8:
+        _mk1x8(a, a_off, b, b_off, bs, K, c, c_off, ldc)
+    elif u == 4:
+        _mk1x4(a, a_off, b, b_off, bs, K, c, c_off, ldc)
+    elif u == 2:
+        _mk1x2(a, a_off, b, b_off, bs, K, c, c_off, ldc)
+    else:
+        _mk1(a, a_off, b, b_off, bs, K, c, c_off, ldc)
+
+
+@intrinsic
+def at(typingctx, arr, offset):
+    """``arr``'s element at ``offset`` elements from its data pointer, unchecked (any layout: the caller computes
+    the offset from the strides). Numba's own indexing checks for negative indices on every access, which keeps
+    LLVM from vectorising the packing loops (a (576, 1024) float32 panel packing: 1.9 ms with it, 0.12 without)."""
+    sig = arr.dtype(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.load(builder.gep(data, [args[1]]))
+
+    return sig, codegen
+
+
+@intrinsic
+def put(typingctx, arr, offset, value):
+    """``arr``'s element at ``offset`` elements from its data pointer set to ``value`` (cast to its dtype),
+    unchecked (see ``at``)."""
+    sig = types.void(arr, types.intp, value)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        v = context.cast(builder, args[2], signature.args[2], signature.args[0].dtype)
+        builder.store(v, builder.gep(data, [args[1]]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(inline="always")
+def panel_height(rows):
+    """The height of a panel holding ``rows`` (≤ MR) rows: the smallest of 8, 4, 2, 1 that holds them."""
+    if rows > 4:
+        return 8
+    if rows > 2:
+        return 4
+    return rows
+
+
+@numba.njit(**JIT)
+def pack_a_panels(a, ap, p0, p1):
+    # Panels [p0, p1) of a (M, K), any strides -> ap: panel p (rows p·MR …) at p·MR·K, laid out (K, h),
+    # h = panel_height(its rows), zero rows below M
+    M, K = a.shape
+    s0, s1 = a.strides[0] // a.itemsize, a.strides[1] // a.itemsize
+    for p in range(p0, p1):
+        r0 = p * MR
+        rows = min(MR, M - r0)
+        h = panel_height(rows)
+        base = p * MR * K
+        for k in range(K):
+            for i in range(rows):
+                put(ap, base + k * h + i, at(a, (r0 + i) * s0 + k * s1))
+            for i in range(rows, h):
+                put(ap, base + k * h + i, 0.0)
+
+
+def packed_a_size(M: int, K: int) -> int:
+    return -(-M // MR) * MR * K
+
+
+def packed_a(a: np.ndarray) -> np.ndarray:
+    """``a`` (M, K) packed into panels of MR rows for ``gemm`` (a weight: made once at load)."""
+    ap = np.empty(packed_a_size(*a.shape), a.dtype)
+    if ap.size:
+        pack_a_panels(a, ap, 0, -(-a.shape[0] // MR))
+    return ap
+
+
+@numba.njit(**JIT)
+def pack_b_panels(b, bp, q0, q1, nr):
+    # Panels [q0, q1) of b (K, N), any strides -> bp: panel q (columns q·nr …) at q·nr·K, laid out (K, nr)
+    K, N = b.shape
+    s0, s1 = b.strides[0] // b.itemsize, b.strides[1] // b.itemsize
+    for q in range(q0, q1):
+        j0 = q * nr
+        cols = min(nr, N - j0)
+        base = q * nr * K
+        for k in range(K):
+            dst = base + k * nr
+            src = k * s0 + j0 * s1
+            if s1 == 1:  # contiguous rows: a copy LLVM vectorises
+                for j in range(cols):
+                    put(bp, dst + j, at(b, src + j))
+            else:
+                for j in range(cols):
+                    put(bp, dst + j, at(b, src + j * s1))
+            for j in range(cols, nr):
+                put(bp, dst + j, 0.0)
+
+
+@numba.njit(inline="always")
+def _epilogue(c, ldc, r0, rows, j0, cols, bias, has_bias, beta, activation, alpha):
+    # c[r0:r0+rows, j0:j0+cols] = act(c + beta · bias) in place, bias (Mb, Nb) C-contiguous, Mb in {1, M},
+    # Nb in {1, N} (ONNX's unidirectional broadcast)
+    Mb, Nb = bias.shape
+    for i in range(r0, r0 + rows):
+        row = i * ldc
+        if has_bias:
+            brow = (i if Mb > 1 else 0) * Nb
+            if Nb > 1:
+                for j in range(j0, j0 + cols):
+                    put(c, row + j, activate_alpha(at(c, row + j) + beta * at(bias, brow + j), activation, alpha))
+            else:
+                b = beta * at(bias, brow)
+                for j in range(j0, j0 + cols):
+                    put(c, row + j, activate_alpha(at(c, row + j) + b, activation, alpha))
+        else:
+            for j in range(j0, j0 + cols):
+                put(c, row + j, activate_alpha(at(c, row + j), activation, alpha))
+
+
+@numba.njit(**JIT)
+def gemm_panels(ap, M, bp, N, K, c, nr, q0, q1, p0, p1, tile, bias, has_bias, beta, activation, alpha):
+    # c's block (panels of rows [p0, p1), of columns [q0, q1)) of c (M, N) = act(a @ b + beta · bias) from the
+    # packed panels; c's rows contiguous (c.strides[1] one element); tile: a scratch (MR·nr,) for the blocks past
+    # c's edges. The epilogue runs on each block while it is in L1.
+    ldc = c.strides[0] // c.itemsize
+    bs = K * nr  # one panel of b
+    full_end = N // nr  # panels of b wholly inside c
+    epilogue = has_bias or activation != 0
+    for g0 in range(q0, q1, GROUP):  # GROUP panels of b (in L2) meet every row panel of a
+        g1 = min(q1, g0 + GROUP)
+        for p in range(p0, p1):
+            r0 = p * MR
+            rows = min(MR, M - r0)
+            h = panel_height(rows)
+            q = g0
+            while q < g1:
+                u = _panels_for(h, min(g1, full_end) - q)
+                if q + u <= full_end and rows == h:
+                    _microkernel(h, u, ap, p * MR * K, bp, q * bs, bs, K, c, r0 * ldc + q * nr, ldc)
+                    cols = u * nr
+                else:  # one panel past an edge of c, through the tile
+                    u = 1
+                    cols = min(nr, N - q * nr)
+                    _microkernel(h, 1, ap, p * MR * K, bp, q * bs, bs, K, tile, 0, nr)
+                    for i in range(rows):
+                        for j in range(cols):
+                            put(c, (r0 + i) * ldc + q * nr + j, at(tile, i * nr + j))
+                if epilogue:
+                    _epilogue(c, ldc, r0, rows, q * nr, cols, bias, has_bias, beta, activation, alpha)
+                q += u
+
+
+def packed_b_size(K: int, N: int, dtype) -> int:
+    nr = nr_of(dtype)
+    return -(-N // nr) * nr * K
+
+
+def packed_b(b: np.ndarray) -> np.ndarray:
+    """``b`` (K, N) packed into panels of NR columns for ``gemm`` (a weight: made once at load)."""
+    K, N = b.shape
+    nr = nr_of(b.dtype)
+    bp = np.empty(packed_b_size(K, N, b.dtype), b.dtype)
+    if bp.size:
+        pack_b_panels(b, bp, 0, -(-N // nr), nr)
+    return bp
+
+
+# Parallel products: the packing in parallel over panels, then one task per block of (row panels × column
+# panels) of at least BLOCK_FLOPS (a task's start-up small beside it). The split, whatever it is, changes
+# nothing in the result (the module docstring).
+BLOCK_FLOPS = 1 << 21
+
+
+def _gemm(a, ap, a_packed, b, bp, b_packed, K, c, bias, has_bias, beta, activation, alpha):
+    # c (M, N) = act(a (M, K) @ b (K, N) + beta · bias); ap / bp: a / b already packed (``packed_a``,
+    # ``packed_b``) where a_packed / b_packed, else scratch is made here and a / b are read (any strides); c's rows
+    # contiguous. Serial, or parallel (``serial_and_parallel``).
+    M, N = c.shape
+    if M == 0 or N == 0:
+        return
+    nr = VECTORS * VECTOR_BYTES // c.itemsize
+    nq = (N + nr - 1) // nr
+    npan = (M + MR - 1) // MR
+    if not a_packed:
+        ap = np.empty(npan * MR * K, c.dtype)
+        for p in numba.prange(npan):
+            pack_a_panels(a, ap, p, p + 1)
+    if not b_packed:
+        bp = np.empty(nq * nr * K, c.dtype)
+        for q in numba.prange(nq):
+            pack_b_panels(b, bp, q, q + 1, nr)
+    per_block = max(1, BLOCK_FLOPS // (2 * MR * nr * max(K, 1)))  # micro-kernel calls per task
+    rows_per = min(npan, per_block)
+    cols_per = max(1, per_block // rows_per)
+    tr = (npan + rows_per - 1) // rows_per
+    tc = (nq + cols_per - 1) // cols_per
+    for t in numba.prange(tr * tc):
+        pr, qc = t % tr, t // tr
+        tile = np.empty(MR * nr, c.dtype)
+        gemm_panels(ap, M, bp, N, K, c, nr, qc * cols_per, min(nq, (qc + 1) * cols_per), pr * rows_per,
+                    min(npan, (pr + 1) * rows_per), tile, bias, has_bias, beta, activation, alpha)  # fmt: skip
+
+
+_GEMM = serial_and_parallel(_gemm)
+PARALLEL_FLOPS = 1 << 21  # from here a product is split over Numba's threads (~10 us of work on one core)
+_UNUSED = {np.dtype(np.float32): np.zeros(0, np.float32), np.dtype(np.float64): np.zeros(0, np.float64)}
+_UNUSED_2D = {d: np.zeros((0, 0), d) for d in _UNUSED}
+
+
+def gemm(
+    c: np.ndarray,
+    a: np.ndarray | None = None,
+    b: np.ndarray | None = None,
+    *,
+    a_packed: np.ndarray | None = None,
+    b_packed: np.ndarray | None = None,
+    K: int | None = None,
+    bias: np.ndarray | None = None,
+    beta: float = 1.0,
+    activation: int = 0,
+    alpha: float = LEAKY_RELU_ALPHA,
+) -> np.ndarray:
+    """``c`` (M, N) = act(a (M, K) @ b (K, N) + beta · bias), in place, and returned. Either operand may be given
+    packed instead (``a_packed`` from ``packed_a``, ``b_packed`` from ``packed_b``; ``K`` then, if both are).
+    ``bias``: 2-D, broadcastable to (M, N). float32 or float64, one dtype throughout; c's rows contiguous."""
+    dtype = c.dtype
+    M, N = c.shape
+    if K is None:
+        K = a.shape[1] if a is not None else b.shape[0]
+    unused = _UNUSED[dtype]
+    bias2, has_bias = bias_operand(bias, dtype)
+    if has_bias:
+        bias2 = np.ascontiguousarray(bias2)
+    parallel = 2 * M * N * K >= PARALLEL_FLOPS
+    _GEMM[parallel](
+        _UNUSED_2D[dtype] if a is None else a,
+        unused if a_packed is None else a_packed,
+        a_packed is not None,
+        _UNUSED_2D[dtype] if b is None else b,
+        unused if b_packed is None else b_packed,
+        b_packed is not None,
+        K,
+        c,
+        bias2,
+        has_bias,
+        dtype.type(beta),
+        activation,
+        dtype.type(alpha),
+    )
+    return c
