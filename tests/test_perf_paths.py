@@ -13,7 +13,6 @@ from onnx import helper
 import runtime
 from runtime.errors import InvalidFeed
 from runtime.ops import conv as conv_ops
-from runtime.ops import gemm as gemm_ops
 from runtime.ops import pool as pool_ops
 from tests.conftest import assert_close, case_rng, make_model, ort_run, randn, runtime_run
 
