@@ -21,9 +21,9 @@ def test_bench_runs_on_a_tiny_model_and_writes_json(tmp_path, monkeypatch):
     report = json.loads(out.read_text())
     machine = report["machine"]
     assert machine["threads"] == 1 and machine["numba_threads"] == 1
-    for key in ("python", "numpy", "numba", "onnx", "onnxruntime", "cpu_count"):
+    for key in ("python", "numpy", "numba", "onnx", "onnxruntime", "cpu_count", "cpu_model", "blas"):
         assert machine[key]
-    assert report["backend"] == "cpu"
+    assert report["backend"] == "cpu" and report["peak_gflops"] > 0
     rows = report["results"]
     assert [(r["model"], r["batch"]) for r in rows] == [("sparse-ae-digits8", 1), ("sparse-ae-digits8", 3)]
     for row in rows:
@@ -31,6 +31,12 @@ def test_bench_runs_on_a_tiny_model_and_writes_json(tmp_path, monkeypatch):
         assert all(v > 0 for v in row["median_ms"].values())
         assert row["ratio_to_onnxruntime"]["onnxruntime"] == 1.0
         assert row["runs"] >= 15 and row["peak_numpy_alloc_mb"] > 0
+        peers = {k: v for k, v in row["median_ms"].items() if k in ("onnxruntime", "onnxruntime-spinning", "openvino")}
+        assert row["best_peer"] == min(peers, key=peers.get)
+        assert row["ratio_to_best_peer"] == row["median_ms"]["runtime-cpu"] / peers[row["best_peer"]]
+        # 2·(64·25 + 25·64) multiply-adds per sample (the two Gemm layers), per median time
+        assert row["gflop"] * 1e9 == 2 * 3200 * row["batch"]
+        assert 0 < row["percent_of_peak"] < 100
         for low, high in row["quartiles_ms"].values():
             assert low <= high
     cold = rows[0]["cold_start"]  # the smallest batch of each model

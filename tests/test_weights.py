@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from tests.conftest import SIMULATED, WEIGHTS, assert_close, ort_run, runtime_run
-from zoo.bench import _feed_for
+from zoo.bench import _feed_for, macs_per_sample
 from zoo.cards import MANIFEST, load_cards, load_manifest, verify_file
 from zoo.data import load_dataset
 from zoo.errors import ZooError
@@ -140,24 +140,6 @@ def test_onnx_metadata_carries_the_card(card):
 # The simulator interprets every GPU thread in Python (seconds per million multiply-adds): on CUDA it runs a
 # file only at the batch sizes that need at most this many; a GPU runs them all.
 SIMULATOR_MAX_MACS = 2_500_000
-
-
-def macs_per_sample(path) -> int:
-    """Multiply-adds of one sample through the graph's Gemm, MatMul, Conv and ConvTranspose nodes."""
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
-    g = model.graph
-    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*g.value_info, *g.input, *g.output)}
-    weights = {t.name: int(np.prod(t.dims)) for t in g.initializer}
-    total = 0
-    for n in g.node:
-        w = weights.get(n.input[1], 0) if len(n.input) > 1 else 0
-        if n.op_type in ("Gemm", "MatMul"):
-            total += w
-        elif n.op_type == "Conv":
-            total += w * int(np.prod(dims[n.output[0]][2:]))
-        elif n.op_type == "ConvTranspose":
-            total += w * int(np.prod(dims[n.input[0]][2:]))
-    return total
 
 
 def _simulated_batches(file) -> list[int]:

@@ -1,10 +1,12 @@
-"""``zoo bench``: this runtime against onnxruntime (and PyTorch eager, and onnx.reference on small models) on
-the same ONNX files in one process, with equal thread counts.
+"""``zoo bench``: this runtime against its peers — onnxruntime (spinning off in the alternation, and its default
+spinning alone), OpenVINO (float32 precision, latency hint; the ``bench`` extra) — and PyTorch eager and
+onnx.reference on small models, on the same ONNX files in one process, with equal thread counts.
 
 Method: each runner is warmed up, then the runners take turns (A B C A B C ...) so that drifts of the machine
-hit all alike; each reports the median of its runs, and the ratio of medians to onnxruntime. Cold start (time
-to the first result in a fresh process, Numba cache empty and then warm) is measured in subprocesses, which also
-report their peak resident memory.
+hit all alike; each reports the median of its runs, the ratio of medians to onnxruntime and to the best peer,
+and this runtime's GFLOP/s (the graph's multiply-adds, ``macs_per_sample``) as a share of the machine's measured
+float32 FMA peak (``fma_peak_gflops``). Cold start (time to the first result in a fresh process, Numba cache
+empty and then warm) is measured in subprocesses, which also report their peak resident memory.
 
 The cases are the shipped ONNX files (``weights/``) and architectures benchmarked with seeded random weights
 (``RANDOM_WEIGHT_MODELS``: exported once per run into a temporary folder, PyTorch eager on the same module).
@@ -170,6 +172,61 @@ def onnxruntime_session(case: Case, backend: str, threads: int, spinning: bool):
     return ort.InferenceSession(str(case.onnx_path), so, providers=providers)
 
 
+def macs_per_sample(onnx_path) -> int:
+    """Multiply-adds of one sample through the graph's Gemm, MatMul, Conv and ConvTranspose nodes whose weight is
+    an initializer (shapes from ONNX shape inference; the weights' data is not read)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path), load_external_data=False))
+    g = model.graph
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*g.value_info, *g.input, *g.output)}
+    weights = {t.name: int(np.prod(t.dims)) for t in g.initializer}
+    total = 0
+    for n in g.node:
+        w = weights.get(n.input[1], 0) if len(n.input) > 1 else 0
+        if n.op_type in ("Gemm", "MatMul"):
+            total += w
+        elif n.op_type == "Conv":
+            total += w * int(np.prod(dims[n.output[0]][2:]))
+        elif n.op_type == "ConvTranspose":
+            total += w * int(np.prod(dims[n.input[0]][2:]))
+    return total
+
+
+# OpenVINO reads ONNX itself; these ops it has no conversion for ("No conversion rule found"): its runner is
+# reported n/a with the reason, as is one that fails to compile for another reason.
+OPENVINO_MISSING_OPS = ("MaxUnpool",)
+
+
+def openvino_runner(case: Case, threads: int):
+    """(run, None), or (None, the reason there is none): OpenVINO with float32 inference (its default on CPUs
+    with bf16 is bf16, off by up to 0.04 here), the latency hint (one stream) and ``threads`` threads."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None, "openvino not installed (pip install 'deconv-zoo[bench]')"
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(case.onnx_path), load_external_data=False).graph.node}
+    missing = sorted(ops & set(OPENVINO_MISSING_OPS))
+    if missing:
+        return None, f"OpenVINO has no {', '.join(missing)}"
+    try:
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        compiled = core.compile_model(str(case.onnx_path), "CPU", config)
+    except Exception as e:  # OpenVINO's own errors: report, do not stop the bench
+        return None, f"OpenVINO failed to compile it: {str(e).strip().splitlines()[0][:120]}"
+    request = compiled.create_infer_request()
+    feed = dict(case.feed)
+
+    def run():
+        request.infer(feed)
+        return request
+
+    return run, None
+
+
 def runners_for(case: Case, backend: str, threads: int) -> dict:
     # onnxruntime's workers spin-wait by default, between its operators and for many milliseconds after a run,
     # holding the cores while the next runner in the alternation works (LeNet at batch 64 on this runtime: 1.35 ms
@@ -182,6 +239,10 @@ def runners_for(case: Case, backend: str, threads: int) -> dict:
         "onnxruntime": lambda: ort_sess.run(None, case.feed),
         f"runtime-{backend}": lambda: ours.run(None, case.feed),
     }
+    if backend == "cpu":
+        run, _ = openvino_runner(case, threads)
+        if run is not None:
+            out["openvino"] = run
     if case.torch_module is not None or (case.checkpoint is not None and case.checkpoint.is_file()):
         try:
             out["torch"] = _torch_runner(case, threads)
@@ -286,6 +347,33 @@ def cold_start(case: Case, backend: str, threads: int) -> dict:
         return result
 
 
+def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers (Linux's /proc/cpuinfo), else the platform's."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = fields.get("model name", platform.machine())
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name
+
+
+def blas_kernels() -> list[str]:
+    """Each BLAS loaded in this process and the kernel it picked (threadpoolctl): this runtime calls none, its
+    peers and NumPy may."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return ["threadpoolctl not installed"]
+    return [f"{p['internal_api']} {p.get('architecture', '')}".strip() for p in threadpool_info()
+            if p.get("user_api") == "blas"]  # fmt: skip
+
+
 def machine_info(threads: int) -> dict:
     import numba
     import onnx
@@ -295,6 +383,9 @@ def machine_info(threads: int) -> dict:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "blas": blas_kernels(),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", ""),
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "numpy": np.__version__,
@@ -320,9 +411,9 @@ def machine_info(threads: int) -> dict:
     except ImportError:
         pass
     try:
-        from threadpoolctl import threadpool_info
+        import openvino
 
-        info["blas"] = [f"{p['internal_api']} {p.get('architecture', '')}" for p in threadpool_info()]
+        info["openvino"] = openvino.__version__
     except ImportError:
         pass
     return info
@@ -350,13 +441,29 @@ def run_bench(
         threadpool_limits(threads)
     except ImportError:
         pass
-    report = {"machine": {}, "backend": backend, "results": []}
+    from runtime.ops._gemm_cpu import fma_peak_gflops
+
+    peak = fma_peak_gflops(threads) if backend == "cpu" else None
+    report = {"machine": {}, "backend": backend, "peak_gflops": peak, "results": []}
     ours = f"runtime-{backend}"
+    log(
+        f"{cpu_model()}; {threads} threads; measured float32 FMA peak {peak or float('nan'):.0f} GFLOP/s; BLAS "
+        f"in the process: {', '.join(blas_kernels()) or 'none'}; OPENBLAS_CORETYPE="
+        f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
+    )
+    log(_HEADER)
+    macs = {}
     for case in cases:
         runners = runners_for(case, backend, threads)
         times = time_alternating(runners)
         times["onnxruntime-spinning"] = time_spinning_onnxruntime(case, backend, threads)
         medians = {k: statistics.median(v) for k, v in times.items()}
+        if case.onnx_path not in macs:
+            macs[case.onnx_path] = macs_per_sample(case.onnx_path)
+        flops = 2 * macs[case.onnx_path] * case.batch
+        peers = {k: v for k, v in medians.items() if k in PEERS}
+        best_peer = min(peers, key=peers.get)
+        _, openvino_missing = openvino_runner(case, threads) if "openvino" not in medians else (None, None)
         row = {
             "model": case.name,
             "batch": case.batch,
@@ -364,8 +471,15 @@ def run_bench(
             "median_ms": {k: v * 1e3 for k, v in medians.items()},
             "quartiles_ms": {k: [q * 1e3 for q in statistics.quantiles(v, n=4)[::2]] for k, v in times.items()},
             "ratio_to_onnxruntime": {k: v / medians["onnxruntime"] for k, v in medians.items()},
+            "best_peer": best_peer,
+            "ratio_to_best_peer": medians[ours] / peers[best_peer],
+            "gflop": flops / 1e9,
+            "gflops": {k: flops / v / 1e9 for k, v in medians.items()},
+            "percent_of_peak": 100 * flops / medians[ours] / 1e9 / peak if peak else None,
             "peak_numpy_alloc_mb": peak_memory_mb(runners[ours]),
         }
+        if openvino_missing:
+            row["openvino_na"] = openvino_missing
         if cold and case.batch == min(c.batch for c in cases if c.name == case.name):
             row["cold_start"] = cold_start(case, backend, threads)
         report["results"].append(row)
@@ -374,16 +488,24 @@ def run_bench(
     return report
 
 
+PEERS = ("onnxruntime", "onnxruntime-spinning", "openvino")
+_HEADER = (
+    f"{'model':<34} {'batch':>5} {'runtime ms':>11} {'ort ms':>9} {'ort-spin ms':>11} {'openvino ms':>11} "
+    f"{'vs best':>7} {'GFLOP/s':>8} {'% peak':>6}  cold (empty/warm cache)"
+)
+
+
 def _format_row(row: dict, ours: str) -> str:
-    m, r = row["median_ms"], row["ratio_to_onnxruntime"]
-    spin = "onnxruntime-spinning"
-    others = "  ".join(f"{k} {m[k]:.3f} ms ({r[k]:.2f}x)" for k in m if k not in (ours, "onnxruntime", spin))
+    """One line of the table: times in ms, this runtime's ratio to the best peer, its GFLOP/s and % of peak."""
+    m = row["median_ms"]
+    ov = f"{m['openvino']:11.3f}" if "openvino" in m else f"{'n/a':>11}"
+    pct = row.get("percent_of_peak")
     cold = row.get("cold_start")
-    cold_text = f"  cold {cold['empty_cache_s']:.2f}/{cold['warm_cache_s']:.2f} s" if cold else ""
+    cold_text = f"  {cold['empty_cache_s']:.2f}/{cold['warm_cache_s']:.2f} s" if cold else ""
     return (
-        f"{row['model']:<28} b={row['batch']:<4} {ours} {m[ours]:.3f} ms  onnxruntime {m['onnxruntime']:.3f} ms  "
-        f"ratio {r[ours]:.2f}  [spinning onnxruntime {m[spin]:.3f} ms, ratio {m[ours] / m[spin]:.2f}]  "
-        f"{others}{cold_text}"
+        f"{row['model']:<34} {row['batch']:>5} {m[ours]:11.3f} {m['onnxruntime']:9.3f} "
+        f"{m['onnxruntime-spinning']:11.3f} {ov} {row['ratio_to_best_peer']:7.2f} {row['gflops'][ours]:8.1f} "
+        f"{'' if pct is None else f'{pct:6.1f}'}{cold_text}"
     )
 
 

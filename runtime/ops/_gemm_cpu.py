@@ -386,3 +386,60 @@ def gemm(
         dtype.type(alpha),
     )
     return c
+
+
+# --- the machine's ceiling, as the micro-kernel sees it ---------------------------------------------------------
+
+
+@intrinsic
+def _fma_chains(typingctx, iterations):
+    """16 independent chains of float32 vector fmas, ``iterations`` steps each, no memory traffic: the FMA
+    throughput the micro-kernel's accumulators could reach. Returns a lane of the sum (so nothing is dead code)."""
+    sig = types.float32(types.intp)
+
+    def codegen(context, builder, signature, args):
+        width = VECTOR_BYTES // 4
+        fty = ir.FloatType()
+        vty = ir.VectorType(fty, width)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{width}f32"
+        )
+        scale = ir.Constant(vty, [ir.Constant(fty, 0.999999)] * width)
+        step = ir.Constant(vty, [ir.Constant(fty, 1e-7)] * width)
+        slots = [cgutils.alloca_once(builder, vty) for _ in range(16)]
+        for i, slot in enumerate(slots):
+            builder.store(ir.Constant(vty, [ir.Constant(fty, float(i))] * width), slot)
+        with cgutils.for_range(builder, args[0]):
+            for slot in slots:
+                builder.store(builder.call(fma, [builder.load(slot), scale, step]), slot)
+        total = builder.load(slots[0])
+        for slot in slots[1:]:
+            total = builder.fadd(total, builder.load(slot))
+        return builder.extract_element(total, ir.Constant(ir.IntType(32), 0))
+
+    return sig, codegen
+
+
+@numba.njit(parallel=True, cache=True)
+def _fma_peak_kernel(tasks, iterations, out):
+    for t in numba.prange(tasks):
+        out[t] = _fma_chains(iterations)
+
+
+def fma_peak_gflops(threads: int, seconds: float = 0.3) -> float:
+    """Float32 GFLOP/s of ``threads`` tasks of pure vector fmas on Numba's threads (one per core): the measured
+    peak that the benchmark's percentages refer to."""
+    import time
+
+    out = np.zeros(threads, np.float32)
+    _fma_peak_kernel(threads, 1000, out)  # compile and wake the workers
+    iterations = 1 << 20
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while True:
+        t = time.perf_counter()
+        _fma_peak_kernel(threads, iterations, out)
+        dt = time.perf_counter() - t
+        best = max(best, threads * iterations * 16 * (VECTOR_BYTES // 4) * 2 / dt / 1e9)
+        if time.perf_counter() > deadline:
+            return best
