@@ -15,6 +15,7 @@ import numpy as np
 from runtime.errors import BackendUnavailable, InvalidFeed, ZooRuntimeError
 from runtime.fusion import optimize
 from runtime.graph import Graph, ValueInfo, build_graph, read_model
+from runtime.ops import ABSENT
 from runtime.ops._cpu_kernels import register_weights
 
 BACKENDS = ("cpu", "cuda")
@@ -130,13 +131,13 @@ class InferenceSession:
         values = self._weight_slots.copy()  # [slot] -> value; slot 0 is an omitted input, always None
         for name, value in feed.items():
             values[slot[name]] = self._device.to_device(value) if on_cuda else value
-        for node, impl, inputs, outputs, freed in self._steps:
+        for node, impl, attrs, inputs, outputs, freed in self._steps:
             args = [values[i] for i in inputs]
             start = time.perf_counter() if self._trace else 0.0
             if on_cuda and all(a is None or isinstance(a, np.ndarray) for a in args):
                 impl = node.op.impl["cpu"]  # host-resident tensors (integers, shapes, empties) stay on the host
             try:
-                result = impl(*args, **node.attrs)
+                result = impl(*args, **attrs)
             except ZooRuntimeError as e:
                 raise type(e)(f"{node.describe()}: {e}") from None
             except (ValueError, TypeError, IndexError, ArithmeticError, MemoryError) as e:
@@ -183,11 +184,19 @@ class InferenceSession:
         for name, step in last_use.items():
             if name not in kept:
                 freed.setdefault(step, []).append(self._slot[name])
-        self._steps = [
-            (node, node.op.impl[self.backend], tuple(self._slot[i] for i in node.inputs),
-             tuple(self._slot[o] for o in node.outputs), tuple(freed.get(step, ())))
-            for step, node in enumerate(g.nodes)
-        ]  # fmt: skip
+        self._steps = []
+        for step, node in enumerate(g.nodes):
+            impl, attrs = node.op.impl[self.backend], node.attrs
+            if self.backend == "cpu":  # per-node state made once (packed weights, ...): the runner binds the attrs
+                constants = tuple(self._weights.get(i) if i else ABSENT for i in node.inputs)
+                try:
+                    runner = node.op.prepared(constants + (ABSENT,) * (node.op.max_inputs - len(constants)), attrs)
+                except ZooRuntimeError as e:  # an attribute value refused at load, named with its node
+                    raise type(e)(f"{node.describe()}: {e}") from None
+                if runner is not None:
+                    impl, attrs = runner, {}
+            inputs, outputs = tuple(self._slot[i] for i in node.inputs), tuple(self._slot[o] for o in node.outputs)
+            self._steps.append((node, impl, attrs, inputs, outputs, tuple(freed.get(step, ()))))
 
     def _check_output_names(self, output_names) -> list[str]:
         declared = [v.name for v in self._graph.outputs]

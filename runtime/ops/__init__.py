@@ -24,6 +24,7 @@ class OpDef:
         self.domain = domain
         self.since = since  # the oldest default-domain opset whose semantics the function implements
         self.impl: dict[str, Callable] = {"cpu": fn}
+        self.preparation: Callable | None = None  # see ``prepare``
         params = inspect.signature(fn).parameters.values()
         # An op with optional outputs (MaxPool's Indices) takes the keyword ``_outputs``: a tuple of booleans
         # saying which of its outputs the node uses, so it need not compute the others.
@@ -31,6 +32,18 @@ class OpDef:
         self.attributes = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name != "_outputs"}
         self.max_inputs = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
         self.variadic = any(p.kind is p.VAR_POSITIONAL for p in params)
+
+    def prepare(self, fn: Callable) -> Callable:
+        """Register ``fn(constants, **attrs)`` as this op's CPU preparation: called once per node at load with the
+        node's inputs that are session weights (None for those fed at run time, ``ABSENT`` for optional ones the
+        node leaves out) and its attributes, it returns the node's
+        runner (a callable taking the node's inputs, the attributes bound) with whatever it could make once
+        (packed weights, the bias operand, the kernel's choice), or None to leave the node to the op function."""
+        self.preparation = fn
+        return fn
+
+    def prepared(self, constants: tuple, attrs: dict) -> Callable | None:
+        return None if self.preparation is None else self.preparation(constants, **attrs)
 
     def cuda(self, fn: Callable) -> Callable:
         """Register ``fn`` as this op's CUDA implementation (same signature, device arrays in and out)."""
@@ -42,6 +55,7 @@ class OpDef:
 
 
 OPS: dict[tuple[str, str], OpDef] = {}
+ABSENT = "absent"  # in a preparation's ``constants``: an optional input the node leaves out (None: one fed)
 
 
 def attribute_key(value):

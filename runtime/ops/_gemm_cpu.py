@@ -339,10 +339,10 @@ def _gemm(a, ap, a_packed, b, bp, b_packed, K, c, bias, has_bias, beta, activati
                     min(npan, (pr + 1) * rows_per), tile, bias, has_bias, beta, activation, alpha)  # fmt: skip
 
 
-_GEMM = serial_and_parallel(_gemm)
+GEMM_KERNELS = serial_and_parallel(_gemm)  # (serial, parallel), called as GEMM_KERNELS[parallel](...)
 PARALLEL_FLOPS = 1 << 21  # from here a product is split over Numba's threads (~10 us of work on one core)
-_UNUSED = {np.dtype(np.float32): np.zeros(0, np.float32), np.dtype(np.float64): np.zeros(0, np.float64)}
-_UNUSED_2D = {d: np.zeros((0, 0), d) for d in _UNUSED}
+UNUSED = {np.dtype(np.float32): np.zeros(0, np.float32), np.dtype(np.float64): np.zeros(0, np.float64)}
+UNUSED_2D = {d: np.zeros((0, 0), d) for d in UNUSED}  # the operands a call does not read
 
 
 def gemm(
@@ -365,16 +365,16 @@ def gemm(
     M, N = c.shape
     if K is None:
         K = a.shape[1] if a is not None else b.shape[0]
-    unused = _UNUSED[dtype]
+    unused = UNUSED[dtype]
     bias2, has_bias = bias_operand(bias, dtype)
     if has_bias:
         bias2 = np.ascontiguousarray(bias2)
     parallel = 2 * M * N * K >= PARALLEL_FLOPS
-    _GEMM[parallel](
-        _UNUSED_2D[dtype] if a is None else a,
+    GEMM_KERNELS[parallel](
+        UNUSED_2D[dtype] if a is None else a,
         unused if a_packed is None else a_packed,
         a_packed is not None,
-        _UNUSED_2D[dtype] if b is None else b,
+        UNUSED_2D[dtype] if b is None else b,
         unused if b_packed is None else b_packed,
         b_packed is not None,
         K,

@@ -38,7 +38,7 @@ import numba
 import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel
-from runtime.ops import attribute_key, onnx_op
+from runtime.ops import ABSENT, attribute_key, onnx_op
 from runtime.ops._cpu_kernels import (
     ACTIVATIONS,
     JIT,
@@ -859,3 +859,77 @@ def FusedConvTranspose(
     attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
                  strides=strides, output_padding=output_padding, output_shape=output_shape)  # fmt: skip
     return run_conv_transpose(X, W, B, attrs, activation, activation_alpha)
+
+
+# --- per-node preparation at load: attribute values checked, weights packed, geometry kept per input shape ----
+
+MAX_KEPT_SHAPES = 64  # input shapes whose geometry a prepared node keeps (a model fed ever-new shapes stays bounded)
+
+
+def check_attribute_values(op_type: str, rank: int | None, auto_pad="NOTSET", dilations=None, group=1,
+                           kernel_shape=None, pads=None, strides=None, output_padding=None,
+                           output_shape=None) -> None:  # fmt: skip
+    """The checks of ``conv_geometry`` that need no input shape, made at load: a bad auto_pad, group, stride,
+    dilation, pad or output_padding is refused before anything runs. ``rank``: the spatial rank, from a constant
+    weight (None: the lengths are checked at the first run)."""
+    if auto_pad not in AUTO_PADS:
+        raise InvalidModel(f"{op_type}: auto_pad='{auto_pad}'; expected one of {', '.join(AUTO_PADS)}")
+    if int(group) < 1:
+        raise InvalidModel(f"{op_type}: group={group} must be >= 1")
+    for name, value, per_rank, minimum in (("strides", strides, 1, 1), ("dilations", dilations, 1, 1),
+                                           ("pads", pads, 2, 0), ("output_padding", output_padding, 1, 0),
+                                           ("kernel_shape", kernel_shape, 1, 1)):  # fmt: skip
+        if value is None or len(value) == 0:
+            continue
+        length = len(value) if rank is None else per_rank * rank
+        _per_axis(op_type, name, value, 0, length, minimum)
+
+
+def _prepare(op_type: str, run_op, constants, attrs: dict, activation: str, activation_alpha: float):
+    X_c, W, B = constants[:3]
+    check_attribute_values(op_type, W.ndim - 2 if isinstance(W, np.ndarray) else None, **attrs)
+    if X_c is not None or not isinstance(W, np.ndarray) or W.dtype.type not in DTYPES or B is None:
+        return None
+    if B is not ABSENT and (not isinstance(B, np.ndarray) or B.dtype != W.dtype):
+        return None
+    bias = None if B is ABSENT else B
+    code = ACTIVATIONS[activation]
+    geometries: dict[tuple, ConvGeometry] = {}
+
+    def run(X, W_=None, B_=None):
+        geom = geometries.get(X.shape)
+        if geom is None or X.dtype != W.dtype:
+            _check_inputs(op_type, X, W, bias)
+            geom = conv_geometry(op_type, X.shape, W.shape, None if bias is None else bias.shape, **attrs)
+            if len(geometries) >= MAX_KEPT_SHAPES:
+                geometries.clear()
+            geometries[X.shape] = geom
+        return run_op(X if X.flags.c_contiguous else np.ascontiguousarray(X), W, bias, geom, code, activation_alpha)
+
+    return run
+
+
+def _attrs(all_attrs: dict, transposed: bool) -> dict:
+    names = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+    names += ("output_padding", "output_shape") if transposed else ()
+    return {k: all_attrs[k] for k in names if k in all_attrs}
+
+
+@Conv.prepare
+def _prepare_conv(constants, **attrs):
+    return _prepare("Conv", conv, constants, _attrs(attrs, False), "", LEAKY_RELU_ALPHA)
+
+
+@ConvTranspose.prepare
+def _prepare_conv_transpose(constants, **attrs):
+    return _prepare("ConvTranspose", conv_transpose, constants, _attrs(attrs, True), "", LEAKY_RELU_ALPHA)
+
+
+@FusedConv.prepare
+def _prepare_fused_conv(constants, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
+    return _prepare("Conv", conv, constants, _attrs(attrs, False), activation, activation_alpha)
+
+
+@FusedConvTranspose.prepare
+def _prepare_fused_conv_transpose(constants, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
+    return _prepare("ConvTranspose", conv_transpose, constants, _attrs(attrs, True), activation, activation_alpha)

@@ -15,9 +15,9 @@ import math
 import numpy as np
 
 from runtime.errors import InvalidFeed
-from runtime.ops import onnx_op
-from runtime.ops._cpu_kernels import ACTIVATIONS, bias_activation_, packed_weight
-from runtime.ops._gemm_cpu import gemm, packed_b
+from runtime.ops import ABSENT, onnx_op
+from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA, bias_activation_, packed_weight
+from runtime.ops._gemm_cpu import GEMM_KERNELS, PARALLEL_FLOPS, UNUSED, UNUSED_2D, gemm, packed_b
 
 FUSED_DOMAIN = "ai.deconvzoo"
 
@@ -139,3 +139,40 @@ def MatMul(A, B):
     if B.ndim == 1:
         y = y[..., 0]
     return y
+
+
+def _prepare_gemm(constants, *, alpha=1.0, beta=1.0, transA=0, transB=0, activation=""):
+    """A Gemm whose B is a session weight, and C one too or absent (a Linear layer): B packed into the GEMM's
+    panels and C made its bias operand, once; each run is one kernel call. Any other input (another dtype or
+    width than B's) takes the op function, which checks it as usual."""
+    A_c, B, C = constants[:3]
+    if A_c is not None or not isinstance(B, np.ndarray) or B.ndim != 2 or B.dtype not in FLOAT_DTYPES:
+        return None
+    if alpha != 1.0 or C is None or (C is not ABSENT and C.dtype != B.dtype):
+        return None
+    K, N = (B.shape[1], B.shape[0]) if transB else B.shape
+    bias, has_bias = UNUSED_2D[B.dtype], False
+    if C is not ABSENT and beta != 0.0:
+        C2 = C.reshape((1,) * (2 - C.ndim) + C.shape) if C.ndim < 2 else C  # (Mc, Nc)
+        if C2.ndim != 2 or C2.shape[0] != 1 or C2.shape[1] not in (1, N):
+            return None  # a per-row bias: the op function checks it against each run's rows
+        bias, has_bias = np.ascontiguousarray(C2), True
+    panels = weight_panels(B, transB)
+    code, dtype, unused = ACTIVATIONS[activation], B.dtype, UNUSED[B.dtype]
+    beta_, alpha_ = dtype.type(beta), dtype.type(LEAKY_RELU_ALPHA)
+
+    def run(A, B_=None, C_=None):
+        a = A.T if transA else A  # (M, K)
+        if A.dtype != dtype or a.ndim != 2 or a.shape[1] != K:
+            return _fused_gemm(A, B_, C_, alpha, beta, transA, transB, code)
+        y = np.empty((a.shape[0], N), dtype)  # (M, N)
+        GEMM_KERNELS[2 * a.shape[0] * N * K >= PARALLEL_FLOPS](
+            a, unused, False, UNUSED_2D[dtype], panels, True, K, y, bias, has_bias, beta_, code, alpha_
+        )
+        return y
+
+    return run
+
+
+Gemm.prepare(_prepare_gemm)
+FusedGemm.prepare(_prepare_gemm)
