@@ -20,9 +20,17 @@ def _steps_prepared(sess) -> list[bool]:
     return [impl is not node.op.impl["cpu"] for node, impl, *_ in sess._steps]
 
 
+BAD_ATTRIBUTES = [
+    ("auto_pad", "SAME"),
+    ("strides", [0, 1]),
+    ("group", 0),
+    ("pads", [1, -1, 0, 0]),
+    ("dilations", [1, 1, 1]),
+]
+
+
 @pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
-@pytest.mark.parametrize("attr, value", [("auto_pad", "SAME"), ("strides", [0, 1]), ("group", 0), ("pads", [1, -1, 0, 0]),
-                                         ("dilations", [1, 1, 1])])  # fmt: skip
+@pytest.mark.parametrize("attr, value", BAD_ATTRIBUTES)
 def test_bad_attribute_values_are_refused_at_load(op, attr, value):
     rng = case_rng(f"prepare-bad-{op}-{attr}")
     w = randn(rng, (4, 4, 3, 3))
