@@ -450,6 +450,7 @@ def visualize(model, image_path, out_path, force):
 @click.option("--backend", type=click.Choice(["cpu", "cuda"]), default="cpu", help="This runtime's backend.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for every runner [all cores].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write every figure here.")
+@click.option("--markdown", is_flag=True, help="Also print the table as Markdown (BENCHMARKS.md's form).")
 @click.option("--cold/--no-cold", default=True, help="Also time a fresh process's first result.")
 @click.option("--weights-dir", type=click.Path(file_okay=False), default=None, help="Where the ONNX files are.")
 @click.option(
@@ -457,12 +458,13 @@ def visualize(model, image_path, out_path, force):
     default=True,
     help="Also the architectures without shipped weights (dcgan-64), exported with seeded random weights.",
 )
-def bench(models, batches, backend, threads, json_path, cold, weights_dir, random_weights):
-    """Time this runtime against onnxruntime (and PyTorch, onnx.reference) on the shipped ONNX files and on
-    dcgan-64 with random weights. Cold start uses a fresh Numba cache inside $NUMBA_CACHE_DIR when set."""
+def bench(models, batches, backend, threads, json_path, markdown, cold, weights_dir, random_weights):
+    """Time this runtime against onnxruntime and OpenVINO (and PyTorch, onnx.reference) on the shipped ONNX files
+    and on dcgan-64 and deconvnet-vgg16 with random weights. Cold start uses a fresh Numba cache inside
+    $NUMBA_CACHE_DIR when set."""
     import tempfile
 
-    from zoo.bench import random_weight_cases, run_bench, shipped_cases, write_json
+    from zoo.bench import markdown_table, random_weight_cases, run_bench, shipped_cases, write_json
 
     try:
         sizes = [int(b) for b in batches.split(",")]
@@ -478,6 +480,8 @@ def bench(models, batches, backend, threads, json_path, cold, weights_dir, rando
         if not cases:
             raise click.BadParameter(f"no shipped or benchmarked model matches {models!r}", param_hint="--models")
         report = run_bench(cases, backend=backend, threads=threads, cold=cold, log=click.echo)
+    if markdown:
+        click.echo(markdown_table(report))
     if json_path:
         click.echo(f"wrote {write_json(report, json_path)}")
 

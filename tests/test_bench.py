@@ -14,10 +14,22 @@ from tests.conftest import WEIGHTS
 def test_bench_runs_on_a_tiny_model_and_writes_json(tmp_path, monkeypatch):
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba-cache"))  # cold start's fresh cache goes in here
     out = tmp_path / "bench.json"
-    args = ["bench", "--models", "sparse-ae-digits8", "--batch", "1,3", "--threads", "1", "--json", str(out)]
+    args = [
+        "bench",
+        "--models",
+        "sparse-ae-digits8",
+        "--batch",
+        "1,3",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+        "--markdown",
+    ]
     result = CliRunner().invoke(cli, [*args, "--weights-dir", str(WEIGHTS), "--no-random-weights"])
     assert result.exit_code == 0, result.output
     assert "sparse-ae-digits8" in result.output and f"wrote {out}" in result.output
+    assert "| sparse-ae-digits8 | 3 |" in result.output  # the Markdown table
     report = json.loads(out.read_text())
     machine = report["machine"]
     assert machine["threads"] == 1 and machine["numba_threads"] == 1

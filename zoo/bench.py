@@ -509,6 +509,27 @@ def _format_row(row: dict, ours: str) -> str:
     )
 
 
+def markdown_table(report: dict) -> str:
+    """The report as BENCHMARKS.md's table: per case the medians of this runtime and each peer (ms), the ratio
+    to the best peer, this runtime's GFLOP/s and share of the measured peak."""
+    ours = f"runtime-{report['backend']}"
+    lines = [
+        "| model | batch | GFLOP | this runtime ms | onnxruntime ms (no spinning, alternating) | onnxruntime ms "
+        "(default spinning, alone) | OpenVINO ms (f32) | ratio to the best peer | GFLOP/s | % of peak |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["results"]:
+        m = row["median_ms"]
+        ov = f"{m['openvino']:.3f}" if "openvino" in m else f"n/a ({row.get('openvino_na', 'not run')})"
+        pct = row.get("percent_of_peak")
+        lines.append(
+            f"| {row['model']} | {row['batch']} | {row['gflop']:.4f} | {m[ours]:.3f} | {m['onnxruntime']:.3f} | "
+            f"{m['onnxruntime-spinning']:.3f} | {ov} | **{row['ratio_to_best_peer']:.2f}** ({row['best_peer']}) | "
+            f"{row['gflops'][ours]:.1f} | {'' if pct is None else f'{pct:.1f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_json(report: dict, path) -> Path:
     from zoo.io import atomic_write
 
