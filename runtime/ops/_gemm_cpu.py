@@ -309,10 +309,11 @@ def packed_b(b: np.ndarray) -> np.ndarray:
 BLOCK_FLOPS = 1 << 21
 
 
-def _gemm(a, ap, a_packed, b, bp, b_packed, K, c, bias, has_bias, beta, activation, alpha):
+def _gemm(a, ap, a_packed, b, bp, b_packed, K, c, bias, has_bias, beta, activation, alpha, block_flops):
     # c (M, N) = act(a (M, K) @ b (K, N) + beta · bias); ap / bp: a / b already packed (``packed_a``,
     # ``packed_b``) where a_packed / b_packed, else scratch is made here and a / b are read (any strides); c's rows
-    # contiguous. Serial, or parallel (``serial_and_parallel``).
+    # contiguous; block_flops: a task's least work (BLOCK_FLOPS, an argument so that it is never frozen into the
+    # cached kernel). Serial, or parallel (``serial_and_parallel``).
     M, N = c.shape
     if M == 0 or N == 0:
         return
@@ -327,7 +328,7 @@ def _gemm(a, ap, a_packed, b, bp, b_packed, K, c, bias, has_bias, beta, activati
         bp = np.empty(nq * nr * K, c.dtype)
         for q in numba.prange(nq):
             pack_b_panels(b, bp, q, q + 1, nr)
-    per_block = max(1, BLOCK_FLOPS // (2 * MR * nr * max(K, 1)))  # micro-kernel calls per task
+    per_block = max(1, block_flops // (2 * MR * nr * max(K, 1)))  # micro-kernel calls per task
     rows_per = min(npan, per_block)
     cols_per = max(1, per_block // rows_per)
     tr = (npan + rows_per - 1) // rows_per
@@ -363,6 +364,8 @@ def gemm(
     ``bias``: 2-D, broadcastable to (M, N). float32 or float64, one dtype throughout; c's rows contiguous."""
     dtype = c.dtype
     M, N = c.shape
+    if c.ndim != 2 or (c.size and ((c.strides[1] != c.itemsize and N > 1) or c.strides[0] < 0)):
+        raise ValueError(f"gemm: c of shape {c.shape} and strides {c.strides} needs contiguous rows, in order")
     if K is None:
         K = a.shape[1] if a is not None else b.shape[0]
     unused = UNUSED[dtype]
@@ -384,6 +387,7 @@ def gemm(
         dtype.type(beta),
         activation,
         dtype.type(alpha),
+        BLOCK_FLOPS,
     )
     return c
 
