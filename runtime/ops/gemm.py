@@ -15,9 +15,8 @@ import math
 import numpy as np
 
 from runtime.errors import InvalidFeed
-from runtime.ops import ABSENT, onnx_op
+from runtime.ops import ABSENT, _gemm_cpu, onnx_op
 from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA, bias_activation_, packed_weight
-from runtime.ops import _gemm_cpu
 from runtime.ops._gemm_cpu import GEMM_KERNELS, UNUSED, UNUSED_2D, gemm, packed_b
 
 FUSED_DOMAIN = "ai.deconvzoo"
@@ -168,7 +167,19 @@ def _prepare_gemm(constants, *, alpha=1.0, beta=1.0, transA=0, transB=0, activat
             return _fused_gemm(A, B_, C_, alpha, beta, transA, transB, code)
         y = np.empty((a.shape[0], N), dtype)  # (M, N)
         GEMM_KERNELS[2 * a.shape[0] * N * K >= _gemm_cpu.PARALLEL_FLOPS](
-            a, unused, False, UNUSED_2D[dtype], panels, True, K, y, bias, has_bias, beta_, code, alpha_,
+            a,
+            unused,
+            False,
+            UNUSED_2D[dtype],
+            panels,
+            True,
+            K,
+            y,
+            bias,
+            has_bias,
+            beta_,
+            code,
+            alpha_,
             _gemm_cpu.BLOCK_FLOPS,
         )
         return y
