@@ -61,14 +61,17 @@ def register_weights(arrays) -> None:
 
 
 def packed_weight(w: np.ndarray, kind: str, make) -> np.ndarray | None:
-    """``make(w)``, computed once per session weight ``w`` and kind; None for any other array."""
+    """``make(w)``, computed once per session weight ``w`` and kind; None for any other array. Left writable,
+    unlike ``packed``'s: Numba types a read-only array apart from a writable one, and the GEMM's kernels would be
+    compiled twice (once for packed weights, once for the panels they pack themselves), ~2 s each with an empty
+    cache. Only the runtime's kernels see these panels, and they never write them."""
     ref = _WEIGHTS.get(id(w))
     if ref is None or ref() is not w:
         return None
-    return packed(w, kind, make)
+    return packed(w, kind, make, readonly=False)
 
 
-def packed(w: np.ndarray, kind: str, make) -> np.ndarray:
+def packed(w: np.ndarray, kind: str, make, readonly: bool = True) -> np.ndarray:
     """``make(w)``, computed once per session weight ``w`` and kind; for any other array (a feed, which its owner
     may change between runs), computed on every call."""
     ref = _WEIGHTS.get(id(w))
@@ -78,7 +81,7 @@ def packed(w: np.ndarray, kind: str, make) -> np.ndarray:
     out = _PACKED.get(key)
     if out is None:
         out = _PACKED[key] = make(w)
-        out.flags.writeable = False
+        out.flags.writeable = not readonly
     return out
 
 

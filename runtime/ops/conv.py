@@ -1,31 +1,34 @@
 """Conv and ConvTranspose on the CPU (https://onnx.ai/onnx/operators/onnx__Conv.html,
-https://onnx.ai/onnx/operators/onnx__ConvTranspose.html): BLAS GEMMs plus Numba kernels that rearrange the
-data around them. Where onnx shape inference and onnxruntime disagree on ConvTranspose's padding, this follows
-onnxruntime (see ``conv_geometry``).
+https://onnx.ai/onnx/operators/onnx__ConvTranspose.html): the runtime's GEMM (``_gemm_cpu``, one summation
+order per output element) plus Numba kernels that rearrange the data around it. Where onnx shape inference
+and onnxruntime disagree on ConvTranspose's padding, this follows onnxruntime (see ``conv_geometry``).
 
 1-D and 2-D convolutions run as 3-D ones whose leading spatial axes have size 1, so one set of kernels serves
 every rank. With K = kD·kH·kW taps, P_in / P_out spatial positions, g groups and a chunk of n samples:
 
 - Conv of a sample large enough for several cores that makes one tile (see ``conv_rows_per_tile``):
   ``_im2col_sample`` writes col (C_in·K, P_out) in parallel over its rows, zeros where a window leaves the
-  input; the GEMM W (g, C_out/g, C_in/g·K) @ col (g, C_in/g·K, P_out) (``blas_matmul``: row tiles on Numba's
-  threads when large) writes the output (C_out, P_out) in place; bias and activation follow in one pass. A Conv
-  whose window is the whole input is one GEMM (``_full_window``).
+  input; the GEMM W (g, C_out/g, C_in/g·K) @ col (g, C_in/g·K, P_out) (W's panels packed once per session
+  weight; blocks on Numba's threads when large) writes the output (C_out, P_out) in place, bias and activation
+  in its epilogue. A Conv whose window is the whole input is one GEMM (``_full_window``).
 - Conv of a batch, of a large sample, or of one too small for several cores (then one tile, one kernel call):
-  ``_conv_tiles`` runs one task per tile of the batch's output rows in ``prange``: the tile's im2col, a
-  single-threaded GEMM per group called from the kernel (Numba's ``np.dot``, SciPy's BLAS held at one thread,
-  ``IN_KERNEL_BLAS``), bias and activation written into the output. col stays in the core's cache and the
+  ``_conv_tiles`` runs one task per tile of the batch's output rows in ``prange``: the tile's im2col, its
+  packing into the GEMM's panels and the GEMM per group on the task's core (``gemm_panels``), bias and
+  activation written into the output. col stays in the core's cache and the
   output is written once, in NCHW; the batch's GEMMs run side by side on the cores.
 - ConvTranspose: the GEMM Wᵀ (g, C_out/g·K, C_in/g) @ X (g, C_in/g, n·P_in) gives every tap's contribution,
   col (C_out, K, n, P_in); ``_col2im`` is a gather: each output row sums the contributions that land on it
   (the taps k with o + pad − k·d divisible by the stride), so rows are independent and run in ``prange``
   without races. This is onnxruntime's GEMM + col2im. A batch whose samples have at least MIN_SAMPLE_COLUMNS
-  input positions runs one task per sample (``_conv_transpose_samples``: its single-threaded GEMM and its
-  col2im, on one core); otherwise the samples sit side by side in the GEMM's columns, chunk by chunk, the
-  chunks sized so that col stays in cache between the GEMM (``blas_matmul``, with Wᵀ packed once per session
-  weight) and the col2im (``COL_CHUNK_BYTES``).
+  input positions runs one task per sample (``_conv_transpose_samples``: its GEMM and its col2im, on one
+  core); otherwise the samples sit side by side in the GEMM's columns, chunk by chunk, the chunks sized so
+  that col stays in cache between the GEMM (Wᵀ's panels packed once per session weight) and the col2im
+  (``COL_CHUNK_BYTES``). With unit strides a ConvTranspose is a Conv over the flipped window
+  (``_transpose_as_conv``), at every batch size.
 
-No fastmath anywhere, so NaN propagates as in onnxruntime.
+Each path sums an output in an order fixed by the geometry alone (the GEMM's k order, then col2im's taps), so
+a sample's bits do not depend on its batch, the thread count or the machine's BLAS. No fastmath anywhere, so
+NaN propagates as in onnxruntime.
 """
 
 from __future__ import annotations
@@ -514,7 +517,7 @@ def _conv_transpose_samples(x, wt_panels, CK, bias, y, in3, k3, tables, sW, acti
 _CONV_TRANSPOSE_SAMPLES = serial_and_parallel(_conv_transpose_samples)
 
 # The batch is cut into chunks so that col stays (mostly) in cache between the GEMM that writes it and the kernel
-# that reads it, and its memory stays bounded. Smaller chunks mean more BLAS calls, each a barrier for BLAS's
+# that reads it, and its memory stays bounded. Smaller chunks mean more GEMM calls, each a barrier for their
 # threads, which costs dearly when another process holds a core. A DCGAN layer (N=64, 128->64 channels,
 # 16x16 -> 32x32) on 2 cores: 4 MiB chunks 34 ms idle / 380 ms beside a busy process; 16 MiB 38 / 150 ms;
 # the whole batch 44 / 136 ms (onnxruntime 27-31 / 135 ms). 32 MiB keeps the DCGAN discriminator's second layer at
@@ -528,10 +531,9 @@ def _chunks(N: int, bytes_per_sample: int) -> list[tuple[int, int]]:
 
 
 def _variant(kernels, chunks: int, work: int):
-    """Serial kernels between the GEMMs of several chunks: after a call, OpenBLAS's and OpenMP's worker threads
-    spin, and a prange kernel alternating with BLAS fights them for the cores (on 2 cores, 64 alternations of a
-    0.35 ms GEMM and a 0.2 ms col2im took 520 ms in parallel against 45 ms serial). One chunk: parallel when
-    large enough."""
+    """Serial kernels between the GEMMs of several chunks (measured when the GEMM was OpenBLAS's, whose spinning
+    workers fought a parallel col2im for the cores: 64 alternations took 520 ms in parallel against 45 ms
+    serial; kept, as the chunks' GEMMs are parallel themselves). One chunk: parallel when large enough."""
     return kernels[chunks == 1 and work >= PARALLEL_MIN_ELEMENTS]
 
 
