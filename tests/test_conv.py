@@ -21,7 +21,7 @@ from tests.conftest import ATOL, assert_close, make_model, ort_run
 
 F32 = np.float32
 # Hypothesis draws sum up to C_in/group · kD·kH·kW = 3 · 4³ products of N(0, 1) values per output, magnitudes
-# of ~20, where BLAS's and MLAS's different summation orders differ by a few 1e-6: 1e-5 would be flaky there.
+# of ~20, where this runtime's and MLAS's different summation orders differ by a few 1e-6: 1e-5 would be flaky there.
 ATOL_LARGE_K = 1e-4
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 

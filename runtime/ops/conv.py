@@ -546,10 +546,9 @@ def _bias_or_zeros(B, C_out: int, dtype):
 
 # Conv over a batch: tiles of about TILE_BYTES of col and prod together (a quarter of a core's L2; on the
 # 2-core test machine the DeconvNet's 16-channel 48x48 layer at batch 64 took 6.5 ms with 256 KiB tiles, 8.3 ms
-# with 64 KiB and 9.8 ms with 1 MiB), at least MIN_TILE_COLUMNS output positions each so that each GEMM is not
-# too thin for BLAS, and up to MIN_TASKS tiles over the batch so that a small batch still keeps several cores
-# busy. The tiling depends on the shapes alone, never on the thread count, so a model gives the same bits
-# whatever the number of threads.
+# with 64 KiB and 9.8 ms with 1 MiB, when the GEMM was OpenBLAS's), at least MIN_TILE_COLUMNS output positions
+# each so that each GEMM is not too thin, and up to MIN_TASKS tiles over the batch so that a small batch still
+# keeps several cores busy. The tiling changes no bit of the result (each output's sum is the GEMM's one order).
 TILE_BYTES = 1 << 18
 MIN_TILE_COLUMNS = 256
 MIN_TASKS = 4
@@ -668,8 +667,8 @@ def _col2im_tables(geom: ConvGeometry):
 
 
 # ConvTranspose runs a batch one sample per task when a sample's GEMM has at least this many columns (input
-# positions); below, one GEMM over a chunk of samples keeps BLAS efficient (DCGAN-64's 4x4 -> 8x8 layer at batch
-# 64: 45 ms per sample against 36 ms chunked, onnxruntime 25 ms).
+# positions); below, one GEMM over a chunk of samples keeps the GEMM's panels full (DCGAN-64's 4x4 -> 8x8 layer
+# at batch 64, measured with OpenBLAS: 45 ms per sample against 36 ms chunked, onnxruntime 25 ms).
 MIN_SAMPLE_COLUMNS = 32
 
 
