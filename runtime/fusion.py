@@ -157,7 +157,7 @@ def _fold_one(graph: Graph, readers: Counter, conv: Node, bn: Node):
 
 def pretranspose_constant_weights(graph: Graph, backend: str) -> Graph:
     """On CUDA, store a constant Gemm weight read with transB=1 as its (K, N) transpose once at load, so the
-    kernels read it with consecutive threads on consecutive addresses. (The CPU's GEMM packs either layout: CPU unchanged.)"""
+    kernels read it with consecutive threads on consecutive addresses. (The CPU's GEMM packs either layout.)"""
     if backend != "cuda":
         return graph
     readers = _readers(graph)
