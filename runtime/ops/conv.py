@@ -34,6 +34,7 @@ NaN propagates as in onnxruntime.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -789,76 +790,58 @@ def run_conv_transpose(X, W, B, attrs: dict, activation: str = "", activation_al
     )
 
 
+# One attribute spec per op (ONNX's names and defaults), shared by the CPU functions below, their CUDA variants
+# (``conv_cuda.py``) and the fused forms. The functions take ``**attrs``; ``conv_signature`` writes the spec into
+# their signatures, which the op registry reads (``OpDef``: the attributes a node may have, their types).
+CONV_ATTRIBUTES = {"auto_pad": "NOTSET", "dilations": None, "group": 1, "kernel_shape": None, "pads": None,
+                   "strides": None}  # fmt: skip
+CONV_TRANSPOSE_ATTRIBUTES = {**CONV_ATTRIBUTES, "output_padding": None, "output_shape": None}
+# Conv or ConvTranspose followed by an activation, fused at load (``runtime/fusion.py``); the names and attributes
+# of onnxruntime's contrib op FusedConv. The activation runs in the epilogue that adds the bias.
+FUSED_ATTRIBUTES = {"activation": "", "activation_alpha": LEAKY_RELU_ALPHA}
+CONV_SPECS = {
+    "Conv": CONV_ATTRIBUTES,
+    "ConvTranspose": CONV_TRANSPOSE_ATTRIBUTES,
+    "FusedConv": {**CONV_ATTRIBUTES, **FUSED_ATTRIBUTES},
+    "FusedConvTranspose": {**CONV_TRANSPOSE_ATTRIBUTES, **FUSED_ATTRIBUTES},
+}
+
+
+def conv_signature(fn):
+    """``fn(X, W, B=None, **attrs)`` with its op's attributes (``CONV_SPECS[fn.__name__]``) as keyword-only
+    parameters in its signature."""
+    P = inspect.Parameter
+    inputs = [
+        P("X", P.POSITIONAL_OR_KEYWORD),
+        P("W", P.POSITIONAL_OR_KEYWORD),
+        P("B", P.POSITIONAL_OR_KEYWORD, default=None),
+    ]
+    spec = CONV_SPECS[fn.__name__]
+    fn.__signature__ = inspect.Signature(inputs + [P(k, P.KEYWORD_ONLY, default=v) for k, v in spec.items()])
+    return fn
+
+
 @onnx_op
-def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
-    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
-                 strides=strides)  # fmt: skip
+@conv_signature
+def Conv(X, W, B=None, **attrs):
     return run_conv(X, W, B, attrs)
 
 
 @onnx_op
-def ConvTranspose(
-    X,
-    W,
-    B=None,
-    *,
-    auto_pad="NOTSET",
-    dilations=None,
-    group=1,
-    kernel_shape=None,
-    output_padding=None,
-    output_shape=None,
-    pads=None,
-    strides=None,
-):
-    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
-                 strides=strides, output_padding=output_padding, output_shape=output_shape)  # fmt: skip
+@conv_signature
+def ConvTranspose(X, W, B=None, **attrs):
     return run_conv_transpose(X, W, B, attrs)
 
 
-# Conv or ConvTranspose followed by an activation, fused at load (``runtime/fusion.py``); the names and attributes
-# of onnxruntime's contrib op FusedConv. The activation runs in the epilogue that adds the bias.
-
-
 @onnx_op(domain=FUSED_DOMAIN)
-def FusedConv(
-    X,
-    W,
-    B=None,
-    *,
-    auto_pad="NOTSET",
-    dilations=None,
-    group=1,
-    kernel_shape=None,
-    pads=None,
-    strides=None,
-    activation="",
-    activation_alpha=LEAKY_RELU_ALPHA,
-):
-    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
-                 strides=strides)  # fmt: skip
+@conv_signature
+def FusedConv(X, W, B=None, *, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
     return run_conv(X, W, B, attrs, activation, activation_alpha)
 
 
 @onnx_op(domain=FUSED_DOMAIN)
-def FusedConvTranspose(
-    X,
-    W,
-    B=None,
-    *,
-    auto_pad="NOTSET",
-    dilations=None,
-    group=1,
-    kernel_shape=None,
-    output_padding=None,
-    output_shape=None,
-    pads=None,
-    strides=None,
-    activation="",
-    activation_alpha=LEAKY_RELU_ALPHA,
-):
-    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
-                 strides=strides, output_padding=output_padding, output_shape=output_shape)  # fmt: skip
+@conv_signature
+def FusedConvTranspose(X, W, B=None, *, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
     return run_conv_transpose(X, W, B, attrs, activation, activation_alpha)
 
 
@@ -910,27 +893,21 @@ def _prepare(op_type: str, run_op, constants, attrs: dict, activation: str, acti
     return run
 
 
-def _attrs(all_attrs: dict, transposed: bool) -> dict:
-    names = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
-    names += ("output_padding", "output_shape") if transposed else ()
-    return {k: all_attrs[k] for k in names if k in all_attrs}
-
-
 @Conv.prepare
 def _prepare_conv(constants, **attrs):
-    return _prepare("Conv", conv, constants, _attrs(attrs, False), "", LEAKY_RELU_ALPHA)
+    return _prepare("Conv", conv, constants, attrs, "", LEAKY_RELU_ALPHA)
 
 
 @ConvTranspose.prepare
 def _prepare_conv_transpose(constants, **attrs):
-    return _prepare("ConvTranspose", conv_transpose, constants, _attrs(attrs, True), "", LEAKY_RELU_ALPHA)
+    return _prepare("ConvTranspose", conv_transpose, constants, attrs, "", LEAKY_RELU_ALPHA)
 
 
 @FusedConv.prepare
 def _prepare_fused_conv(constants, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
-    return _prepare("Conv", conv, constants, _attrs(attrs, False), activation, activation_alpha)
+    return _prepare("Conv", conv, constants, attrs, activation, activation_alpha)
 
 
 @FusedConvTranspose.prepare
 def _prepare_fused_conv_transpose(constants, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
-    return _prepare("ConvTranspose", conv_transpose, constants, _attrs(attrs, True), activation, activation_alpha)
+    return _prepare("ConvTranspose", conv_transpose, constants, attrs, activation, activation_alpha)

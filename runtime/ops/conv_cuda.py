@@ -145,69 +145,20 @@ def _run(op_type: str, conv_kernel, X, W, B, attrs: dict, activation: str = "", 
 
 
 @OPS[("", "Conv")].cuda
-def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
-    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
-                 strides=strides)  # fmt: skip
+def Conv(X, W, B=None, **attrs):  # attributes: conv.CONV_SPECS
     return _run("Conv", _conv_kernel, X, W, B, attrs)
 
 
 @OPS[("", "ConvTranspose")].cuda
-def ConvTranspose(
-    X,
-    W,
-    B=None,
-    *,
-    auto_pad="NOTSET",
-    dilations=None,
-    group=1,
-    kernel_shape=None,
-    output_padding=None,
-    output_shape=None,
-    pads=None,
-    strides=None,
-):
-    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
-                 strides=strides, output_padding=output_padding, output_shape=output_shape)  # fmt: skip
+def ConvTranspose(X, W, B=None, **attrs):
     return _run("ConvTranspose", _conv_transpose_kernel, X, W, B, attrs)
 
 
 @OPS[(FUSED_DOMAIN, "FusedConv")].cuda
-def FusedConv(
-    X,
-    W,
-    B=None,
-    *,
-    auto_pad="NOTSET",
-    dilations=None,
-    group=1,
-    kernel_shape=None,
-    pads=None,
-    strides=None,
-    activation="",
-    activation_alpha=LEAKY_RELU_ALPHA,
-):
-    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
-                 strides=strides)  # fmt: skip
+def FusedConv(X, W, B=None, *, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
     return _run("Conv", _conv_kernel, X, W, B, attrs, activation, activation_alpha)
 
 
 @OPS[(FUSED_DOMAIN, "FusedConvTranspose")].cuda
-def FusedConvTranspose(
-    X,
-    W,
-    B=None,
-    *,
-    auto_pad="NOTSET",
-    dilations=None,
-    group=1,
-    kernel_shape=None,
-    output_padding=None,
-    output_shape=None,
-    pads=None,
-    strides=None,
-    activation="",
-    activation_alpha=LEAKY_RELU_ALPHA,
-):
-    attrs = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
-                 strides=strides, output_padding=output_padding, output_shape=output_shape)  # fmt: skip
+def FusedConvTranspose(X, W, B=None, *, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
     return _run("ConvTranspose", _conv_transpose_kernel, X, W, B, attrs, activation, activation_alpha)
