@@ -153,10 +153,10 @@ def _prepare_gemm(constants, *, alpha=1.0, beta=1.0, transA=0, transB=0, activat
     K, N = (B.shape[1], B.shape[0]) if transB else B.shape
     bias, has_bias = UNUSED_2D[B.dtype], False
     if C is not ABSENT and beta != 0.0:
-        C2 = C.reshape((1,) * (2 - C.ndim) + C.shape) if C.ndim < 2 else C  # (Mc, Nc)
-        if C2.ndim != 2 or C2.shape[0] != 1 or C2.shape[1] not in (1, N):
+        try:
+            bias, has_bias = np.ascontiguousarray(bias_2d(C, 1, N)), True  # (1, 1|N)
+        except InvalidFeed:
             return None  # a per-row bias: the op function checks it against each run's rows
-        bias, has_bias = np.ascontiguousarray(C2), True
     panels = weight_panels(B, transB)
     code, dtype, unused = ACTIVATIONS[activation], B.dtype, UNUSED[B.dtype]
     beta_, alpha_ = dtype.type(beta), dtype.type(LEAKY_RELU_ALPHA)
