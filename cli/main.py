@@ -201,7 +201,7 @@ def export(model, weights_path, out_path, opset, part, force):
 @click.option("--force", is_flag=True, help="Replace weights of the same name.")
 def publish(run_dir, name, weights_dir, force):
     """Ship a finished `zoo train` run: checkpoint, checked ONNX export, model card, manifest sha256."""
-    from zoo.cards import publish as publish_run
+    from zoo.publish import publish as publish_run
 
     card = publish_run(run_dir, name, weights_dir or weights_dir_default(), overwrite=force)
     shown = ", ".join(f"{k}={v:.4g}" for k, v in card["metrics"].items() if isinstance(v, float))

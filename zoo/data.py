@@ -142,9 +142,46 @@ def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(resized[0] if a.ndim == 2 else np.stack(resized, axis=2), 0.0, 1.0)
 
 
+def _image_array(im, path: Path, channels: int) -> np.ndarray:
+    """One opened image as floats in [0, 1], (H, W) or (H, W, 3). 8-bit modes go through Pillow's conversion;
+    16-bit grey (I;16*) is divided by 65535; 32-bit integer grey (I) is taken as 16-bit data (Pillow reads some
+    16-bit files so) when it lies in 0..65535 and refused otherwise; float grey (F) is taken as intensities when
+    it lies in [0, 1] and refused otherwise. ``convert("L")`` would clip both to black and white."""
+    if im.mode.startswith("I;16"):
+        a = np.asarray(im, dtype=np.float32) / 65535.0  # (H, W)
+    elif im.mode == "I":
+        a = np.asarray(im, dtype=np.int64)  # (H, W) int32 pixels
+        lo, hi = int(a.min(initial=0)), int(a.max(initial=0))
+        if lo < 0 or hi > 65535:
+            raise ZooError(
+                f"image '{path}' has 32-bit integer pixels in [{lo}, {hi}]; expected 8- or 16-bit data (0..65535)"
+            )
+        a = a.astype(np.float32) / 65535.0
+    elif im.mode == "F":
+        a = np.asarray(im, dtype=np.float32)  # (H, W)
+        if not np.isfinite(a).all() or a.min(initial=0) < 0.0 or a.max(initial=0) > 1.0:
+            finite = a[np.isfinite(a)]
+            lo, hi = finite.min(initial=0), finite.max(initial=0)
+            raise ZooError(
+                f"image '{path}' has float pixels in [{lo:.6g}, {hi:.6g}]"
+                f"{' and NaN or infinite ones' if finite.size < a.size else ''}; expected float images in [0, 1]"
+            )
+    else:
+        return np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    return a if channels == 1 else np.repeat(a[:, :, None], 3, axis=2)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None, channels: int = 1) -> np.ndarray:
     """All images under ``folder`` (sorted by path), resized to ``size`` (H, W); (N, H, W) or (N, H, W, C)."""
-    from PIL import Image, UnidentifiedImageError
+    import struct
+    import warnings
+
+    from PIL import Image
 
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -153,15 +190,16 @@ def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None, c
     out = []
     for p in files:
         try:
-            with Image.open(p) as im:
-                if im.mode.startswith("I;16"):  # 16-bit grey: convert("L") would clip, so scale by 65535
-                    a = np.asarray(im, dtype=np.float32) / 65535.0  # (H, W)
-                    a = a if channels == 1 else np.repeat(a[:, :, None], 3, axis=2)
-                else:
-                    a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+            with warnings.catch_warnings():
+                # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: refuse both, before decoding
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    a = _image_array(im, p, channels)
             out.append(a if size is None else _resize(a, size))
-        except (UnidentifiedImageError, OSError) as e:
-            raise ZooError(f"cannot read image '{p}': {e}") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ZooError(f"image '{p}' is too large to decode safely ({_first_line(e)}); refused") from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # unreadable, truncated, corrupt
+            raise ZooError(f"cannot read image '{p}': {_first_line(e)}; expected a readable image file") from None
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
         raise ZooError(f"images under '{folder}' have different sizes {sorted(shapes)[:3]}; pass a size to resize them")
@@ -169,11 +207,21 @@ def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None, c
 
 
 def _load_npy(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    X = np.load(path, allow_pickle=False)
+    try:
+        X = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # not .npy, truncated, or an object array (needs pickle)
+        raise ZooError(f"cannot read '{path}': {_first_line(e)}; expected an .npy file of numbers") from None
+    if not isinstance(X, np.ndarray):
+        X.close()
+        raise ZooError(f"'{path}' is an .npz archive; expected an .npy file holding one array")
+    if X.dtype.kind not in "biuf":
+        raise ZooError(f"'{path}' holds {X.dtype} values; expected numbers (pixels in [0, 1])")
     if X.ndim == 2 and size is not None and X.shape[1] == size[0] * size[1]:
         X = X.reshape(-1, *size)
     if X.ndim != 3:
         raise ZooError(f"'{path}' holds an array of shape {X.shape}; expected (N, H, W) or (N, H*W)")
+    if X.size == 0:
+        raise ZooError(f"'{path}' holds no pixels (shape {X.shape}); expected at least one image of at least 1x1")
     X = X.astype(np.float32)
     if not np.isfinite(X).all():
         raise ZooError(f"'{path}' holds NaN or infinite values; expected pixels in [0, 1]")

@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from zoo.errors import ZooError
-from zoo.io import atomic_write, check_writable
+from zoo.io import atomic_write, check_folder_replaceable, check_writable
 
 OPSET = 18
 IR_VERSION = 10  # onnxruntime-gpu 1.31 reads IR <= 13; onnx 1.23 would write 14
@@ -161,6 +161,9 @@ def export_onnx(
     import runtime
 
     out_path = check_writable(out_path, overwrite)
+    if out_path.suffix != ".onnx":
+        raise ZooError(f"'{out_path}' does not end in .onnx; expected an ONNX file path")
+    test_dir = check_folder_replaceable(out_path.with_suffix("") / "test_data_set_0", overwrite)
     full = model.eval()
     model = model_part(full, part)
     example = model.example_input(2)
@@ -187,6 +190,7 @@ def export_onnx(
     data_path = out_path.with_name(out_path.name + ".data")
     if external:
         check_writable(data_path, overwrite)
+    # Everything this writes has been checked by now: the graph, its weights file, the test data folder.
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_path.name}.", dir=out_path.parent) as staging:
         # Everything is written and checked in a staging folder beside the target, then renamed into place.
@@ -237,7 +241,21 @@ def export_onnx(
         if not worst <= TOLERANCE:
             raise ZooError(f"the exported graph differs from torch by {worst:.3g} (tolerance {TOLERANCE}); not written")
 
+        # The test data set is written whole in the staging folder and swapped in as a folder, so no stale
+        # output_k.pb of an earlier export survives beside the new graph.
+        staged_tests = Path(staging) / "test_data_set_0"
+        staged_tests.mkdir()
+        (staged_tests / "input_0.pb").write_bytes(numpy_helper.from_array(x, model.input_names[0]).SerializeToString())
+        for k, (name, y) in enumerate(zip(model.output_names, expected)):
+            (staged_tests / f"output_{k}.pb").write_bytes(numpy_helper.from_array(y, name).SerializeToString())
+        for f in staged_tests.iterdir():
+            with open(f, "rb+") as fh:
+                os.fsync(fh.fileno())
+
+        check_writable(out_path, overwrite)  # again, right before writing: the export took a while
+        check_folder_replaceable(test_dir, overwrite)
         if external:
+            check_writable(data_path, overwrite)
             for staged_file in (Path(staging) / data_path.name, staged):  # the weights first, the graph last
                 with open(staged_file, "rb+") as f:
                     os.fsync(f.fileno())
@@ -245,10 +263,9 @@ def export_onnx(
             os.replace(staged, out_path)
         else:
             atomic_write(out_path, source, overwrite=overwrite)
-    test_dir = out_path.parent / out_path.stem / "test_data_set_0"
-    test_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(test_dir / "input_0.pb", numpy_helper.from_array(x, model.input_names[0]).SerializeToString())
-    for k, (name, y) in enumerate(zip(model.output_names, expected)):
-        atomic_write(test_dir / f"output_{k}.pb", numpy_helper.from_array(y, name).SerializeToString())
+        test_dir.parent.mkdir(exist_ok=True)
+        if test_dir.exists():
+            os.replace(test_dir, Path(staging) / "replaced_test_data")  # deleted with the staging folder
+        os.replace(staged_tests, test_dir)
     report["test_data"] = str(test_dir)
     return report
