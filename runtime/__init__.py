@@ -52,8 +52,8 @@ def _threading_layer() -> str:
 THREADING_LAYER = _threading_layer()
 
 from runtime.errors import BackendUnavailable, InvalidFeed, InvalidModel, UnsupportedOp, ZooRuntimeError  # noqa: E402
-from runtime.ops import supported_ops  # noqa: E402
-from runtime.session import BACKENDS, InferenceSession, ModelMetadata, NodeArg  # noqa: E402
+from runtime.ops import BACKENDS, supported_ops  # noqa: E402
+from runtime.session import InferenceSession, ModelMetadata, NodeArg  # noqa: E402
 
 __all__ = [
     "BACKENDS",

@@ -10,7 +10,9 @@ the work of several nodes.
   same meaning): the bias and the activation are applied in the epilogue of the GEMM or of col2im. The sparse
   autoencoder's forward pass, Gemm→Sigmoid→Gemm→Sigmoid, becomes two FusedGemm nodes.
 
-A rewrite fires only where the intermediate value is read by the one node it absorbs and is no graph output.
+A rewrite fires only where the intermediate value is read by the one node it absorbs and is no graph output,
+and only on constants: an initialiser a feed may override (``Graph.defaults``) is none. A fused op must take
+the node's input types (an int64 Gemm followed by Relu stays two nodes: FusedGemm's epilogue is float-only).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections import Counter
 
 import numpy as np
 
-from runtime.graph import Graph, Node
+from runtime.graph import Graph, Node, kernel_takes
 from runtime.ops import OPS
 from runtime.ops.gemm import FUSED_DOMAIN
 from runtime.ops.normalization import fold_statistics
@@ -36,11 +38,19 @@ FUSIONS = {
 
 
 def _readers(graph: Graph) -> Counter:
-    return Counter(i for n in graph.nodes for i in n.inputs if i)
+    """How many node inputs read each value; a graph output counts as one more reader."""
+    readers = Counter(i for n in graph.nodes for i in n.inputs if i)
+    readers.update(v.name for v in graph.outputs)
+    return readers
 
 
 def _single_reader(graph: Graph, readers: Counter, name: str) -> bool:
-    return readers[name] == 1 and name not in {v.name for v in graph.outputs}
+    return readers[name] == 1
+
+
+def _takes_inputs(op, node: Node, types: dict) -> bool:
+    """Whether ``op``'s kernels take the element types ``node``'s inputs are known to have."""
+    return all(name not in types or kernel_takes(op, k, types[name]) for k, name in enumerate(node.inputs))
 
 
 def fuse_activations(graph: Graph, backend: str) -> Graph:
@@ -62,6 +72,7 @@ def fuse_activations(graph: Graph, backend: str) -> Graph:
             or not _single_reader(graph, readers, n.outputs[0])
             or fused_op is None
             or backend not in fused_op.impl
+            or not _takes_inputs(fused_op, n, graph.value_types)
         ):
             nodes.append(n)
             continue
@@ -82,9 +93,6 @@ def fuse_activations(graph: Graph, backend: str) -> Graph:
         )
     graph.nodes = nodes
     return graph
-
-
-fuse_gemm_activation = fuse_activations  # the name this pass had when it fused Gemm only
 
 
 def fold_batch_norm(graph: Graph, backend: str) -> Graph:

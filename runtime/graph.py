@@ -6,7 +6,8 @@ initialisers, dangling inputs, cycles, opsets and op_types or attributes the run
 
 from __future__ import annotations
 
-import inspect
+import functools
+import heapq
 import math
 import os
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import onnx.defs
+import onnx.shape_inference
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
@@ -22,6 +24,7 @@ from runtime.ops import OPS, OpDef, supported_ops
 
 # Default-domain opsets whose semantics the ops follow (the newest definition of each op up to 25).
 MIN_OPSET, MAX_OPSET = 7, 25
+MAX_IR_VERSION = onnx.IR_VERSION  # the newest file format the onnx package that parses the model knows
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 ONNX_TYPE_NAMES = {
@@ -76,12 +79,22 @@ class Graph:
     producer: str = ""
     graph_name: str = ""
     doc_string: str = ""
+    # Initialisers also listed as graph inputs (IR >= 4): a feed may override them, so no rewrite or preparation
+    # may treat them as constants. Their declarations, and the values used when the feed leaves them out.
+    overridable: list[ValueInfo] = field(default_factory=list)
+    defaults: dict[str, np.ndarray] = field(default_factory=dict)
+    value_types: dict[str, int] = field(default_factory=dict)  # value name -> ONNX elem_type, where known
 
 
 def read_model(path_or_bytes) -> tuple[onnx.ModelProto, str | None]:
     """The ModelProto and the folder external data is resolved against (None for bytes)."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         data, base_dir, what = bytes(path_or_bytes), None, "the given bytes"
+    elif not isinstance(path_or_bytes, (str, os.PathLike)):
+        raise InvalidModel(
+            f"the model must be given as a path (str or os.PathLike) or as its serialized bytes, "
+            f"got {type(path_or_bytes).__name__}"
+        )
     else:
         path = os.fspath(path_or_bytes)
         if not os.path.isfile(path):
@@ -178,6 +191,8 @@ def _check_external_data(t: onnx.TensorProto, base_dir: str | None, nbytes: int,
     if base_dir is None:
         raise InvalidModel(f"{what} '{t.name}' refers to external data, which a model given as bytes cannot have")
     where = info.get("location", "")
+    if "\0" in where:  # os.path would raise ValueError
+        raise InvalidModel(f"{what} '{t.name}' has external data location '{where}'; expected a file name without NUL")
     location = os.path.realpath(os.path.join(base_dir, where))
     if os.path.commonpath([location, os.path.realpath(base_dir)]) != os.path.realpath(base_dir):
         raise InvalidModel(f"{what} '{t.name}' points outside the model's folder ('{where}'); refused")
@@ -287,13 +302,10 @@ _PYTHON_ATTRIBUTE_TYPES = {
 def _check_attribute_types(node: Node, proto: onnx.NodeProto, op: OpDef, opset: int) -> None:
     """Each attribute's type must be the one its op's schema (or, for the runtime's own ops, the default of
     the keyword) says: a Gemm's ``transB`` given as a string or a Gather's ``axis`` as a list are refused."""
-    try:
-        schema = onnx.defs.get_schema(proto.op_type, opset, "") if op.domain == "" else None
-    except onnx.defs.SchemaError:
-        schema = None
+    schema_types = _attribute_types(proto.op_type, opset) if op.domain == "" else {}
     for a in proto.attribute:
-        if schema is not None and a.name in schema.attributes:
-            expected = int(schema.attributes[a.name].type)
+        if a.name in schema_types:
+            expected = schema_types[a.name]
         else:
             expected = _PYTHON_ATTRIBUTE_TYPES.get(type(op.attributes.get(a.name)))
         if expected is None or a.type == expected:
@@ -306,25 +318,18 @@ def _check_attribute_types(node: Node, proto: onnx.NodeProto, op: OpDef, opset: 
         )
 
 
-def _required_inputs(op: OpDef) -> int:
-    params = inspect.signature(op.impl["cpu"]).parameters.values()
-    return sum(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
-
-
 def _default_opset(model: onnx.ModelProto) -> int:
     return max((imp.version for imp in model.opset_import if imp.domain in DEFAULT_DOMAINS), default=MAX_OPSET)
 
 
 def _check_opsets(model: onnx.ModelProto) -> None:
+    # Other domains are not checked here: an imported domain no node uses is harmless, a node in one the runtime
+    # does not implement is refused with its op.
     for imp in model.opset_import:
-        if imp.domain in DEFAULT_DOMAINS:
-            if not MIN_OPSET <= imp.version <= MAX_OPSET:
-                raise UnsupportedOp(
-                    f"the model uses opset {imp.version} of the default domain; supported: {MIN_OPSET} to {MAX_OPSET}"
-                )
-        elif not any(op_domain == imp.domain for op_domain, _ in OPS):
-            # An imported domain no node uses is harmless; a node in it is refused below.
-            continue
+        if imp.domain in DEFAULT_DOMAINS and not MIN_OPSET <= imp.version <= MAX_OPSET:
+            raise UnsupportedOp(
+                f"the model uses opset {imp.version} of the default domain; supported: {MIN_OPSET} to {MAX_OPSET}"
+            )
 
 
 def _topological_order(nodes: list[Node], available: set[str]) -> list[Node]:
@@ -339,23 +344,47 @@ def _topological_order(nodes: list[Node], available: set[str]) -> list[Node]:
         for i in n.inputs:
             if i and i not in producer and i not in available:
                 raise InvalidModel(f"{n.describe()} reads '{i}', which no node, graph input or initializer provides")
-    ordered, done, pending = [], set(available), list(nodes)
-    while pending:
-        ready = [n for n in pending if all(not i or i in done for i in n.inputs)]
-        if not ready:
-            names = ", ".join(f"'{n.name}'" for n in pending[:5])
-            raise InvalidModel(f"the graph has a cycle: nodes {names} wait on each other")
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-        for n in ready:
-            ordered.append(n)
-            done.update(o for o in n.outputs if o)
+    # Kahn's algorithm, the lowest file position first among the ready nodes: a graph already in order keeps it,
+    # and every node and edge is visited once (scanning the pending nodes for ready ones was quadratic: 11 s
+    # for a 4,000-node chain).
+    consumers: dict[str, list[int]] = {}
+    waiting = [0] * len(nodes)
+    for k, n in enumerate(nodes):
+        for i in n.inputs:
+            if i in producer:
+                consumers.setdefault(i, []).append(k)
+                waiting[k] += 1
+    ready = [k for k, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        n = nodes[heapq.heappop(ready)]
+        ordered.append(n)
+        for o in n.outputs:
+            for k in consumers.get(o, ()) if o else ():
+                waiting[k] -= 1
+                if waiting[k] == 0:
+                    heapq.heappush(ready, k)
+    if len(ordered) < len(nodes):
+        stuck = [n for k, n in enumerate(nodes) if waiting[k]]
+        names = ", ".join(f"'{n.name}'" for n in stuck[:5])
+        raise InvalidModel(f"the graph has a cycle: nodes {names} wait on each other")
     return ordered
+
+
+def _check_ir_version(model: onnx.ModelProto) -> None:
+    if model.ir_version > MAX_IR_VERSION:
+        raise UnsupportedOp(
+            f"the model has IR version {model.ir_version}; supported: up to {MAX_IR_VERSION} "
+            f"(the installed onnx {onnx.__version__}'s)"
+        )
 
 
 def build_graph(model: onnx.ModelProto, base_dir: str | None, backend: str) -> Graph:
     g = model.graph
+    _check_ir_version(model)
     _check_opsets(model)
+    opset = _default_opset(model)
     total = sum(_declared_nbytes(t, "initializer") for t in g.initializer)
     if total > MAX_TENSOR_BYTES:
         raise InvalidModel(
@@ -365,7 +394,22 @@ def build_graph(model: onnx.ModelProto, base_dir: str | None, backend: str) -> G
     if any(not t.name for t in g.initializer):
         raise InvalidModel('an initializer has an empty name; a name is needed ("" marks an omitted input)')
     initializers = {t.name: _tensor_to_array(t, base_dir) for t in g.initializer}
+    seen_inputs = set()
+    for v in g.input:
+        if v.name in seen_inputs:
+            raise InvalidModel(f"graph input '{v.name}' is declared twice; expected unique input names")
+        seen_inputs.add(v.name)
     inputs = [_value_info(v) for v in g.input if v.name not in initializers]
+    # From IR 4 on, an initialiser that is also a graph input is a default a feed may override (onnxruntime's
+    # ``get_overridable_initializers``); before, every initialiser had to be listed as an input and is constant.
+    overridable = [_value_info(v) for v in g.input if v.name in initializers] if model.ir_version >= 4 else []
+    defaults = {v.name: initializers.pop(v.name) for v in overridable}
+    for v in overridable:
+        if defaults[v.name].dtype != v.dtype:
+            raise InvalidModel(
+                f"graph input '{v.name}' is declared {v.type} but its initializer holds {defaults[v.name].dtype}; "
+                "expected the same type"
+            )
     outputs = [_value_info(v) for v in g.output]
     if not outputs:
         raise InvalidModel("the graph declares no outputs")
@@ -396,27 +440,38 @@ def build_graph(model: onnx.ModelProto, base_dir: str | None, backend: str) -> G
                 f"{node.describe()} has {len(node.inputs)} inputs; "
                 f"this runtime's {p.op_type} takes at most {op.max_inputs}"
             )
-        required = _required_inputs(op)
+        required = op.required_inputs
         if len(node.inputs) < required or not all(node.inputs[:required]):
             raise InvalidModel(
                 f"{node.describe()} has inputs {node.inputs}; {p.op_type} needs its first {required} inputs given"
             )
-        _check_attribute_types(node, p, op, _default_opset(model))
-        if domain == "" and _default_opset(model) < op.since:
+        _check_attribute_types(node, p, op, opset)
+        if domain == "" and opset < op.since:
             raise UnsupportedOp(
                 f"{node.describe()}: this runtime implements {p.op_type} as defined since opset {op.since}; "
-                f"the model uses opset {_default_opset(model)}, where it means something else"
+                f"the model uses opset {opset}, where it means something else"
             )
         if op.wants_outputs:
             node.attrs["_outputs"] = tuple(bool(o) for o in node.outputs)
         node.op = op
         nodes.append(node)
-    available = {v.name for v in inputs} | set(initializers)
+    available = {v.name for v in inputs} | set(initializers) | set(defaults)
     nodes = _topological_order(nodes, available)
     produced = available | {o for n in nodes for o in n.outputs}
     for v in outputs:
         if v.name not in produced:
             raise InvalidModel(f"graph output '{v.name}' is produced by no node, input or initializer")
+    value_types = {name: _elem_type(a) for name, a in initializers.items()}
+    value_types.update((v.name, v.elem_type) for v in (*inputs, *overridable))
+    _infer_types(nodes, value_types, opset)
+    for v in outputs:
+        computed = value_types.get(v.name)
+        if computed is not None and computed != v.elem_type:
+            raise InvalidModel(
+                f"graph output '{v.name}' is declared {v.type} but the graph computes {_type_name(computed)}; "
+                "expected the declared type to match"
+            )
+    _check_shapes(model, inputs + overridable, value_types)
     return Graph(
         inputs,
         outputs,
@@ -426,4 +481,159 @@ def build_graph(model: onnx.ModelProto, base_dir: str | None, backend: str) -> G
         producer=model.producer_name,
         graph_name=g.name,
         doc_string=model.doc_string,
+        overridable=overridable,
+        defaults=defaults,
+        value_types=value_types,
     )
+
+
+# --- element types: each node's inputs against its ONNX schema's type constraints and the runtime's kernels ----
+
+# "tensor(float)" -> TensorProto.FLOAT, ..., the spelling of the schemas' type strings
+_TYPE_STRS = {
+    f"tensor({name.lower()})": value
+    for name, value in onnx.TensorProto.DataType.items()
+    if value != onnx.TensorProto.UNDEFINED
+}
+_TYPE_NAMES = {value: text for text, value in _TYPE_STRS.items()}
+
+
+def _type_name(elem_type: int) -> str:
+    return _TYPE_NAMES.get(elem_type, f"elem_type {elem_type}")
+
+
+def _elem_type(a: np.ndarray) -> int | None:
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(a.dtype)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+@functools.cache
+def _schema(op_type: str, opset: int):
+    """The default domain's schema of ``op_type`` at ``opset``, None if ONNX has none (looked up once: 6 us a
+    call, a 100k-node model makes 200k)."""
+    try:
+        return onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+
+
+@functools.cache
+def _attribute_types(op_type: str, opset: int) -> dict[str, int]:
+    schema = _schema(op_type, opset)
+    return {} if schema is None else {name: int(a.type) for name, a in schema.attributes.items()}
+
+
+@dataclass(frozen=True)
+class _TypeRules:
+    inputs: tuple[tuple[str, str], ...]  # (formal name, type string or type parameter), a variadic one last
+    outputs: tuple[str, ...]  # type string or type parameter
+    allowed: dict  # type parameter or type string -> the type strings it allows
+
+
+@functools.cache
+def _type_rules(op_type: str, opset: int) -> _TypeRules | None:
+    schema = _schema(op_type, opset)
+    if schema is None:
+        return None
+    allowed = {c.type_param_str: tuple(c.allowed_type_strs) for c in schema.type_constraints}
+    formals = [*schema.inputs, *schema.outputs]
+    allowed |= {f.type_str: (f.type_str,) for f in formals if f.type_str not in allowed}  # a fixed type
+    return _TypeRules(
+        tuple((f.name, f.type_str) for f in schema.inputs), tuple(f.type_str for f in schema.outputs), allowed
+    )
+
+
+def _infer_types(nodes: list[Node], types: dict[str, int], opset: int) -> None:
+    """Check every node's input element types, in graph order, and record its outputs' in ``types``: each input
+    must have a type its ONNX schema allows (Sigmoid takes no int64), inputs sharing a type parameter must share
+    the type (Add's A and B are both T), and the runtime's kernel must take it (``OpDef.dtypes``: no float16
+    Softmax). A value whose type is unknown (the output of an op with no schema) is not checked."""
+    for node in nodes:
+        rules = _type_rules(node.op_type, opset) if node.op.domain == "" else None
+        formals = rules.inputs if rules is not None else ()
+        bound: dict[str, tuple[int, str]] = {}  # type parameter -> (elem_type, the input that set it)
+        for k, name in enumerate(node.inputs):
+            t = types.get(name) if name else None
+            if t is None:
+                continue
+            if formals:
+                formal, type_str = formals[min(k, len(formals) - 1)]
+                allowed = rules.allowed[type_str]
+                if _TYPE_NAMES.get(t) not in allowed:
+                    raise InvalidModel(
+                        f"{node.describe()}: input '{name}' ({formal}) is {_type_name(t)}; "
+                        f"expected one of {', '.join(allowed)}"
+                    )
+                first = bound.setdefault(type_str, (t, name))
+                if first[0] != t:
+                    raise InvalidModel(
+                        f"{node.describe()}: inputs '{first[1]}' ({_type_name(first[0])}) and '{name}' "
+                        f"({_type_name(t)}) must have one type (type parameter {type_str})"
+                    )
+            if not kernel_takes(node.op, k, t):
+                raise UnsupportedOp(
+                    f"{node.describe()}: input '{name}' is {_type_name(t)}; "
+                    f"this runtime's {node.op_type} takes {', '.join(node.op.input_dtypes(k))}"
+                )
+        outputs = rules.outputs if rules is not None else ()
+        for k, name in enumerate(node.outputs):
+            if not name or not outputs:
+                continue
+            type_str = outputs[min(k, len(outputs) - 1)]
+            allowed = rules.allowed[type_str]
+            if type_str in bound:
+                types[name] = bound[type_str][0]
+            elif len(allowed) == 1 and allowed[0] in _TYPE_STRS:  # a fixed type: Shape's int64
+                types[name] = _TYPE_STRS[allowed[0]]
+
+
+def _numpy_name(elem_type: int) -> str | None:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+_TYPE_DTYPES = {t: _numpy_name(t) for t in _TYPE_NAMES}  # elem_type -> NumPy dtype name (None: none)
+
+
+def kernel_takes(op: OpDef, k: int, elem_type: int) -> bool:
+    """Whether ``op``'s kernels take ONNX element type ``elem_type`` as their ``k``-th input."""
+    allowed = op.input_dtypes(k)
+    return allowed is None or _TYPE_DTYPES.get(elem_type) in allowed
+
+
+def _check_shapes(model: onnx.ModelProto, inputs: list[ValueInfo], types: dict[str, int]) -> None:
+    """Run ONNX's shape inference (strict) over the graph's structure, every input and initialiser declared
+    with its rank only: attributes that contradict a rank (Flatten's axis 5 on a rank-2 input) are refused, as
+    onnxruntime refuses them, while dimensions that ONNX and onnxruntime infer differently (onnx issue 4299)
+    cannot conflict. Linear in the nodes; no tensor data is copied. Skipped for graphs with nodes of other
+    domains (the runtime's own), which ONNX cannot infer."""
+    g = model.graph
+    if any(n.domain not in DEFAULT_DOMAINS for n in g.node):
+        return
+    skeleton = onnx.GraphProto(name=g.name)
+    skeleton.node.extend(g.node)
+    declared = {v.name for v in inputs}
+    for v in inputs:
+        rank = len(v.shape) if v.has_rank else None
+        skeleton.input.append(onnx.helper.make_tensor_value_info(v.name, v.elem_type, _unknown_dims(rank)))
+    for t in g.initializer:
+        if t.name not in declared:
+            elem = types.get(t.name, t.data_type)
+            skeleton.input.append(onnx.helper.make_tensor_value_info(t.name, elem, _unknown_dims(len(t.dims))))
+    for v in g.output:
+        skeleton.output.append(onnx.ValueInfoProto(name=v.name))
+    probe = onnx.ModelProto(ir_version=model.ir_version, graph=skeleton)
+    probe.opset_import.extend(model.opset_import)
+    try:
+        onnx.shape_inference.infer_shapes(probe, check_type=True, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as e:
+        message = " ".join(str(e).split())
+        raise InvalidModel(f"the graph fails ONNX shape inference: {message}") from None
+
+
+def _unknown_dims(rank: int | None):
+    return None if rank is None else [None] * rank

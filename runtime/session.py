@@ -15,10 +15,8 @@ import numpy as np
 from runtime.errors import BackendUnavailable, InvalidFeed, ZooRuntimeError
 from runtime.fusion import optimize
 from runtime.graph import Graph, ValueInfo, build_graph, read_model
-from runtime.ops import ABSENT
+from runtime.ops import ABSENT, BACKENDS
 from runtime.ops._cpu_kernels import register_weights
-
-BACKENDS = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -98,6 +96,9 @@ class InferenceSession:
         self._weights = {
             k: self._device.to_device(np.asarray(v, order="C")) for k, v in self._graph.initializers.items()
         }
+        # Overridable initialisers' defaults: in the weights' slots, but fed at run time as far as the
+        # preparations can tell (they are no constants).
+        self._defaults = {k: self._device.to_device(np.asarray(v, order="C")) for k, v in self._graph.defaults.items()}
         if backend == "cpu":  # constant from here on: kernels may keep derived layouts of them (``packed``)
             for w in self._weights.values():
                 w.flags.writeable = False
@@ -112,6 +113,10 @@ class InferenceSession:
     # --- the onnxruntime-shaped API -------------------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
         return [NodeArg(v.name, list(v.shape), v.type) for v in self._graph.inputs]
+
+    def get_overridable_initializers(self) -> list[NodeArg]:
+        """The initialisers also listed as graph inputs (IR >= 4): a feed may give them, as in onnxruntime."""
+        return [NodeArg(v.name, list(v.shape), v.type) for v in self._graph.overridable]
 
     def get_outputs(self) -> list[NodeArg]:
         return [NodeArg(v.name, list(v.shape), v.type) for v in self._graph.outputs]
@@ -159,8 +164,14 @@ class InferenceSession:
             for i in freed:
                 values[i] = None
         outputs = [self._device.to_host(values[slot[name]]) for name in wanted]
-        # A view (Identity, Reshape) of a feed or a weight must not let the caller write into either.
-        return [y.copy() if not y.flags.owndata or any(y is f for f in feed.values()) else y for y in outputs]
+        # A view (Identity, Reshape) of a feed or a weight must not let the caller write into either, nor a
+        # weight or a default itself be handed out: the caller owns what it gets, as from onnxruntime.
+        return [
+            y.copy() if not y.flags.owndata or not y.flags.writeable or self._aliases(y, feed) else y for y in outputs
+        ]
+
+    def _aliases(self, y: np.ndarray, feed: dict) -> bool:
+        return any(y is f for f in feed.values()) or any(y is d for d in self._defaults.values())
 
     # --- internals -------------------------------------------------------------------------------------
     def _build_plan(self) -> None:
@@ -169,10 +180,11 @@ class InferenceSession:
         its implementation, its input and output slots, and the slots of the intermediates read for the last time
         there (freed after it; never a graph output)."""
         g = self._graph
-        names = [*self._weights, *(v.name for v in g.inputs), *(o for n in g.nodes for o in n.outputs if o)]
+        names = [*self._weights, *self._defaults, *(v.name for v in g.inputs)]
+        names += [o for n in g.nodes for o in n.outputs if o]
         self._slot = {"": 0} | {name: i for i, name in enumerate(dict.fromkeys(names), start=1)}
         self._weight_slots = [None] * (len(self._slot))
-        for name, value in self._weights.items():
+        for name, value in (*self._weights.items(), *self._defaults.items()):
             self._weight_slots[self._slot[name]] = value
         last_use = {}
         for step, node in enumerate(g.nodes):
@@ -204,6 +216,9 @@ class InferenceSession:
             return declared
         if isinstance(output_names, str):
             raise InvalidFeed(f"output_names must be a list of names or None, got the string '{output_names}'")
+        output_names = list(output_names)
+        if not output_names:  # onnxruntime: an empty list asks for every output, as None does
+            return declared
         for name in output_names:
             if name not in declared:
                 raise InvalidFeed(f"unknown output '{name}'; the model's outputs are {declared}")
@@ -213,16 +228,18 @@ class InferenceSession:
         if not isinstance(input_feed, dict):
             raise InvalidFeed(f"the feed must be a dict {{input name: ndarray}}, got {type(input_feed).__name__}")
         expected = {v.name: v for v in self._graph.inputs}
-        unknown = sorted(set(input_feed) - set(expected))
+        accepted = expected | {v.name: v for v in self._graph.overridable}
+        unknown = sorted(set(input_feed) - set(accepted))
         if unknown:
-            raise InvalidFeed(f"unknown input name(s) {unknown}; the model's inputs are {sorted(expected)}")
+            extra = f" (and overridable initializers {sorted(self._defaults)})" if self._defaults else ""
+            raise InvalidFeed(f"unknown input name(s) {unknown}; the model's inputs are {sorted(expected)}{extra}")
         missing = sorted(set(expected) - set(input_feed))
         if missing:
             raise InvalidFeed(f"missing input(s) {missing}; the model's inputs are {sorted(expected)}")
         symbols: dict[str, tuple[str, int]] = {}
         feed = {}
         for name, value in input_feed.items():
-            feed[name] = _check_one_input(expected[name], value, symbols)
+            feed[name] = _check_one_input(accepted[name], value, symbols)
         if all(feed[name] is value and type(value) is np.ndarray for name, value in input_feed.items()):
             self._accepted_feed = tuple((name, value.dtype, value.shape) for name, value in feed.items())
         return feed

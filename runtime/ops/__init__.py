@@ -1,7 +1,9 @@
 """The op registry: one function per ONNX op_type, named exactly like it, with the spec's attribute names
 and defaults as keyword arguments (https://onnx.ai/onnx/operators/).
 
-Modules in this package register their ops with ``@onnx_op``; a ``*_cuda`` module beside an op module adds
+Modules in this package register their ops with ``@onnx_op``; ``dtypes`` there names, per input, the element
+types the op's kernels take where that is fewer than the ONNX schema allows (checked at load, so that a float16
+Softmax is refused before anything runs rather than failing inside Numba). A ``*_cuda`` module beside an op module adds
 the CUDA variant with ``@<Op>.cuda`` and is imported only when a CUDA session is created, so that
 ``import runtime`` needs neither numba-cuda nor a GPU.
 """
@@ -15,11 +17,15 @@ from collections.abc import Callable
 
 BACKENDS = ("cpu", "cuda")
 
+# Element types (NumPy names) for ``onnx_op(dtypes=...)``.
+FLOATS = ("float32", "float64")  # no float16: Numba's CPU kernels have no half-precision arithmetic
+INTEGERS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
 
 class OpDef:
     """One ONNX op_type and its implementation on each backend."""
 
-    def __init__(self, fn: Callable, domain: str = "", since: int = 1):
+    def __init__(self, fn: Callable, domain: str = "", since: int = 1, dtypes: dict | None = None):
         self.op_type = fn.__name__
         self.domain = domain
         self.since = since  # the oldest default-domain opset whose semantics the function implements
@@ -31,7 +37,20 @@ class OpDef:
         self.wants_outputs = any(p.name == "_outputs" for p in params)
         self.attributes = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY and p.name != "_outputs"}
         self.max_inputs = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        self.required_inputs = sum(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params)
         self.variadic = any(p.kind is p.VAR_POSITIONAL for p in params)
+        # the inputs' names, in order (a variadic one last, standing for all the rest)
+        self.inputs = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        unknown = sorted(set(dtypes or ()) - set(self.inputs))
+        if unknown:
+            raise TypeError(f"{self.op_type}: dtypes names {unknown}, which are not among its inputs {self.inputs}")
+        self.dtypes: dict[str, tuple[str, ...]] = dict(dtypes or {})  # input name -> NumPy dtype names it takes
+
+    def input_dtypes(self, k: int) -> tuple[str, ...] | None:
+        """The dtypes the ``k``-th input may have (None: whatever the ONNX schema allows)."""
+        if not self.inputs:
+            return None
+        return self.dtypes.get(self.inputs[min(k, len(self.inputs) - 1)])
 
     def prepare(self, fn: Callable) -> Callable:
         """Register ``fn(constants, **attrs)`` as this op's CPU preparation: called once per node at load with the
@@ -66,12 +85,13 @@ def attribute_key(value):
     return tuple(int(v) for v in value)
 
 
-def onnx_op(fn: Callable | None = None, *, domain: str = "", since: int = 1):
+def onnx_op(fn: Callable | None = None, *, domain: str = "", since: int = 1, dtypes: dict | None = None):
     """Register a CPU op function under its own name as the ONNX op_type (in ``domain``); ``since``: the oldest
-    opset with the semantics it implements (older models using the op are refused at load)."""
+    opset with the semantics it implements (older models using the op are refused at load); ``dtypes``: input
+    name -> the NumPy dtype names its kernels take, for inputs that take fewer than the ONNX schema allows."""
 
     def register(f: Callable) -> OpDef:
-        op = OpDef(f, domain, since)
+        op = OpDef(f, domain, since, dtypes)
         OPS[(domain, op.op_type)] = op
         return op
 

@@ -170,12 +170,6 @@ def activate_alpha(v, activation, alpha):
     return v
 
 
-@numba.njit(inline="always")
-def activate(v, activation):
-    """``activate_alpha`` with LeakyRelu at its default alpha."""
-    return activate_alpha(v, activation, LEAKY_RELU_ALPHA)
-
-
 # The elementwise epilogues' parallel kernels call a separately compiled serial function for their inner loops:
 # written directly in the ``prange`` body the loop was not vectorised (bias + logistic over 64×784 on one
 # thread: 192 us in the prange body, 21 us through a called function). Measure before moving other kernels:

@@ -8,7 +8,6 @@ compute capabilities 8.0 and 9.0, so a kernel that runs in the simulator but wou
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 
 import numpy as np
@@ -22,8 +21,6 @@ TILE = 16  # GEMM tile edge: (TILE, TILE) threads per block, two (TILE, TILE) fl
 # GEMMs with at most this many rows (batch-1 inference and other skinny products) use one thread per output
 # element looping over K: no shared memory or barriers, coalesced reads of a (K, N) weight.
 SKINNY_MAX_ROWS = 16
-
-SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
 class KernelRecord:

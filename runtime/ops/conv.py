@@ -42,7 +42,7 @@ import numba
 import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel
-from runtime.ops import ABSENT, attribute_key, onnx_op
+from runtime.ops import ABSENT, FLOATS, attribute_key, onnx_op
 from runtime.ops._cpu_kernels import (
     ACTIVATIONS,
     JIT,
@@ -806,6 +806,8 @@ CONV_SPECS = {
     "FusedConvTranspose": {**CONV_TRANSPOSE_ATTRIBUTES, **FUSED_ATTRIBUTES},
 }
 
+CONV_DTYPES = dict.fromkeys(("X", "W", "B"), FLOATS)  # the kernels: float32 and float64 (DTYPES)
+
 
 def conv_signature(fn):
     """``fn(X, W, B=None, **attrs)`` with its op's attributes (``CONV_SPECS[fn.__name__]``) as keyword-only
@@ -821,25 +823,25 @@ def conv_signature(fn):
     return fn
 
 
-@onnx_op
+@onnx_op(dtypes=CONV_DTYPES)
 @conv_signature
 def Conv(X, W, B=None, **attrs):
     return run_conv(X, W, B, attrs)
 
 
-@onnx_op
+@onnx_op(dtypes=CONV_DTYPES)
 @conv_signature
 def ConvTranspose(X, W, B=None, **attrs):
     return run_conv_transpose(X, W, B, attrs)
 
 
-@onnx_op(domain=FUSED_DOMAIN)
+@onnx_op(domain=FUSED_DOMAIN, dtypes=CONV_DTYPES)
 @conv_signature
 def FusedConv(X, W, B=None, *, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
     return run_conv(X, W, B, attrs, activation, activation_alpha)
 
 
-@onnx_op(domain=FUSED_DOMAIN)
+@onnx_op(domain=FUSED_DOMAIN, dtypes=CONV_DTYPES)
 @conv_signature
 def FusedConvTranspose(X, W, B=None, *, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
     return run_conv_transpose(X, W, B, attrs, activation, activation_alpha)

@@ -7,26 +7,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.ops import onnx_op
+from runtime.errors import InvalidFeed
+from runtime.ops import FLOATS, INTEGERS, onnx_op
 from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA, unary_
 
 
-@onnx_op
+@onnx_op(dtypes={"X": FLOATS})
 def Sigmoid(X):
     return unary_(X, ACTIVATIONS["Sigmoid"])
 
 
-@onnx_op
+@onnx_op(dtypes={"X": FLOATS + INTEGERS})
 def Relu(X):
     return unary_(X, ACTIVATIONS["Relu"])
 
 
-@onnx_op
+@onnx_op(dtypes={"X": FLOATS})
 def Tanh(X):
     return unary_(X, ACTIVATIONS["Tanh"])
 
 
-@onnx_op
+@onnx_op(dtypes={"X": FLOATS})
 def LeakyRelu(X, *, alpha=LEAKY_RELU_ALPHA):
     return unary_(X, ACTIVATIONS["LeakyRelu"], alpha)
 
@@ -50,6 +51,8 @@ def Mul(A, B):
 def Div(A, B):
     with np.errstate(all="ignore"):  # x/0 gives inf or NaN silently, as in onnxruntime
         if np.issubdtype(A.dtype, np.integer):
+            if not np.all(B):  # onnxruntime refuses it too ("Integer division by zero"); NumPy would give 0
+                raise InvalidFeed(f"Div: integer division by zero (the divisor B, {B.dtype}, holds a 0)")
             # ONNX integer Div truncates toward zero; floor division corrected where the signs differ, exact
             # beyond 2**53 where a float64 quotient would not be.
             q = A // B

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from runtime.errors import InvalidFeed
-from runtime.ops import ABSENT, _gemm_cpu, onnx_op
+from runtime.ops import ABSENT, FLOATS, INTEGERS, _gemm_cpu, onnx_op
 from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA, bias_activation_, packed_weight
 from runtime.ops._gemm_cpu import GEMM_KERNELS, UNUSED, UNUSED_2D, gemm, packed_b
 
@@ -101,12 +101,12 @@ def _int_epilogue(y, bias, beta):
     return y
 
 
-@onnx_op
+@onnx_op(dtypes=dict.fromkeys(("A", "B", "C"), FLOATS + INTEGERS))
 def Gemm(A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
     return _fused_gemm(A, B, C, alpha, beta, transA, transB, 0)
 
 
-@onnx_op(domain=FUSED_DOMAIN)
+@onnx_op(domain=FUSED_DOMAIN, dtypes=dict.fromkeys(("A", "B", "C"), FLOATS))  # the activations: floats only
 def FusedGemm(A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, activation=""):
     return _fused_gemm(A, B, C, alpha, beta, transA, transB, ACTIVATIONS[activation])
 

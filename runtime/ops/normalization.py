@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from runtime.errors import InvalidFeed, UnsupportedOp
-from runtime.ops import onnx_op
+from runtime.ops import FLOATS, onnx_op
 from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS, serial_and_parallel
 
 
@@ -57,7 +57,7 @@ def _affine_channels(x, y, scale_c, bias_c):
 _affine_channels_serial, _affine_channels_parallel = serial_and_parallel(_affine_channels)
 
 
-@onnx_op
+@onnx_op(dtypes=dict.fromkeys(("X", "scale", "B", "input_mean", "input_var"), FLOATS))
 def BatchNormalization(X, scale, B, input_mean, input_var, *, epsilon=1e-5, momentum=0.9, training_mode=0):
     params = {"scale": scale, "B": B, "input_mean": input_mean, "input_var": input_var}
     C = check_batch_norm(X.shape, params, training_mode)

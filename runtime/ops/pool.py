@@ -33,7 +33,7 @@ import numba
 import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel, UnsupportedOp
-from runtime.ops import attribute_key, onnx_op
+from runtime.ops import FLOATS, attribute_key, onnx_op
 from runtime.ops._cpu_kernels import JIT, PARALLEL_MIN_ELEMENTS, serial_and_parallel
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -414,7 +414,7 @@ def check_storage_order(storage_order) -> int:
     return int(storage_order)
 
 
-@onnx_op
+@onnx_op(dtypes={"X": FLOATS + ("int8", "uint8")})
 def MaxPool(
     X,
     *,
@@ -434,7 +434,7 @@ def MaxPool(
     return result if with_indices else result[0]
 
 
-@onnx_op
+@onnx_op(dtypes={"X": FLOATS})
 def AveragePool(
     X,
     *,
@@ -451,7 +451,7 @@ def AveragePool(
     return average_pool(X, g, count_include_pad)
 
 
-@onnx_op(since=9)
+@onnx_op(since=9, dtypes={"X": FLOATS})
 def MaxUnpool(X, I, output_shape=None, *, kernel_shape=None, pads=None, strides=None):
     shape = unpool_shape(X.shape, I.shape, output_shape, kernel_shape=kernel_shape, pads=pads, strides=strides)
     if X.dtype.kind != "f" or I.dtype != np.int64:

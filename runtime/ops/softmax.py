@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel
-from runtime.ops import onnx_op
+from runtime.ops import FLOATS, onnx_op
 from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS, serial_and_parallel
 
 # When the axis is not the last, lines are processed BLOCK at a time along the inner (contiguous) dimensions, so
@@ -122,11 +122,11 @@ def softmax(X: np.ndarray, axis: int, log: bool, op_type: str) -> np.ndarray:
     return y
 
 
-@onnx_op(since=13)
+@onnx_op(since=13, dtypes={"input": FLOATS})
 def Softmax(input, *, axis=-1):
     return softmax(input, axis, False, "Softmax")
 
 
-@onnx_op(since=13)
+@onnx_op(since=13, dtypes={"input": FLOATS})
 def LogSoftmax(input, *, axis=-1):
     return softmax(input, axis, True, "LogSoftmax")

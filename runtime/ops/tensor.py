@@ -10,7 +10,7 @@ import numba
 import numpy as np
 
 from runtime.errors import InvalidFeed, InvalidModel
-from runtime.ops import onnx_op
+from runtime.ops import FLOATS, INTEGERS, onnx_op
 from runtime.ops._cpu_kernels import PARALLEL_MIN_ELEMENTS, serial_and_parallel
 
 
@@ -165,7 +165,7 @@ def dtype_limits(dtype: np.dtype) -> tuple:
     return info.min, info.max
 
 
-@onnx_op
+@onnx_op(dtypes={"input": FLOATS + INTEGERS, "min": FLOATS + INTEGERS, "max": FLOATS + INTEGERS})
 def Clip(input, min=None, max=None):
     lowest, highest = dtype_limits(input.dtype)
     lo = clip_bound(min, lowest, input.dtype, "min")
