@@ -104,7 +104,7 @@ def test_three_phase_schedule(epoch, g_moves, d_moves):
     torch.manual_seed(0)
     m = zoo.create_model("dcgan-mnist", ngf=8, ndf=8, phase1_epochs=1, phase2_epochs=1).train()
     assert m.phase(epoch) == epoch
-    opts = m.configure_optimizers(2e-4)
+    opts = m.configure_optimizers(zoo.TrainConfig(lr=2e-4, beta1=0.5))
     assert opts["generator"].defaults["betas"] == (0.5, 0.999) and opts["generator"].defaults["lr"] == 2e-4
     g0, d0 = _params(m.generator), _params(m.discriminator)
     logs = m.training_step(torch.rand(8, 28, 28), None, opts, epoch)
@@ -147,7 +147,7 @@ def test_cgen_learns_the_class_means():
     torch.manual_seed(0)
     data = load_dataset("mnist", "train", size=(28, 28))
     m = zoo.create_model("cgen-mnist")
-    opts = m.configure_optimizers(1e-3)
+    opts = m.configure_optimizers(zoo.TrainConfig(lr=1e-3, beta1=0.5))
     x, y = torch.from_numpy(data.images), torch.from_numpy(data.labels)
     for _ in range(300):
         idx = torch.randint(0, len(x), (128,))

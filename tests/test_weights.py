@@ -24,7 +24,7 @@ SHIPPED = ("sparse-ae-mnist", "sparse-ae-digits8", "lenet-mnist", "cgen-mnist", 
 
 def _val(card):
     c = card["config"]
-    return load_dataset(card["data"], "val", size=tuple(c["image_size"]), channels=c.get("nc", 1))
+    return load_dataset(card["data"], "val", size=tuple(c["image_size"]), channels=c.get("channels", c.get("nc", 1)))
 
 
 def test_the_issues_weights_are_shipped():

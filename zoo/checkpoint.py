@@ -136,29 +136,72 @@ def read_metadata(path) -> dict:
         raise ZooError(
             f"'{path}' is not a Deconv Zoo checkpoint (metadata format {meta.get('format')!r}, expected {FORMAT})"
         )
-    return {k: (v if k in ("format", "model") else json.loads(v)) for k, v in meta.items()}
+    out = {}
+    for k, v in meta.items():
+        try:
+            out[k] = v if k in ("format", "model") else json.loads(v)
+        except json.JSONDecodeError:
+            raise ZooError(
+                f"'{path}': its metadata field {k!r} is not JSON; expected a Deconv Zoo checkpoint"
+            ) from None
+    if not isinstance(out.get("model"), str) or not isinstance(out.get("config"), dict):
+        raise ZooError(f"'{path}': its metadata has no model name and config; expected a Deconv Zoo checkpoint")
+    return out
 
 
-def load_numpy(path) -> tuple[dict, dict]:
-    """(state dict as NumPy arrays, metadata) without torch."""
-    from safetensors.numpy import load_file
+def stored_shapes(path) -> dict[str, tuple[int, ...]]:
+    """The shape of every model tensor in a checkpoint, from its header alone (nothing is read or allocated)."""
+    from safetensors import safe_open
 
-    meta = read_metadata(path)
-    return {k: v for k, v in load_file(str(path)).items() if not k.startswith(RESUME_PREFIX)}, meta
+    with safe_open(str(path), framework="numpy") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if not k.startswith(RESUME_PREFIX)}
+
+
+def rebuild_model(path, meta: dict):
+    """The model a checkpoint's metadata describes, its config checked against the stored tensors' shapes on
+    torch's meta device first: a small file whose config claims a huge model is refused before anything is
+    allocated."""
+    import torch
+
+    from zoo.builder import build_model, upgrade_config
+
+    config, _ = upgrade_config(meta["model"], meta["config"])  # the training settings earlier files held go
+    with torch.device("meta"):
+        skeleton = build_model(meta["model"], **config)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = stored_shapes(path)
+    for k in sorted(set(expected) | set(stored)):
+        if expected.get(k) != stored.get(k):
+            raise ZooError(
+                f"'{path}' does not match its config for '{meta['model']}': tensor '{k}' is "
+                f"{stored.get(k, 'missing')} in the file, {expected.get(k, 'absent')} by the config"
+            )
+    return build_model(meta["model"], **config)
 
 
 def load_checkpoint(path):
     """Rebuild the model named in the checkpoint with its stored config and load its weights."""
     from safetensors.torch import load_file
 
-    from zoo.registry import create_model
-
     meta = read_metadata(path)
-    model = create_model(meta["model"], **meta["config"])
-    weights = {k: v for k, v in load_file(str(path)).items() if not k.startswith(RESUME_PREFIX)}
+    model = rebuild_model(path, meta)
+    try:
+        weights = {k: v for k, v in load_file(str(path)).items() if not k.startswith(RESUME_PREFIX)}
+    except Exception as e:  # safetensors' own error types for a damaged body
+        raise ZooError(f"'{path}' cannot be read: {e}") from None
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         raise ZooError(f"'{path}' does not match model '{meta['model']}': {str(e).splitlines()[0]}") from None
     model.eval()
     return model, meta
+
+
+def training_data(meta: dict) -> str:
+    """The data a checkpoint's model was trained on: as recorded, else its model's registered default."""
+    from zoo.builder import get_model_entry
+
+    if isinstance(meta.get("data"), str):
+        return meta["data"]
+    legacy = meta["config"].get("dataset")
+    return legacy if isinstance(legacy, str) else get_model_entry(meta["model"]).train.data

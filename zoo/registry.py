@@ -1,58 +1,35 @@
-"""The model registry, after timm: each model file ends with ``@register_model`` factories, the name is the
-factory's with ``_`` read as ``-``, and ``create_model(name, **cfg)`` builds one with its config overridden."""
+"""The model registry, a leaf after timm's ``_registry.py``: the table of registered models and the
+``register_model`` decorator that fills it, nothing else. Each model file ends with ``@register_model(...)``
+factories; the name is the factory's with ``_`` read as ``-``. Building models from names is
+``zoo/builder.py``'s work, and ``zoo/factory.py`` (``create_model``, ``list_models``) sits above it."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from zoo.errors import ZooError
+from zoo.config import TrainConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
-    factory: Callable  # (**cfg) -> torch.nn.Module with a .config dataclass
+    factory: Callable  # (**cfg) -> torch.nn.Module with a .config dataclass of type ``config``
     description: str
+    config: type  # the model's config dataclass (a zoo.config.Config): its architecture and objective
+    train: TrainConfig  # the run's defaults: data, epochs, batch size, step size, schedule
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
-_loaded = False
+REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(fn: Callable) -> Callable:
-    name = fn.__name__.replace("_", "-")
-    doc = (fn.__doc__ or "").strip().splitlines()
-    _REGISTRY[name] = ModelEntry(name, fn, doc[0] if doc else "")
-    return fn
+def register_model(fn: Callable | None = None, *, config: type, train: dict | None = None):
+    """``@register_model(config=SparseAEConfig, train=dict(data="mnist", epochs=300))`` over a factory."""
 
+    def register(fn: Callable) -> Callable:
+        name = fn.__name__.replace("_", "-")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        REGISTRY[name] = ModelEntry(name, fn, doc[0] if doc else "", config, TrainConfig(**(train or {})))
+        return fn
 
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        importlib.import_module("zoo.models")
-        _loaded = True
-
-
-def list_models() -> list[str]:
-    _load()
-    return sorted(_REGISTRY)
-
-
-def get_model_entry(name: str) -> ModelEntry:
-    _load()
-    if name not in _REGISTRY:
-        raise ZooError(f"unknown model '{name}'; registered models: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def create_model(name: str, **cfg):
-    """Build the registered model ``name`` with its default config overridden by ``cfg``."""
-    entry = get_model_entry(name)
-    try:
-        model = entry.factory(**cfg)
-    except TypeError as e:
-        raise ZooError(f"bad config for '{name}': {e}") from None
-    model.model_name = name
-    return model
+    return register if fn is None else register(fn)

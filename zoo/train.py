@@ -2,19 +2,25 @@
 metrics file written (atomically) after every epoch, pictures at the end.
 
 A model brings its own objective (``training_step``), held-out figures (``evaluate``) and pictures
-(``write_pictures``); its config dataclass carries the defaults (``epochs``, ``batch_size``, ``lr``, ``dataset``).
+(``write_pictures``); the run's settings are a ``zoo.config.TrainConfig`` (data, epochs, batch size, step size
+and its schedule, seed, limit): the model's registered training defaults overridden by the caller, resolved once
+here and handed to the model's optimizers and to the schedule.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
+from zoo.builder import build_model, get_model_entry, split_settings
 from zoo.checkpoint import read_metadata, save_checkpoint
+from zoo.config import TrainConfig
 from zoo.data import load_dataset
 from zoo.errors import ZooError
 from zoo.io import atomic_write
@@ -100,45 +106,89 @@ class _World:
             dist.destroy_process_group()
 
 
-def _resume_settings(run: dict, limit) -> dict:
-    """What must be the same for a checkpoint to be continued: the model, its config and the data stream."""
-    keys = ("model", "config", "data", "seed", "batch_size", "lr", "train_examples", "val_examples")
-    return {**{k: run[k] for k in keys}, "limit": limit}
+def _resume_settings(run: dict) -> dict:
+    """What must be the same for a checkpoint to be continued: the model, its config and the data stream (the
+    epoch count may grow)."""
+    keys = ("model", "config", "data", "seed", "batch_size", "lr", "train_examples", "val_examples", "limit")
+    training = {k: v for k, v in run["train"].items() if k not in ("epochs",)}
+    return {**{k: run[k] for k in keys}, "train": training}
+
+
+def resolve_settings(name: str, settings: dict) -> tuple[dict, TrainConfig]:
+    """``settings`` (None: not given) as (overrides of ``name``'s config, the run's TrainConfig: the model's
+    training defaults with the given ones over them), every value checked."""
+    model_settings, train_settings = split_settings(name, {k: v for k, v in settings.items() if v is not None})
+    return model_settings, TrainConfig(**{**asdict(get_model_entry(name).train), **train_settings})
+
+
+def check_out_dir(out_dir: Path, name: str, *, force: bool, resume: bool) -> None:
+    """Refuse to train into a folder that holds anything (an unfinished run above all) unless asked to; a
+    finished run is extended (``resume``) only with ``force``."""
+    if force or not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ZooError(f"'{out_dir}' is not a folder; expected a new or empty output folder for the run")
+    final, checkpoint = out_dir / f"{name}.safetensors", out_dir / "checkpoint.safetensors"
+    if resume and final.exists():
+        raise ZooError(f"'{final}' already exists: the run finished; pass --force with --resume to extend it")
+    if resume:
+        return
+    if final.exists():
+        raise ZooError(f"'{final}' already exists; choose another --out or pass --force to train over it")
+    if checkpoint.exists():
+        try:
+            epoch = read_metadata(checkpoint).get("epoch")
+        except ZooError:
+            epoch = None
+        raise ZooError(
+            f"'{out_dir}' holds an unfinished run (its last checkpoint is from epoch {epoch}); continue it with "
+            "--resume, or pass --force to start over"
+        )
+    held = sorted(p.name for p in out_dir.iterdir())
+    if held:
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise ZooError(f"'{out_dir}' is not empty ({shown}); choose a new or empty --out, or pass --force")
+
+
+def _check_finite(logs: dict, where: str, checkpoint: Path, epoch: int) -> None:
+    bad = {k: v for k, v in logs.items() if not math.isfinite(v)}
+    if bad:
+        shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+        kept = f"the last good checkpoint is '{checkpoint}' (epoch {epoch - 1})" if epoch > 1 else "nothing was kept"
+        raise ZooError(f"training diverged at {where}: {shown}; {kept}; try a smaller lr")
 
 
 def train(
     name: str,
     out_dir,
     *,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    data: str | None = None,
-    lr: float | None = None,
-    limit: int | None = None,
     progress: bool = True,
     command: str | None = None,
     resume: bool = False,
-    **overrides,
+    force: bool = False,
+    **settings,
 ) -> dict:
     """Train registered model ``name`` into ``out_dir``; returns the final metrics (also in metrics.json).
 
-    ``resume``: continue from ``out_dir/checkpoint.safetensors`` (weights, optimizers, RNG and data-order
-    states, history) as if the run had never stopped; refused if the checkpoint is missing or was written for
-    another model, config or data stream. Under ``torchrun`` (WORLD_SIZE > 1) each rank trains on its slice of
-    every global batch of ``batch_size`` and gradients are averaged (``zoo/models/base.py``); rank 0 alone
-    evaluates and writes the checkpoints, metrics and pictures.
+    ``settings``: any field of ``name``'s config (``hidden=100``) or of ``TrainConfig`` (``epochs=5``,
+    ``data="digits8"``); a value None takes the default. A folder that already holds files is refused unless
+    ``force``. ``resume``: continue from ``out_dir/checkpoint.safetensors`` (weights, optimizers, RNG and
+    data-order states, history) as if the run had never stopped; refused if the checkpoint is missing or was
+    written for another model, config or data stream. Under ``torchrun`` (WORLD_SIZE > 1) each rank trains on
+    its slice of every global batch of ``batch_size`` and gradients are averaged (``zoo/models/base.py``); rank 0
+    alone evaluates and writes the checkpoints, metrics and pictures. A loss or weight that becomes NaN or
+    infinite stops the run with an error, the last epoch's checkpoint kept.
     """
     import torch
     from tqdm.auto import tqdm
 
     from zoo.checkpoint import load_resume_state
     from zoo.models.base import data_parallel_batch
-    from zoo.registry import create_model
 
     world = _World()
     out_dir = Path(out_dir)
     checkpoint = out_dir / "checkpoint.safetensors"
+    model_settings, train_cfg = resolve_settings(name, settings)
     if resume:
         if not checkpoint.is_file():
             raise ZooError(
@@ -147,17 +197,14 @@ def train(
         saved_model = read_metadata(checkpoint)["model"]
         if saved_model != name:
             raise ZooError(f"cannot resume '{checkpoint}': it holds a '{saved_model}' run, not '{name}'")
-    torch.manual_seed(seed)
-    model = create_model(name, **overrides)
+    if world.is_main:
+        check_out_dir(out_dir, name, force=force, resume=resume)
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(name, **model_settings)
     cfg = model.config
-    epochs = cfg.epochs if epochs is None else epochs
-    batch_size = cfg.batch_size if batch_size is None else batch_size
-    lr = cfg.lr if lr is None else lr
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ZooError(f"epochs={epochs}, batch_size={batch_size}, lr={lr}; expected positive values")
-    data = data or cfg.dataset
+    data, epochs, batch_size, limit = train_cfg.data, train_cfg.epochs, train_cfg.batch_size, train_cfg.limit
     size = tuple(cfg.image_size)
-    channels = getattr(cfg, "nc", 1)
+    channels = model.image_channels
     train_set = load_dataset(data, "train", size=size, channels=channels)
     val_set = load_dataset(data, "val", size=size, channels=channels)
     X, y = train_set.images, train_set.labels  # (N, H, W), (N,) or None
@@ -173,16 +220,18 @@ def train(
     world.start(model)
     x_all = torch.from_numpy(X)
     y_all = None if y is None else torch.from_numpy(y)
-    generator = torch.Generator().manual_seed(seed)
-    optimizers = model.configure_optimizers(lr)
+    generator = torch.Generator().manual_seed(train_cfg.seed)
+    optimizers = model.configure_optimizers(train_cfg)
     run = {
         "model": name,
-        "config": {**vars(cfg)},
+        "config": asdict(cfg),
+        "train": asdict(train_cfg),
         "data": data,
-        "seed": seed,
+        "seed": train_cfg.seed,
         "epochs": epochs,
         "batch_size": batch_size,
-        "lr": lr,
+        "lr": train_cfg.lr,
+        "limit": limit,
         "train_examples": len(X),
         "val_examples": len(X_val),
         "command": command or "zoo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -194,7 +243,7 @@ def train(
     first_epoch, seconds_before = 1, 0.0
     if resume:
         theirs = read_metadata(checkpoint).get("resume", {}).get("settings", {})
-        mine = json.loads(json.dumps(_resume_settings(run, limit)))  # as JSON would give it back
+        mine = json.loads(json.dumps(_resume_settings(run)))  # as JSON would give it back
         differing = sorted(k for k in mine if theirs.get(k) != mine[k])
         if differing:
             shown = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, now {mine[k]!r}" for k in differing)
@@ -218,8 +267,12 @@ def train(
         order = torch.randperm(len(X), generator=generator)  # the same global order on every rank
         batches = range(0, len(X), batch_size)
         bar = tqdm(batches, desc=f"{name} epoch {epoch}/{epochs}", disable=not progress, leave=False, file=sys.stderr)
+        for optimizer in optimizers.values():  # the schedule: each epoch's step size from the run's first
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * train_cfg.lr_factor(epoch)
         sums: dict[str, float] = {}
-        for i in bar:
+        for b, i in enumerate(bar):
             idx = order[i : i + batch_size]
             share = 1.0
             if world.distributed:  # this rank's slice of the global batch
@@ -227,6 +280,7 @@ def train(
                 share, idx = len(shard) / len(idx), shard
             with data_parallel_batch(share) if world.distributed else contextlib.nullcontext():
                 logs = model.training_step(x_all[idx], None if y_all is None else y_all[idx], optimizers, epoch)
+            _check_finite(logs, f"epoch {epoch}, batch {b + 1} of {len(batches)}", checkpoint, epoch)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + (v * share if share else 0.0)
             bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
@@ -235,6 +289,8 @@ def train(
         rng_states = world.gather_rng()
         if not world.is_main:
             continue
+        weights = {n: float(p.detach().abs().max()) for n, p in model.named_parameters() if p.numel()}
+        _check_finite({n: v for n, v in weights.items() if not math.isfinite(v)}, f"epoch {epoch}", checkpoint, epoch)
         model.eval()
         with torch.random.fork_rng(devices=[]):  # evaluation and pictures leave the training RNG alone
             metrics = model.evaluate(X_val, y_val)
@@ -247,7 +303,7 @@ def train(
             "rng": {"data_order": generator.get_state(), **{f"torch/{r}": s for r, s in enumerate(rng_states)}},
             "state": {
                 "epoch": epoch,
-                "settings": _resume_settings(run, limit),
+                "settings": _resume_settings(run),
                 "run": {k: run[k] for k in ("history", "train_history", "epoch_pictures", "command") if k in run}
                 | ({"resumed": run["resumed"]} if "resumed" in run else {}),
             },
@@ -267,7 +323,7 @@ def train(
         out_dir / f"{name}.safetensors",
         epoch=epochs,
         metrics=run["final"],
-        extra={"command": run["command"], "data": data, "seed": seed},
+        extra={"command": run["command"], "data": data, "seed": train_cfg.seed, "train": run["train"]},
     )
     run["pictures"] = [str(p) for p in model.write_pictures(out_dir, X_val, y_val)]
     run["pictures"].append(str(training_curves(run, out_dir / "training_curves.png")))

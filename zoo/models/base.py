@@ -1,7 +1,9 @@
 """What every zoo model brings to the shared trainer and exporter (``zoo/train.py``, ``zoo/export.py``):
 
-- ``config``: a dataclass with the training defaults (``epochs``, ``batch_size``, ``lr``, ``dataset``, ``image_size``);
-- ``configure_optimizers(lr)``: the optimizers by name (Adam over all parameters unless overridden);
+- ``config``: its architecture and objective (a ``zoo.config.Config`` dataclass with ``image_size``); the run's
+  settings (data, epochs, batch size, step size) are a ``zoo.config.TrainConfig`` given to the trainer;
+- ``image_channels``: the channels of the images it takes (1 unless its config has ``channels``);
+- ``configure_optimizers(train)``: the optimizers by name (Adam over all parameters unless overridden);
 - ``training_step(x, y, optimizers, epoch)``: one batch, its own backward passes and steps, returns logs;
 - ``evaluate(images, labels)``: held-out figures; ``write_pictures(out_dir, images, labels)``: PNG paths;
 - for export: ``input_names``, ``output_names``, ``example_input(batch)``, ``onnx_metadata()``.
@@ -24,6 +26,8 @@ import contextvars
 
 import torch
 from torch import nn
+
+from zoo.config import TrainConfig
 
 # This rank's share of the global batch being trained on (n_rank / n_global); None when not data-parallel.
 _shard_share: contextvars.ContextVar[float | None] = contextvars.ContextVar("shard_share", default=None)
@@ -61,8 +65,12 @@ class ZooModel(nn.Module):
     input_names: tuple[str, ...] = ("image",)
     output_names: tuple[str, ...] = ("output",)
 
-    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
-        return {"model": torch.optim.Adam(self.parameters(), lr=lr)}
+    @property
+    def image_channels(self) -> int:
+        return self.config.channels if hasattr(self.config, "channels") else 1
+
+    def configure_optimizers(self, train: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+        return {"model": torch.optim.Adam(self.parameters(), lr=train.lr, betas=(train.beta1, 0.999))}
 
     @staticmethod
     def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:

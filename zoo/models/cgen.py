@@ -4,25 +4,28 @@ images is their mean, so each code learns its class's "typical" digit."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from zoo.config import Config, setting
+from zoo.errors import ZooError
 from zoo.models.base import ZooModel
 from zoo.registry import register_model
 
 
 @dataclass
-class CGenConfig:
-    classes: int = 10
-    hidden: list = field(default_factory=lambda: [256, 512])
-    image_size: list = field(default_factory=lambda: [28, 28])
-    dataset: str = "mnist"
-    lr: float = 1e-3
-    epochs: int = 30
-    batch_size: int = 64
+class CGenConfig(Config):
+    classes: int = setting(10, lo=1, hi=1000)
+    hidden: list[int] = setting(factory=lambda: [256, 512], lo=1, hi=1 << 14)  # widths of the hidden layers
+    image_size: list[int] = setting(factory=lambda: [28, 28], lo=1, hi=512)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.image_size) != 2:
+            raise ZooError(f"image_size={self.image_size}: expected [height, width]")
 
 
 class ClassConditionalGenerator(ZooModel):
@@ -100,7 +103,7 @@ class ClassConditionalGenerator(ZooModel):
         return [save_png(f"{out_dir}/typical_digits.png", fig)]
 
 
-@register_model
+@register_model(config=CGenConfig, train=dict(data="mnist", epochs=30, batch_size=64, lr=1e-3))
 def cgen_mnist(**cfg) -> ClassConditionalGenerator:
     """Class-conditional fully connected generator: one-hot digit class -> its typical 28x28 digit."""
     return ClassConditionalGenerator(CGenConfig(**cfg))

@@ -13,13 +13,14 @@ The projection of z is a transposed convolution from 1x1 to the first stage's si
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.config import Config, TrainConfig, setting
 from zoo.errors import ZooError
 from zoo.models.base import ZooModel
 from zoo.registry import register_model
@@ -28,31 +29,25 @@ G_LOSSES = ("non-saturating", "minimax")
 
 
 @dataclass
-class DCGANConfig:
-    nz: int = 100  # latent size
-    ngf: int = 128  # generator width: the last hidden stage has ngf channels, each earlier one twice as many
-    ndf: int = 128  # discriminator width, mirrored
-    nc: int = 3  # image channels
-    image_size: list = field(default_factory=lambda: [64, 64])
-    kernel_size: int = 5  # 5 (the lecture: padding 2, output_padding 1) or 4 (PyTorch's example: padding 1)
-    g_loss: str = "non-saturating"  # or "minimax": minimise log(1 - D(G(z))) as in the lecture's objective
-    phase1_epochs: int = 1  # phase 1: D against the untrained G
-    phase2_epochs: int = 1  # phase 2: G against the frozen D
-    dataset: str = "photos64"
-    lr: float = 2e-4
-    beta1: float = 0.5
-    epochs: int = 25
-    batch_size: int = 64
-    samples_per_epoch_grid: int = 64
+class DCGANConfig(Config):
+    nz: int = setting(100, lo=1, hi=1 << 14)  # latent size
+    # generator width: the last hidden stage has ngf channels, each earlier one twice as many
+    ngf: int = setting(128, lo=1, hi=1 << 12)
+    ndf: int = setting(128, lo=1, hi=1 << 12)  # discriminator width, mirrored
+    channels: int = setting(3, lo=1, hi=4)  # image channels
+    image_size: list[int] = setting(factory=lambda: [64, 64], lo=8, hi=1024)
+    # 5 (the lecture: padding 2, output_padding 1) or 4 (PyTorch's example: padding 1)
+    kernel_size: int = setting(5, choices=(4, 5))
+    # "minimax": minimise log(1 - D(G(z))) as in the lecture's objective
+    g_loss: str = setting("non-saturating", choices=G_LOSSES)
+    phase1_epochs: int = setting(1, lo=0, hi=1_000_000)  # phase 1: D against the untrained G
+    phase2_epochs: int = setting(1, lo=0, hi=1_000_000)  # phase 2: G against the frozen D
+    samples_per_epoch_grid: int = setting(64, lo=1, hi=1024)
 
     def __post_init__(self):
-        self.image_size = [int(s) for s in self.image_size]
-        if self.image_size[0] != self.image_size[1]:
+        super().__post_init__()
+        if len(self.image_size) != 2 or self.image_size[0] != self.image_size[1]:
             raise ZooError(f"image_size {self.image_size}: DCGAN here takes square images")
-        if self.kernel_size not in (4, 5):
-            raise ZooError(f"kernel_size={self.kernel_size}; expected 4 or 5")
-        if self.g_loss not in G_LOSSES:
-            raise ZooError(f"g_loss='{self.g_loss}'; expected one of {', '.join(G_LOSSES)}")
         if self.stages < 1:
             raise ZooError(f"image_size {self.image_size[0]} cannot be halved; expected e.g. 28, 32 or 64")
 
@@ -108,13 +103,13 @@ class Generator(ZooModel):
         for w_in, w_out in zip(widths, widths[1:]):
             # (N, w_in, s, s) -> (N, w_out, 2s, 2s)
             layers += [_up(w_in, w_out, c.kernel_size), nn.BatchNorm2d(w_out), nn.ReLU(True)]
-        # (N, widths[-1], S/2, S/2) -> (N, nc, S, S), no BatchNorm at the output
-        layers += [_up(widths[-1], c.nc, c.kernel_size), nn.Tanh()]
+        # (N, widths[-1], S/2, S/2) -> (N, C, S, S), no BatchNorm at the output
+        layers += [_up(widths[-1], c.channels, c.kernel_size), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.apply(dcgan_init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        # z: (N, nz) -> image: (N, nc, S, S) in [-1, 1]
+        # z: (N, nz) -> image: (N, C, S, S) in [-1, 1]
         return self.net(z[:, :, None, None])
 
     def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
@@ -128,7 +123,7 @@ class Generator(ZooModel):
         return {
             "input_range": "z ~ N(0, 1)",
             "output_range": "[-1, 1]",
-            "normalisation": f"output (N, {self.config.nc}, {s}, {s}) in [-1, 1]; pixel = (y + 1) / 2",
+            "normalisation": f"output (N, {self.config.channels}, {s}, {s}) in [-1, 1]; pixel = (y + 1) / 2",
             "image_size": f"{s}x{s}",
         }
 
@@ -141,7 +136,7 @@ class Discriminator(ZooModel):
         super().__init__()
         self.config = c
         widths = [c.ndf * 2**i for i in range(c.stages)]  # e.g. [128, 256, 512, 1024]
-        layers = [_down(c.nc, widths[0], c.kernel_size), nn.LeakyReLU(0.2, True)]  # no BatchNorm at the input
+        layers = [_down(c.channels, widths[0], c.kernel_size), nn.LeakyReLU(0.2, True)]  # no BatchNorm at the input
         for w_in, w_out in zip(widths, widths[1:]):
             # (N, w_in, s, s) -> (N, w_out, s/2, s/2)
             layers += [_down(w_in, w_out, c.kernel_size), nn.BatchNorm2d(w_out), nn.LeakyReLU(0.2, True)]
@@ -154,23 +149,23 @@ class Discriminator(ZooModel):
         return self.net(image).flatten(1)  # (N, 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        # image: (N, nc, S, S) in [-1, 1] -> probability that it is real: (N, 1)
+        # image: (N, C, S, S) in [-1, 1] -> probability that it is real: (N, 1)
         return torch.sigmoid(self.logits(image))
 
     def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
         s = self.config.image_size[0]
-        return (torch.rand(batch, self.config.nc, s, s) * 2 - 1,)
+        return (torch.rand(batch, self.config.channels, s, s) * 2 - 1,)
 
     def onnx_sample(self, images: np.ndarray, labels=None) -> np.ndarray:
         x = images[:8]  # (8, H, W) or (8, H, W, C) in [0, 1]
         x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x * 2 - 1, dtype=np.float32)  # (8, nc, H, W) in [-1, 1]
+        return np.ascontiguousarray(x * 2 - 1, dtype=np.float32)  # (8, C, H, W) in [-1, 1]
 
     def onnx_metadata(self) -> dict:
         s = self.config.image_size[0]
         return {
             "input_range": "[-1, 1]",
-            "normalisation": f"(N, {self.config.nc}, {s}, {s}) images, pixel * 2 - 1",
+            "normalisation": f"(N, {self.config.channels}, {s}, {s}) images, pixel * 2 - 1",
             "image_size": f"{s}x{s}",
         }
 
@@ -191,15 +186,15 @@ class DCGAN(ZooModel):
     def export_parts(self) -> dict[str, ZooModel]:
         return {"generator": self.generator, "discriminator": self.discriminator}
 
-    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
-        betas = (self.config.beta1, 0.999)
+    def configure_optimizers(self, train: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+        betas = (train.beta1, 0.999)
         return {
-            "generator": torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=betas),
+            "generator": torch.optim.Adam(self.generator.parameters(), lr=train.lr, betas=betas),
+            "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=train.lr, betas=betas),
         }
 
     def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
-        # pixels (M, H, W) or (M, H, W, C) in [0, 1] -> (M, nc, H, W) in [-1, 1]
+        # pixels (M, H, W) or (M, H, W, C) in [0, 1] -> (M, C, H, W) in [-1, 1]
         x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
         return x * 2 - 1
 
@@ -224,7 +219,7 @@ class DCGAN(ZooModel):
         return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
 
     def training_step(self, x: torch.Tensor, y, optimizers: dict, epoch: int) -> dict:
-        real = self.to_model_space(x)  # (M, nc, S, S)
+        real = self.to_model_space(x)  # (M, C, S, S)
         z = torch.randn(len(real), self.config.nz)
         phase = self.phase(epoch)
         logs = {"phase": float(phase)}
@@ -270,8 +265,8 @@ class DCGAN(ZooModel):
         from zoo.pictures import tile_grid
 
         self.eval()
-        g = (self.generator(self.fixed_z) + 1) / 2  # (n, nc, S, S) in [0, 1]
-        g = g[:, 0] if self.config.nc == 1 else g.permute(0, 2, 3, 1)
+        g = (self.generator(self.fixed_z) + 1) / 2  # (n, C, S, S) in [0, 1]
+        g = g[:, 0] if self.config.channels == 1 else g.permute(0, 2, 3, 1)
         return tile_grid(g.numpy(), cols=int(math.sqrt(len(g))))
 
     def on_epoch_end(self, out_dir, epoch: int) -> list:
@@ -285,14 +280,15 @@ class DCGAN(ZooModel):
         return [save_png(f"{out_dir}/samples.png", self.sample_grid())]
 
 
-@register_model
+# Radford et al.'s optimiser: Adam with step 2e-4 and beta1 0.5.
+@register_model(config=DCGANConfig, train=dict(data="photos64", epochs=25, batch_size=64, lr=2e-4, beta1=0.5))
 def dcgan_64(**cfg) -> DCGAN:
     """DCGAN as in the lecture: z(100) -> 4x4x1024 -> ... -> 64x64x3, 5x5 transposed convolutions, stride 2."""
     return DCGAN(DCGANConfig(**cfg))
 
 
-@register_model
+@register_model(config=DCGANConfig, train=dict(data="mnist", epochs=40, batch_size=64, lr=2e-4, beta1=0.5))
 def dcgan_mnist(**cfg) -> DCGAN:
     """DCGAN sized for the bundled 28x28 digits: z(100) -> 7x7x128 -> 14x14x64 -> 28x28x1."""
-    defaults = dict(ngf=64, ndf=64, nc=1, image_size=[28, 28], dataset="mnist", epochs=40, batch_size=64)
+    defaults = dict(ngf=64, ndf=64, channels=1, image_size=[28, 28])
     return DCGAN(DCGANConfig(**{**defaults, **cfg}))

@@ -15,14 +15,14 @@ the switches visible: each pool is an ONNX ``MaxPool`` with its ``Indices`` outp
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.config import Config, TrainConfig, setting
 from zoo.errors import ZooError
 from zoo.models.base import ZooModel
 from zoo.registry import register_model
@@ -31,23 +31,20 @@ VGG16 = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]
 
 
 @dataclass
-class DeconvNetConfig:
-    in_channels: int = 3
-    classes: int = 21  # PASCAL VOC: background + 20 object classes
-    image_size: list = field(default_factory=lambda: [224, 224])
-    encoder: list = field(default_factory=lambda: [list(s) for s in VGG16])  # conv widths per pooling stage
-    fc_width: int = 4096  # fc6 and fc7, as convolutions
-    dataset: str = "none"  # deconvnet-vgg16 is built and exported, not trained here
-    lr: float = 1e-3
-    epochs: int = 20
-    batch_size: int = 32
-    weight_decay: float = 0.0
-    background_weight: float = 1.0  # the cross-entropy's weight on background pixels (digits: 1)
-    cosine_lr: bool = True  # the step size falls from lr towards 0 along a half cosine over ``epochs``
+class DeconvNetConfig(Config):
+    channels: int = setting(3, lo=1, hi=4)  # image channels
+    classes: int = setting(21, lo=2, hi=1000)  # PASCAL VOC: background + 20 object classes
+    image_size: list[int] = setting(factory=lambda: [224, 224], lo=2, hi=1024)
+    # conv widths per pooling stage
+    encoder: list[list[int]] = setting(factory=lambda: [list(s) for s in VGG16], lo=1, hi=4096)
+    fc_width: int = setting(4096, lo=1, hi=1 << 14)  # fc6 and fc7, as convolutions
+    weight_decay: float = setting(0.0, lo=0, hi=1.0)  # Adam's L2 penalty on every parameter
+    background_weight: float = setting(1.0, lo=0, hi=1e3)  # the cross-entropy's weight on background pixels
 
     def __post_init__(self):
-        self.image_size = [int(s) for s in self.image_size]
-        self.encoder = [[int(w) for w in stage] for stage in self.encoder]
+        super().__post_init__()
+        if len(self.image_size) != 2:
+            raise ZooError(f"image_size={self.image_size}: expected [height, width]")
         if not self.encoder or any(not stage for stage in self.encoder):
             raise ZooError(f"encoder={self.encoder}; expected a list of non-empty lists of conv widths")
         scale = 2 ** len(self.encoder)
@@ -97,7 +94,7 @@ class DeconvNet(ZooModel):
     def __init__(self, config: DeconvNetConfig):
         super().__init__()
         self.config = c = config
-        widths = [c.in_channels] + [w for stage in c.encoder for w in stage]
+        widths = [c.channels] + [w for stage in c.encoder for w in stage]
         self.encoder = nn.ModuleList()
         k = 0
         for stage in c.encoder:  # each stage: 3x3 convs at one size, then a 2x2 pool that keeps its switches
@@ -142,18 +139,8 @@ class DeconvNet(ZooModel):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.stages(image)[0]
 
-    def lr_factor(self, epoch: int) -> float:
-        """The step size of ``epoch`` (1-based) relative to lr: a half cosine over the config's ``epochs``."""
-        if not self.config.cosine_lr:
-            return 1.0
-        progress = min(1.0, (epoch - 1) / max(1, self.config.epochs))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
     def training_step(self, x: torch.Tensor, y, optimizers: dict, epoch: int) -> dict:
         # x: (B, H, W) in [0, 1], y: (B, H, W) class per pixel
-        for group in optimizers["model"].param_groups:
-            group.setdefault("initial_lr", group["lr"])
-            group["lr"] = group["initial_lr"] * self.lr_factor(epoch)
         scores = self(x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2))
         weight = torch.ones(self.config.classes, device=scores.device)
         weight[0] = self.config.background_weight  # (classes,)
@@ -161,8 +148,11 @@ class DeconvNet(ZooModel):
         self.step(optimizers["model"], loss)
         return {"loss": loss.item()}
 
-    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
-        return {"model": torch.optim.Adam(self.parameters(), lr=lr, weight_decay=self.config.weight_decay)}
+    def configure_optimizers(self, train: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+        adam = torch.optim.Adam(
+            self.parameters(), lr=train.lr, betas=(train.beta1, 0.999), weight_decay=self.config.weight_decay
+        )
+        return {"model": adam}
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch: int = 100) -> np.ndarray:
@@ -176,7 +166,7 @@ class DeconvNet(ZooModel):
         return segmentation_scores(self.predict(images), labels, self.config.classes)
 
     def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
-        return (torch.rand(batch, self.config.in_channels, *self.config.image_size),)
+        return (torch.rand(batch, self.config.channels, *self.config.image_size),)
 
     def onnx_sample(self, images: np.ndarray, labels=None) -> np.ndarray:
         return images[:8, None]  # (8, 1, H, W)
@@ -190,7 +180,7 @@ class DeconvNet(ZooModel):
         h, w = self.config.image_size
         return {
             "input_range": "[0, 1]",
-            "normalisation": f"pixels / 255, (N, {self.config.in_channels}, {h}, {w})",
+            "normalisation": f"pixels / 255, (N, {self.config.channels}, {h}, {w})",
             "image_size": f"{h}x{w}",
             "output": f"scores (N, {self.config.classes}, {h}, {w}); the class of a pixel is the argmax over axis 1",
         }
@@ -221,25 +211,25 @@ class DeconvNet(ZooModel):
         return decoder_stages_panel(image, stages, scores[0].argmax(0).numpy(), self.config.classes)
 
 
-@register_model
+@register_model(
+    config=DeconvNetConfig, train=dict(data="none", epochs=20, batch_size=32, lr=1e-3, lr_schedule="cosine")
+)
 def deconvnet_vgg16(**cfg) -> DeconvNet:
     """DeconvNet as in Noh et al. 2015: VGG16 encoder with switches, mirrored unpool/deconv decoder, 21 classes."""
     return DeconvNet(DeconvNetConfig(**cfg))
 
 
-@register_model
+@register_model(
+    config=DeconvNetConfig, train=dict(data="mnist-seg", epochs=12, batch_size=32, lr=2e-3, lr_schedule="cosine")
+)
 def deconvnet_digits(**cfg) -> DeconvNet:
     """DeconvNet at reduced width and depth, trained to segment multi-digit MNIST canvases (11 classes)."""
     defaults = dict(
-        in_channels=1,
+        channels=1,
         classes=11,
         image_size=[48, 48],
         encoder=[[16, 16], [32, 32], [64, 64], [128, 128]],
         fc_width=512,
         background_weight=0.3,  # background is ~92% of the pixels: weigh the digits' pixels up
-        dataset="mnist-seg",
-        lr=2e-3,
-        epochs=12,
-        batch_size=32,
     )
     return DeconvNet(DeconvNetConfig(**{**defaults, **cfg}))

@@ -4,27 +4,24 @@ digits, without downloading an Inception network; it is also a zoo model of its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.config import Config, setting
 from zoo.models.base import ZooModel
 from zoo.registry import register_model
 
 
 @dataclass
-class LeNetConfig:
-    classes: int = 10
-    image_size: list = field(default_factory=lambda: [28, 28])
-    dataset: str = "mnist"
-    lr: float = 1e-3
-    epochs: int = 40
-    batch_size: int = 64
-    augment_shift: float = 2.0  # random translations up to this many pixels during training
-    augment_rotate: float = 10.0  # and random rotations up to this many degrees
+class LeNetConfig(Config):
+    classes: int = setting(10, lo=2, hi=1000)
+    image_size: list[int] = setting(factory=lambda: [28, 28], lo=28, hi=28)  # the layer sizes below are 28x28's
+    augment_shift: float = setting(2.0, lo=0, hi=14)  # random translations up to this many pixels during training
+    augment_rotate: float = setting(10.0, lo=0, hi=180)  # and random rotations up to this many degrees
 
 
 class LeNet(ZooModel):
@@ -100,7 +97,7 @@ class LeNet(ZooModel):
         return pictures
 
 
-@register_model
+@register_model(config=LeNetConfig, train=dict(data="mnist", epochs=40, batch_size=64, lr=1e-3))
 def lenet_mnist(**cfg) -> LeNet:
     """LeNet-5 digit classifier on the bundled MNIST digits (the zoo's evaluation instrument)."""
     return LeNet(LeNetConfig(**cfg))

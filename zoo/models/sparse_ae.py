@@ -8,36 +8,31 @@ rho_hat_j near a small target rho:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from zoo.config import Config, setting
 from zoo.errors import ZooError
 from zoo.models.base import ZooModel
 from zoo.registry import register_model
 
 
 @dataclass
-class SparseAEConfig:
-    visible: int = 784  # D: input pixels, image_size[0] * image_size[1]
-    hidden: int = 196  # N1: hidden units
-    rho: float = 0.1  # target mean activation of each hidden unit
-    beta: float = 3.0  # weight of the sparsity penalty
-    weight_decay: float = 3e-3  # lambda, on the weights only (not the biases)
-    image_size: list = field(default_factory=lambda: [28, 28])
-    dataset: str = "mnist"
-    lr: float = 3e-3  # Adam step size
-    epochs: int = 300
-    batch_size: int = 250
+class SparseAEConfig(Config):
+    visible: int = setting(784, lo=1, hi=1 << 20)  # D: input pixels, image_size[0] * image_size[1]
+    hidden: int = setting(196, lo=1, hi=1 << 16)  # N1: hidden units
+    rho: float = setting(0.1, lo=0, lo_open=True, hi=0.999999)  # target mean activation of each hidden unit
+    beta: float = setting(3.0, lo=0, hi=1e6)  # weight of the sparsity penalty
+    weight_decay: float = setting(3e-3, lo=0, hi=1e6)  # lambda, on the weights only (not the biases)
+    image_size: list[int] = setting(factory=lambda: [28, 28], lo=1, hi=4096)
 
     def __post_init__(self):
-        self.image_size = [int(s) for s in self.image_size]
-        if self.image_size[0] * self.image_size[1] != self.visible:
+        super().__post_init__()
+        if len(self.image_size) != 2 or self.image_size[0] * self.image_size[1] != self.visible:
             raise ZooError(f"visible={self.visible} but image_size {self.image_size} has a different pixel count")
-        if not 0.0 < self.rho < 1.0:
-            raise ZooError(f"rho={self.rho}; expected a target activation strictly between 0 and 1")
 
 
 def kl_bernoulli(rho: float, rho_hat: torch.Tensor) -> torch.Tensor:
@@ -128,25 +123,14 @@ class SparseAutoencoder(ZooModel):
         return sparse_ae_figures(sd, self.config.image_size, X, recon, out_dir)
 
 
-@register_model
+@register_model(config=SparseAEConfig, train=dict(data="mnist", epochs=300, batch_size=250, lr=3e-3))
 def sparse_ae(**cfg) -> SparseAutoencoder:
     """Sparse autoencoder 784-196-784 on the bundled MNIST digits (UFLDL's MNIST settings)."""
     return SparseAutoencoder(SparseAEConfig(**cfg))
 
 
-@register_model
+@register_model(config=SparseAEConfig, train=dict(data="digits8", epochs=1500, batch_size=256, lr=1e-2))
 def sparse_ae_digits8(**cfg) -> SparseAutoencoder:
     """Sparse autoencoder 64-25-64 on scikit-learn's 8x8 digits (UFLDL's patch settings)."""
-    defaults = dict(
-        visible=64,
-        hidden=25,
-        rho=0.01,
-        beta=3.0,
-        weight_decay=1e-4,
-        image_size=[8, 8],
-        dataset="digits8",
-        epochs=1500,
-        lr=1e-2,
-        batch_size=256,
-    )
+    defaults = dict(visible=64, hidden=25, rho=0.01, beta=3.0, weight_decay=1e-4, image_size=[8, 8])
     return SparseAutoencoder(SparseAEConfig(**{**defaults, **cfg}))
