@@ -179,6 +179,36 @@ def test_publish_crash_while_staging_leaves_the_old_set(published, runs, tmp_pat
     assert snapshot(folder) == snapshot(old)
 
 
+def test_publish_removes_what_killed_publishes_left(published, runs, tmp_path):
+    """A dead staging folder (this kind of publish) and, once an hour old, the temporary files and export
+    folders of the earlier file-by-file kind; a young one may be a live writer's and stays."""
+    from zoo.publish import publish
+
+    old, new = published
+    folder = tmp_path / "w"
+    shutil.copytree(old, folder)
+    dead = folder / f"{STAGING_PREFIX}tiny.k1ll3d00"
+    (dead / "new").mkdir(parents=True)
+    (dead / "new" / "tiny.onnx").write_bytes(b"half")
+    stale = [
+        folder / ".tiny.onnx.abcd1234",
+        folder / ".tiny.safetensors.x_y12345.tmp",
+        folder / ".MANIFEST.json.q1w2e3r4.tmp",
+    ]
+    stale[0].mkdir()
+    for p in stale[1:]:
+        p.write_bytes(b"left behind")
+    young = folder / ".tiny.md.zzzzzzzz.tmp"
+    young.write_bytes(b"being written")
+    for p in stale:
+        os.utime(p, (0, 0))
+    publish(runs[1], "tiny", folder, overwrite=True)
+    assert not dead.exists() and not any(p.exists() for p in stale) and young.exists()
+    young.unlink()
+    assert set(snapshot(folder)) == set(snapshot(new))
+    assert_manifest_matches(folder)
+
+
 KILLED_COMMIT = """
 import json, os, signal, sys
 from pathlib import Path
@@ -485,6 +515,15 @@ def test_corrupt_images_are_errors_naming_the_file(tmp_path, content):
     with pytest.raises(ZooError, match="cannot read image '.*broken.png'") as e:
         load_image_folder(tmp_path / "d")
     assert "\n" not in str(e.value)
+
+
+def test_a_fifo_among_the_images_is_refused_not_read(tmp_path):
+    from zoo.data import load_image_folder
+
+    (tmp_path / "d").mkdir()
+    os.mkfifo(tmp_path / "d" / "pipe.png")
+    with pytest.raises(ZooError, match="pipe.png' is not a regular file"):
+        load_image_folder(tmp_path / "d")
 
 
 def _npy(tmp_path: Path, kind: str) -> Path:

@@ -184,7 +184,10 @@ def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None, c
     from PIL import Image
 
     folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+    for p in files:
+        if not p.is_file():  # a FIFO would block the read forever, a device would be read without end
+            raise ZooError(f"'{p}' is not a regular file; expected image files under '{folder}'")
     if not files:
         raise ZooError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under '{folder}'")
     out = []

@@ -58,10 +58,26 @@ def _test_data(onnx_name: str) -> str:
 
 
 def _check_targets(weights_dir: Path, files: list[str], folders: list[str], overwrite: bool) -> None:
+    check_writable(weights_dir / MANIFEST, True)  # replaced by every publish, but never if it is a link or a device
     for rel in files:
         check_writable(weights_dir / rel, overwrite)
     for rel in folders:
         check_folder_replaceable(weights_dir / rel, overwrite)
+
+
+def _sweep_debris(weights_dir: Path, names: list[str], min_age_s: float = 3600.0) -> None:
+    """Delete what a killed publish of the earlier, file-by-file kind left beside these files: the temporary
+    files of ``atomic_write`` (``.<file>.<8 chars>.tmp``) and the export's staging folders (``.<file>.<8 chars>``),
+    once they are an hour old (a live writer's are younger)."""
+    import time
+
+    patterns = [re.compile(rf"\.{re.escape(n)}\.[a-z0-9_]{{8}}(\.tmp)?") for n in names]
+    for p in weights_dir.iterdir():
+        if any(pat.fullmatch(p.name) for pat in patterns) and time.time() - p.lstat().st_mtime > min_age_s:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def _old_set(weights_dir: Path, name: str) -> list[str]:
@@ -157,6 +173,7 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False) -> dict
 
         with folder_lock(weights_dir):  # the manifest is read, merged and replaced by one publisher at a time
             _check_targets(weights_dir, [*files, *external], folders, overwrite)
+            _sweep_debris(weights_dir, [*files, *external, MANIFEST])
             old = _old_set(weights_dir, name)
             gone = [*old, *install]
             manifest = {
