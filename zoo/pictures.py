@@ -49,36 +49,84 @@ def panels(items: list[tuple[str, np.ndarray]], scale: int = 2, margin: int = 8)
     return canvas
 
 
-def line_plot(series: dict[str, list[tuple[float, float]]], title: str = "", cols: int = 3) -> Image.Image:
-    """Small multiples: one panel per named series of (x, y) points, each with its own y range."""
-    font = ImageFont.load_default()
-    w, h, margin = 260, 150, 30
-    names = list(series)
-    rows = max(1, math.ceil(len(names) / cols))
-    canvas = Image.new("RGB", (cols * w, rows * h + 20), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((6, 4), title, fill="black", font=font)
-    for k, name in enumerate(names):
-        pts = [(x, y) for x, y in series[name] if math.isfinite(y)]
-        ox, oy = (k % cols) * w, 20 + (k // cols) * h
-        draw.rectangle([ox + margin, oy + 16, ox + w - 8, oy + h - 16], outline="grey")
-        draw.text((ox + margin, oy + 2), name, fill="black", font=font)
-        if not pts:
-            continue
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-        y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
-        draw.text((ox + 2, oy + 16), f"{y1:.3g}", fill="grey", font=font)
-        draw.text((ox + 2, oy + h - 28), f"{y0:.3g}", fill="grey", font=font)
+def training_curves_figure(run: dict, references: dict[str, str] | None = None):
+    """A matplotlib figure of a run's per-epoch figures, epochs shared on one x axis: the training losses and
+    the held-out objective on the first panel, each other held-out figure on its own; ``references`` maps a
+    constant (``rho``, ``floor_fid_train_vs_val``) to the figure it is a target or floor for, drawn there as a
+    dashed line; a GAN's phases are shaded and a line breaks where a loss is not computed (phase 2 has no D
+    loss)."""
+    import matplotlib
 
-        def px(x, y, ox=ox, oy=oy, x0=x0, x1=x1, y0=y0, y1=y1):
-            return (
-                ox + margin + (x - x0) / (x1 - x0) * (w - margin - 8),
-                oy + h - 16 - (y - y0) / (y1 - y0) * (h - 32),
+    matplotlib.use("Agg", force=True)
+    from matplotlib.figure import Figure
+
+    references = references or {}
+    train_rows, val_rows = run.get("train_history", []), run.get("history", [])
+    bookkeeping = {"epoch", "seconds", "phase"}
+    epochs = sorted({r["epoch"] for r in (*train_rows, *val_rows)})
+
+    def column(rows, key):  # (epochs,) with NaN where the key was not logged
+        by_epoch = {r["epoch"]: r.get(key) for r in rows}
+        values = [by_epoch.get(e) for e in epochs]
+        return np.array([float(v) if isinstance(v, (int, float)) else np.nan for v in values])
+
+    def keys(rows):
+        return sorted({k for r in rows for k, v in r.items() if k not in bookkeeping and isinstance(v, (int, float))})
+
+    train_keys, val_keys = keys(train_rows), [k for k in keys(val_rows) if k not in references]
+    losses = [k for k in val_keys if k in ("val_loss", "val_objective")]
+    panels_ = (
+        [
+            (
+                "loss (train: epoch means)",
+                [("train " + k, train_rows, k) for k in train_keys] + [("held-out " + k, val_rows, k) for k in losses],
             )
+        ]
+        if train_keys or losses
+        else []
+    )
+    panels_ += [(k, [("held-out", val_rows, k)]) for k in val_keys if k not in losses]
+    cols = 1 if len(panels_) <= 1 else 2
+    rows = max(1, math.ceil(len(panels_) / cols))
+    fig = Figure(figsize=(5.2 * cols, 2.6 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+    phases = column(train_rows, "phase")
+    for ax, (title, lines) in zip(axes, panels_):
+        for label, source, key in lines:
+            ax.plot(epochs, column(source, key), marker="." if len(epochs) <= 60 else None, label=label)
+        for constant, target in references.items():
+            if target == title:
+                value = column(val_rows, constant)
+                if np.isfinite(value).any():
+                    ax.axhline(np.nanmean(value), ls="--", color="grey", label=f"{constant} = {np.nanmean(value):.4g}")
+        if np.isfinite(phases).any():  # the lecture's three phases, shaded
+            for phase, shade in ((1, "#fbe3d6"), (2, "#dbeaf7"), (3, None)):
+                span = [e for e, p in zip(epochs, phases) if p == phase]
+                if span and shade:
+                    ax.axvspan(
+                        min(span) - 0.5,
+                        max(span) + 0.5,
+                        color=shade,
+                        zorder=0,
+                        label=f"phase {phase}" if ax is axes[0] else None,
+                    )
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if len(lines) > 1 or references:
+            ax.legend(fontsize=7, loc="best")
+    for ax in axes[len(panels_) :]:
+        ax.set_visible(False)
+    for ax in axes[-cols:]:
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(f"{run.get('model', '')}: per-epoch figures", fontsize=10)
+    return fig
 
-        draw.line([px(x, y) for x, y in pts], fill=(31, 119, 180), width=2)
-    return canvas
+
+def save_figure(path: str | Path, fig) -> Path:
+    """A matplotlib figure as a PNG, written atomically."""
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def save_png(path: str | Path, image: Image.Image | np.ndarray) -> Path:

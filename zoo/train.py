@@ -26,18 +26,31 @@ from zoo.errors import ZooError
 from zoo.io import atomic_write
 
 
-def training_curves(run: dict, path: Path) -> Path:
-    """One panel per logged quantity: the training losses (epoch means) and the held-out figures."""
-    from zoo.pictures import line_plot, save_png
+def training_curves(run: dict, path: Path, references: dict | None = None) -> Path:
+    """training_curves.png: the run's per-epoch figures on shared epochs (``zoo.pictures``)."""
+    from zoo.pictures import save_figure, training_curves_figure
 
-    series = {}
-    for rows, prefix in ((run.get("train_history", []), "train "), (run["history"], "held-out ")):
-        for row in rows:
-            for k, v in row.items():
-                constant = k in ("epoch", "seconds", "phase") or k.startswith("floor_")
-                if not constant and isinstance(v, (int, float)):
-                    series.setdefault(prefix + k, []).append((row["epoch"], float(v)))
-    return save_png(path, line_plot(series, title=f"{run['model']}: per-epoch figures"))
+    return save_figure(path, training_curves_figure(run, references))
+
+
+def metrics_csv(run: dict) -> bytes:
+    """One row per epoch: the training losses (``train_`` + name) and the held-out figures, for watching a run
+    while it trains (``tail -f``, a spreadsheet, pandas)."""
+    train = {r["epoch"]: r for r in run.get("train_history", [])}
+    rows = [{**{f"train_{k}": v for k, v in train.get(r["epoch"], {}).items() if k != "epoch"}, **r}
+            for r in run["history"]]  # fmt: skip
+    keys = ["epoch", "seconds"] + sorted({k for r in rows for k in r} - {"epoch", "seconds"})
+
+    def cell(v) -> str:
+        return f"{v:.10g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
+
+    lines = [",".join(keys)] + [",".join(cell(r.get(k)) for k in keys) for r in rows]
+    return ("\n".join(lines) + "\n").encode()
+
+
+# training_curves.png is redrawn after an epoch when this long has passed since it was last drawn (and after the
+# last epoch): every epoch for most runs, without a 1,500-epoch run spending minutes in matplotlib.
+CURVES_EVERY_SECONDS = 10.0
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -261,6 +274,7 @@ def train(
         first_epoch = state["epoch"] + 1
         seconds_before = run["history"][-1]["seconds"] if run["history"] else 0.0
     progress = progress and world.is_main
+    curves_written = -math.inf
     start = time.perf_counter() - seconds_before
     for epoch in range(first_epoch, epochs + 1):
         model.train()
@@ -310,6 +324,10 @@ def train(
         }
         save_checkpoint(model, checkpoint, epoch=epoch, metrics=metrics, resume=resume_state)
         _write_json(out_dir / "metrics.json", run)
+        atomic_write(out_dir / "metrics.csv", metrics_csv(run))
+        if time.perf_counter() - curves_written > CURVES_EVERY_SECONDS or epoch == epochs:
+            training_curves(run, out_dir / "training_curves.png", model.curve_references)
+            curves_written = time.perf_counter()
         if progress:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
             print(f"epoch {epoch}/{epochs}: {shown}", file=sys.stderr)
@@ -326,7 +344,7 @@ def train(
         extra={"command": run["command"], "data": data, "seed": train_cfg.seed, "train": run["train"]},
     )
     run["pictures"] = [str(p) for p in model.write_pictures(out_dir, X_val, y_val)]
-    run["pictures"].append(str(training_curves(run, out_dir / "training_curves.png")))
+    run["pictures"].append(str(training_curves(run, out_dir / "training_curves.png", model.curve_references)))
     _write_json(out_dir / "metrics.json", run)
     world.finish()
     return {**run, "rank": world.rank}

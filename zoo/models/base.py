@@ -89,6 +89,8 @@ class ZooModel(nn.Module):
         return {}
 
     headline_metric = "val_loss"  # the figure `zoo list` shows for shipped weights
+    # held-out constants drawn as dashed lines on the curve of the figure they are a target or floor for
+    curve_references: dict[str, str] = {}
 
     def export_parts(self) -> dict:
         """Modules exported as separate ONNX graphs (a GAN's generator and discriminator); empty: the model."""

@@ -174,6 +174,7 @@ class DCGAN(ZooModel):
     """A generator and a discriminator trained against each other; exported as two ONNX graphs."""
 
     headline_metric = "fid"
+    curve_references = {"floor_fid_train_vs_val": "fid", "floor_inception_score_val": "inception_score"}
 
     def __init__(self, config: DCGANConfig):
         super().__init__()

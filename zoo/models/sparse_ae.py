@@ -44,6 +44,7 @@ class SparseAutoencoder(ZooModel):
     input_names = ("image",)
     output_names = ("reconstruction", "code")
     headline_metric = "val_mse"
+    curve_references = {"rho": "mean_rho_hat"}  # the sparsity target under the units' mean activation
 
     def __init__(self, config: SparseAEConfig):
         super().__init__()
