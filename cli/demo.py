@@ -50,7 +50,8 @@ def _cuda_outputs(onnx_path: Path, x: np.ndarray, work: Path) -> tuple[np.ndarra
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise click.ClickException(f"the simulated CUDA run failed: {done.stderr.strip().splitlines()[-1]}")
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise click.ClickException(f"the simulated CUDA run failed: {last}")
     return np.load(out), f"cuda (simulator, batch {SIMULATED_BATCH})"
 
 
