@@ -429,3 +429,20 @@ def test_load_checkpoint_reproduces_trained_outputs(runs):
             recon, code = model(torch.from_numpy(X_val))
         np.testing.assert_allclose(code.numpy(), a1, rtol=0, atol=1e-5)
         np.testing.assert_allclose(recon.numpy(), a2, rtol=0, atol=1e-5)
+
+
+def test_reconstructions_show_one_digit_of_each_class(monkeypatch, tmp_path):
+    """The held-out split lists its digits class by class; the picture takes the first of each class (it showed
+    sixteen zeros)."""
+    import zoo.pictures
+    from zoo.data import load_dataset
+
+    seen = {}
+    monkeypatch.setattr(zoo.pictures, "sparse_ae_figures", lambda sd, size, X, recon, out: seen.update(X=X) or [])
+    val = load_dataset("mnist", "val", size=(28, 28))
+    zoo.create_model("sparse-ae").write_pictures(tmp_path, val.images, val.labels)
+    rows = {tuple(r) for r in val.images.reshape(len(val.images), -1)}
+    assert len(seen["X"]) == 10 and all(tuple(x) in rows for x in seen["X"])
+    flat = val.images.reshape(len(val.images), -1)
+    classes = [int(val.labels[np.flatnonzero((flat == x).all(1))[0]]) for x in seen["X"]]
+    assert sorted(classes) == list(range(10))

@@ -119,6 +119,9 @@ class SparseAutoencoder(ZooModel):
         from zoo.pictures import sparse_ae_figures
 
         sd = {k: v.detach().cpu().numpy() for k, v in self.state_dict().items()}
+        if labels is not None:  # the first held-out digit of each class: the split lists the zeros first
+            first = sorted(np.unique(labels, return_index=True)[1])[:16]
+            X = X[first]
         X = X[:16].reshape(min(16, len(X)), -1)  # (n, D)
         recon = self(torch.from_numpy(X))[0].detach().numpy()
         return sparse_ae_figures(sd, self.config.image_size, X, recon, out_dir)
