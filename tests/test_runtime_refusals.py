@@ -188,11 +188,12 @@ def _overridable_model(ir_version: int = IR_VERSION) -> tuple[bytes, dict]:
     return model.SerializeToString(), inits
 
 
-def test_an_initializer_listed_as_an_input_is_overridable_as_in_onnxruntime():
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_an_initializer_listed_as_an_input_is_overridable_as_in_onnxruntime(backend):
     model, inits = _overridable_model()
     rng = case_rng("overridable-feeds")
     x = randn(rng, (1, 1, 4, 4))
-    sess, oracle = runtime.InferenceSession(model), _ort_session(model)
+    sess, oracle = runtime.InferenceSession(model, backend=backend), _ort_session(model)
     assert [i.name for i in sess.get_inputs()] == [i.name for i in oracle.get_inputs()] == ["x"]
     assert [i.name for i in sess.get_overridable_initializers()] == [
         i.name for i in oracle.get_overridable_initializers()
