@@ -1,9 +1,14 @@
 """``zoo``: train, export, run and inspect the zoo's models. Heavy imports (torch, numba) happen inside the
-commands, so ``zoo --help`` is instant and the inference commands never import torch."""
+commands, so ``zoo --help`` is instant and the inference commands never import torch. Every error is one line
+and a non-zero exit (``ZOO_DEBUG=1`` shows the traceback of an unexpected one); whatever a file put in a name,
+a metadata value or a message is printed with its control characters escaped (``zoo.text.printable``)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,30 +18,67 @@ BACKEND_CHOICES = ["cpu", "cuda", "ort"]
 
 
 class ZooGroup(click.Group):
-    """Turns the project's own errors into one-line messages and a non-zero exit, never a traceback."""
+    """Every error as one line and a non-zero exit, never a traceback: the project's own errors and click's as
+    they are, an OSError as the file that could not be read or written, anything else as its type and message
+    (ZOO_DEBUG=1 lets those through with their traceback). Every message goes through ``printable``: text a
+    file put in it cannot drive the terminal. A real Ctrl-C stays click's ``Aborted!``."""
 
     def invoke(self, ctx):
-        from runtime.errors import ZooRuntimeError
-        from zoo.errors import ZooError
+        from zoo.text import printable
 
         try:
             return super().invoke(ctx)
-        except (ZooError, ZooRuntimeError) as e:
-            raise click.ClickException(str(e)) from None
-        except ModuleNotFoundError as e:
-            extra = {
-                "torch": "torch",
-                "safetensors": "torch",
-                "onnxruntime": "test",
-                "mlxtend": "torch",
-                "sklearn": "torch",
-                "numba_cuda": "cuda",
-            }.get((e.name or "").split(".")[0])
-            if extra is None:
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except click.ClickException as e:
+            e.message = printable(e.message)
+            raise
+        except Exception as e:
+            message = one_line_message(e)
+            if message is None:
                 raise
-            raise click.ClickException(
-                f"this command needs the '{e.name}' package; install it with: pip install 'deconv-zoo[{extra}]'"
-            ) from None
+            raise click.ClickException(printable(message)) from None
+
+
+MISSING_PACKAGE_EXTRAS = {
+    "torch": "torch",
+    "safetensors": "torch",
+    "onnxruntime": "test",
+    "mlxtend": "torch",
+    "sklearn": "torch",
+    "numba_cuda": "cuda",
+}
+
+
+def one_line_message(e: Exception) -> str | None:
+    """The one-line message for an exception a command let through, or None to let it through as it is."""
+    from zoo.errors import ZooError
+
+    # A runtime error can only come from a runtime already imported; importing it here would cost every
+    # command numba's start-up.
+    runtime_errors = sys.modules.get("runtime.errors")
+    if isinstance(e, ZooError) or (runtime_errors is not None and isinstance(e, runtime_errors.ZooRuntimeError)):
+        return str(e)
+    extra = MISSING_PACKAGE_EXTRAS.get((e.name or "").split(".")[0]) if isinstance(e, ModuleNotFoundError) else None
+    if extra is not None:
+        return f"this command needs the '{e.name}' package; install it with: pip install 'deconv-zoo[{extra}]'"
+    if os.environ.get("ZOO_DEBUG") == "1" or (isinstance(e, OSError) and e.errno == errno.EPIPE):
+        return None  # click itself ends quietly on a closed pipe
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"cannot read or write '{e.filename}': {e.strerror or e}"
+    return f"unexpected {type(e).__name__}: {e} (ZOO_DEBUG=1 shows the traceback)"
+
+
+@contextlib.contextmanager
+def writing(path):
+    """An OSError raised while writing ``path`` (disk full, a /proc or read-only folder, a name too long) as the
+    one-line error that names the file."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.EPIPE or os.environ.get("ZOO_DEBUG") == "1":
+            raise
+        raise click.ClickException(f"cannot write '{path}': {e.strerror or e}") from None
 
 
 @click.group(cls=ZooGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -55,9 +97,9 @@ def weights_dir_default() -> Path:
 @cli.command("list")
 def list_cmd():
     """Registered models, their shipped weights and headline metrics."""
-    from zoo.cards import load_cards
+    from zoo.text import printable
 
-    cards = load_cards(weights_dir_default())
+    cards = _checked_cards(weights_dir_default())
     try:
         import zoo
 
@@ -68,13 +110,41 @@ def list_cmd():
     for name, description in names:
         mine = [c for c in cards if c["model"] == name]
         weights = ", ".join(c["name"] for c in mine) or "-"
-        headline = (
-            ", ".join(f"{c['headline']}={c['metrics'].get(c['headline'], float('nan')):.4g}" for c in mine) or "-"
-        )
-        rows.append((name, weights, headline, description))
+        headline = ", ".join(f"{c.get('headline')}={_figure(c['metrics'].get(c.get('headline')))}" for c in mine)
+        rows.append(tuple(printable(cell) for cell in (name, weights, headline or "-", description)))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         click.echo("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+
+
+CARD_FIELDS = {"model": str, "name": str, "metrics": dict}
+
+
+def _checked_cards(folder: Path) -> list[dict]:
+    """The model cards in ``folder``, each refused unless it holds the fields `zoo list` shows."""
+    from zoo.cards import load_cards
+    from zoo.errors import ZooError
+
+    try:
+        cards = load_cards(folder)
+    except UnicodeDecodeError as e:
+        raise ZooError(f"a model card in '{folder}' is not UTF-8 text ({e}); expected JSON") from None
+    for i, card in enumerate(cards):
+        if not isinstance(card, dict):
+            raise ZooError(f"model card #{i + 1} in '{folder}' is a JSON {type(card).__name__}; expected an object")
+        wrong = [k for k, kind in CARD_FIELDS.items() if not isinstance(card.get(k), kind)]
+        wrong += [] if isinstance(card.get("description", ""), str) else ["description"]
+        if wrong:
+            label = card["name"] if isinstance(card.get("name"), str) else f"#{i + 1}"
+            raise ZooError(
+                f"model card '{label}' in '{folder}' has no valid {', '.join(wrong)}; expected a model and a name "
+                "(strings) and metrics (an object), as `zoo publish` writes them"
+            )
+    return cards
+
+
+def _figure(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
 
 def _parse_overrides(items: tuple[str, ...]) -> dict:
@@ -100,14 +170,24 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
     default=None,
     help="Adam step (default: the model's).",
 )
-@click.option("--seed", type=int, default=0, help="Seed for initialisation and shuffling: same seed, same weights.")
+@click.option(
+    "--seed", type=int, default=None, help="Seed for initialisation and shuffling: same seed, same weights [0]."
+)
 @click.option("--data", default=None, help="mnist, digits8, a folder of images or an .npy file (default: the model's).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training examples.")
 @click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field, e.g. hidden=100."
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A setting of the model's config (hidden=100) or of the run (epochs=5); VALUE is read as JSON.",
 )
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder [runs/MODEL].")
-@click.option("--force", is_flag=True, help="Train into a folder that already holds a trained model.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Train into a folder that already holds files (a run, finished or not); with --resume: extend a finished run.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @click.option(
     "--resume",
@@ -117,26 +197,16 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
 def train(model, epochs, batch_size, lr, seed, data, limit, overrides, out_dir, force, quiet, resume):
     """Train MODEL; writes a checkpoint every epoch, metrics.json and the pictures. Under torchrun
     (--nproc_per_node=N) each process trains on 1/N of every batch; rank 0 writes the files."""
-    from zoo.errors import ZooError
     from zoo.train import train as run_training
 
+    options = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, data=data, limit=limit)
+    settings = _parse_overrides(overrides)
+    twice = sorted(k for k, v in options.items() if v is not None and k in settings)
+    if twice:
+        raise click.BadParameter(f"{', '.join(twice)} given both as an option and in --set", param_hint="--set")
     out = Path(out_dir or Path("runs") / model)
     final = out / f"{model}.safetensors"
-    if final.exists() and not force:
-        raise ZooError(f"'{final}' already exists; choose another --out or pass --force to train over it")
-    result = run_training(
-        model,
-        out,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        data=data,
-        limit=limit,
-        progress=not quiet,
-        resume=resume,
-        **_parse_overrides(overrides),
-    )
+    result = run_training(model, out, progress=not quiet, resume=resume, force=force, **{**options, **settings})
     if result["rank"] != 0:  # under torchrun, rank 0 reports
         return
     shown = ", ".join(f"{k}={v:.4g}" for k, v in result["final"].items() if isinstance(v, float))
@@ -161,24 +231,26 @@ def train(model, epochs, batch_size, lr, seed, data, limit, overrides, out_dir, 
 @click.option("--force", is_flag=True, help="Overwrite an existing ONNX file.")
 def export(model, weights_path, out_path, opset, part, force):
     """Export MODEL's trained weights to a checked ONNX file (and a test_data_set_0 folder beside it)."""
-    from zoo.checkpoint import load_checkpoint
+    from zoo.checkpoint import load_checkpoint, training_data
     from zoo.data import load_dataset
     from zoo.errors import ZooError
     from zoo.export import export_onnx
     from zoo.io import check_writable
 
-    check_writable(out_path, force)
-    net, meta = load_checkpoint(weights_path)
+    with writing(out_path):
+        check_writable(out_path, force)
+    net, meta = checked_checkpoint(load_checkpoint, weights_path)
     if meta["model"] != model:
         raise ZooError(f"'{weights_path}' holds a '{meta['model']}' checkpoint, not '{model}'")
     try:
-        val = load_dataset(
-            meta.get("data", net.config.dataset), "val", tuple(net.config.image_size), getattr(net.config, "nc", 1)
-        )
+        val = load_dataset(training_data(meta), "val", tuple(net.config.image_size), net.image_channels)
         data = (val.images, val.labels)
     except ZooError:
         data = None  # the training data is not here: the test data set is made from random inputs
-    report = export_onnx(net, out_path, part=part, data=data, metrics=meta.get("metrics"), overwrite=force, opset=opset)
+    with writing(out_path):
+        report = export_onnx(
+            net, out_path, part=part, data=data, metrics=meta.get("metrics"), overwrite=force, opset=opset
+        )
     click.echo(
         f"wrote {report['path']} (opset {report['opset']}, IR {report['ir_version']}, "
         f"nodes: {' '.join(report['nodes'])})"
@@ -209,36 +281,102 @@ def publish(run_dir, name, weights_dir, force):
 
 
 def _read_array(path: str):
-    import numpy as np
-
     p = Path(path)
     if not p.is_file():
-        raise click.BadParameter(f"'{path}' does not exist", param_hint="--input")
+        raise click.BadParameter(f"'{path}' does not exist or is not a regular file", param_hint="--input")
     if p.suffix == ".pb":
-        import onnx
-        from onnx import numpy_helper
+        return _read_tensor_proto(p)
+    return load_npy(p, "--input")
 
-        t = onnx.TensorProto()
-        try:
-            t.ParseFromString(p.read_bytes())
-        except Exception:
-            raise click.BadParameter(f"'{path}' is not a serialized ONNX TensorProto", param_hint="--input") from None
-        return numpy_helper.to_array(t)
+
+def load_npy(path: Path, param_hint: str):
+    """The array in a .npy file, or a one-line refusal: pickled objects, a truncated, empty or huge-declared file,
+    an .npz archive (which np.load reads whatever its name)."""
+    import numpy as np
+
     try:
-        return np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise click.BadParameter(f"'{path}' is not a .npy array ({e})", param_hint="--input") from None
+        a = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, MemoryError) as e:
+        # An empty file is an EOFError, which click, left with it, reports as "Aborted!", as for Ctrl-D.
+        message = f"'{path}' is not a .npy array ({type(e).__name__}: {e})"
+        raise click.BadParameter(message, param_hint=param_hint) from None
+    if not isinstance(a, np.ndarray):
+        a.close()
+        raise click.BadParameter(f"'{path}' is an .npz archive; expected one .npy array", param_hint=param_hint)
+    return a
+
+
+def _read_tensor_proto(path: Path):
+    import onnx
+    from onnx import numpy_helper
+
+    t = onnx.TensorProto()
+    try:
+        t.ParseFromString(path.read_bytes())
+    except Exception:
+        raise click.BadParameter(f"'{path}' is not a serialized ONNX TensorProto", param_hint="--input") from None
+    if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+        # numpy_helper would open whatever file the tensor names, wherever it is.
+        raise click.BadParameter(
+            f"'{path}' keeps its values in another file (external data); expected them inside the .pb",
+            param_hint="--input",
+        )
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:  # a declared shape or type its data does not fill
+        raise click.BadParameter(
+            f"'{path}' holds a TensorProto that is no array ({type(e).__name__}: {e})", param_hint="--input"
+        ) from None
 
 
 def open_session(model_path: str, backend: str):
     """An inference session on ``backend``: this runtime's cpu/cuda, or ``ort`` (onnxruntime's CPU provider)."""
+    if not Path(model_path).is_file():  # a FIFO or /dev/zero would never end
+        raise click.BadParameter(f"'{model_path}' does not exist or is not a regular file", param_hint="MODEL")
     if backend == "ort":
-        import onnxruntime as ort
-
-        return ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+        return OrtSession(model_path)
     import runtime
 
     return runtime.InferenceSession(model_path, backend=backend)
+
+
+class OrtSession:
+    """onnxruntime's CPU session, its errors (pybind11 types, messages over several lines) turned into one-line
+    ClickExceptions and its C++ log silenced (it would print the file's names as they are)."""
+
+    def __init__(self, path: str):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # fatal only: every error also comes back as the exception
+        self.path = path
+        try:
+            self._session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise click.ClickException(f"onnxruntime cannot load '{path}': {' '.join(str(e).split())}") from None
+
+    def get_inputs(self):
+        return self._session.get_inputs()
+
+    def get_outputs(self):
+        return self._session.get_outputs()
+
+    def get_modelmeta(self):
+        return self._session.get_modelmeta()
+
+    def run(self, output_names, feed: dict) -> list:
+        import numpy as np
+
+        try:
+            outputs = self._session.run(output_names, feed)
+        except Exception as e:
+            raise click.ClickException(f"onnxruntime cannot run '{self.path}': {' '.join(str(e).split())}") from None
+        for arg, y in zip(self.get_outputs(), outputs):
+            if not isinstance(y, np.ndarray):
+                raise click.ClickException(
+                    f"output '{arg.name}' of '{self.path}' is a {type(y).__name__} ({arg.type}); expected a tensor"
+                )
+        return outputs
 
 
 @cli.command()
@@ -273,8 +411,10 @@ def run(model_path, inputs, output_path, output_name, backend, force):
     import numpy as np
 
     from zoo.io import atomic_write, check_writable
+    from zoo.text import printable
 
-    out = check_writable(output_path, force)
+    with writing(output_path):
+        out = check_writable(output_path, force)
     if out.suffix not in (".npy", ".npz"):
         raise click.BadParameter(f"'{output_path}' must end in .npy or .npz", param_hint="--output")
     named, positional = {}, []
@@ -294,37 +434,72 @@ def run(model_path, inputs, output_path, output_name, backend, force):
             )
         named.update(zip(free, positional))
     names = [o.name for o in sess.get_outputs()]
-    outputs = sess.run(None, named)
-    buf = io.BytesIO()
     if out.suffix == ".npz":
-        np.savez(buf, **dict(zip(names, outputs)))
+        check_npz_names(names)
+    elif output_name is not None and output_name not in names:
+        raise click.BadParameter(
+            f"unknown output '{output_name}'; the model's outputs are {names}", param_hint="--output-name"
+        )
+    outputs = sess.run(None, named)
+    if out.suffix == ".npz":
+        data = npz_bytes(dict(zip(names, outputs)))
     else:
-        if output_name is not None and output_name not in names:
-            raise click.BadParameter(
-                f"unknown output '{output_name}'; the model's outputs are {names}", param_hint="--output-name"
-            )
-        k = names.index(output_name) if output_name else 0
-        np.save(buf, outputs[k])
-    atomic_write(out, buf.getvalue(), overwrite=force)
+        buf = io.BytesIO()
+        np.save(buf, outputs[names.index(output_name) if output_name else 0], allow_pickle=False)
+        data = buf.getvalue()
+    with writing(out):
+        atomic_write(out, data, overwrite=force)
     for name, y in zip(names, outputs):
-        click.echo(f"{name}: {y.dtype} {tuple(y.shape)}", err=True)
-    click.echo(f"wrote {out} ({backend})")
+        click.echo(printable(f"{name}: {y.dtype} {tuple(y.shape)}"), err=True)
+    click.echo(printable(f"wrote {out} ({backend})"))
+
+
+def check_npz_names(names: list[str]) -> None:
+    """Refuse output names that cannot be .npz members (NAME.npy inside a zip): a path, an empty name, twice."""
+    for name in names:
+        if name in ("", ".", "..") or any(c in name for c in "/\\\0") or len(name.encode()) > 60000:
+            raise click.BadParameter(
+                f"output name '{name}' cannot name an .npz member (expected no '/', '\\' or NUL, "
+                "not empty, '.' or '..'); write that output to a .npy file with --output-name",
+                param_hint="--output",
+            )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise click.BadParameter(f"the model has two outputs named {twice}; expected distinct names", "--output")
+
+
+def npz_bytes(arrays: dict) -> bytes:
+    """An .npz archive as np.savez writes one (a stored NAME.npy member per array), built here because
+    np.savez takes the names as keyword arguments: an output named ``allow_pickle`` was taken for the option
+    and dropped, one named ``file`` raised a TypeError."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, a in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
+    return buf.getvalue()
 
 
 @cli.command()
 @click.argument("model_path", metavar="MODEL.onnx", type=click.Path(exists=True, dir_okay=False))
 def info(model_path):
-    """Inputs, outputs, ops and metadata of an ONNX file (as this runtime loads it)."""
+    """Inputs, outputs, ops and metadata of an ONNX file (as this runtime loads it); names and metadata are
+    printed with their control characters escaped."""
     import runtime
+    from zoo.text import printable
 
     sess = runtime.InferenceSession(model_path, backend="cpu", optimize_graph=False)
-    for arg in sess.get_inputs():
-        click.echo(f"input  {arg.name}: {arg.type} {arg.shape}")
-    for arg in sess.get_outputs():
-        click.echo(f"output {arg.name}: {arg.type} {arg.shape}")
-    click.echo("nodes  " + " ".join(n.op_type for n in sess._graph.nodes))
-    for k, v in sess.get_modelmeta().custom_metadata_map.items():
-        click.echo(f"meta   {k} = {v}")
+    lines = [f"input  {arg.name}: {arg.type} {arg.shape}" for arg in sess.get_inputs()]
+    lines += [f"output {arg.name}: {arg.type} {arg.shape}" for arg in sess.get_outputs()]
+    lines.append("nodes  " + " ".join(n.op_type for n in sess._graph.nodes))
+    lines += [f"meta   {k} = {v}" for k, v in sess.get_modelmeta().custom_metadata_map.items()]
+    for line in lines:
+        click.echo(printable(line))
 
 
 def _generator_path(model: str) -> Path:
@@ -340,10 +515,13 @@ def _generator_path(model: str) -> Path:
     raise click.BadParameter(f"no shipped generator '{model}' in {folder}; shipped: {', '.join(shipped)}")
 
 
+MAX_LATENT_WIDTH = 1 << 16  # a generator's input (batch, width); more is no generator the zoo ships
+
+
 @cli.command()
 @click.argument("model")
 @click.option("--n", "count", type=click.IntRange(1, 1024), default=64, help="Number of samples.")
-@click.option("--seed", type=int, default=0, help="Seed of the latent points.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the latent points.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="cpu", help="cpu/cuda: this runtime; ort.")
 @click.option("--interpolate", is_flag=True, help="A row of images between two latent points (or two class codes).")
 @click.option("--steps", type=click.IntRange(2, 64), default=10, help="Images in the --interpolate row.")
@@ -360,14 +538,15 @@ def sample(model, count, seed, backend, interpolate, steps, classes, out_path, f
 
     from zoo.io import check_writable
     from zoo.pictures import save_png, tile_grid
+    from zoo.text import printable
 
     path = _generator_path(model)
-    out = check_writable(out_path or f"{Path(model).stem}-{'interpolation' if interpolate else 'samples'}.png", force)
+    out_path = out_path or f"{Path(model).stem}-{'interpolation' if interpolate else 'samples'}.png"
+    with writing(out_path):
+        out = check_writable(out_path, force)
     sess = open_session(str(path), backend)
-    (arg,) = sess.get_inputs()
+    arg = _latent_input(path, sess.get_inputs())
     width = arg.shape[1]
-    if not isinstance(width, int):
-        raise click.BadParameter(f"'{path}' has input {arg.name} of shape {arg.shape}; expected (batch, width)")
     rng = np.random.default_rng(seed)
     if arg.name == "class_code":
         a, b = (np.eye(width, dtype=np.float32)[c % width] for c in classes)
@@ -378,7 +557,12 @@ def sample(model, count, seed, backend, interpolate, steps, classes, out_path, f
     if interpolate:
         t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
         codes = (1 - t) * a + t * b  # (steps, width): straight line between the two points
-    (images,) = sess.run(None, {arg.name: np.ascontiguousarray(codes)})[:1]  # (n, C, H, W)
+    images = sess.run(None, {arg.name: np.ascontiguousarray(codes)})[0]  # (n, C, H, W)
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or 0 in images.shape or images.dtype.kind not in "fiu":
+        raise click.BadParameter(
+            f"'{path}' gives a {images.dtype} output of shape {images.shape}; expected images (n, 1 or 3, H, W)",
+            param_hint="MODEL",
+        )
     meta = sess.get_modelmeta().custom_metadata_map
     if meta.get("output_range") == "[-1, 1]":
         images = (images + 1) / 2
@@ -389,8 +573,24 @@ def sample(model, count, seed, backend, interpolate, steps, classes, out_path, f
     from PIL import Image
 
     picture = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-    save_png(out, picture)
-    click.echo(f"wrote {out} ({len(images)} samples of {path.name}, {backend})")
+    with writing(out):
+        save_png(out, picture)
+    click.echo(printable(f"wrote {out} ({len(images)} samples of {path.name}, {backend})"))
+
+
+def _latent_input(path: Path, inputs: list):
+    """A generator's one input, (batch, width) floats: latent points or one-hot class codes."""
+    shapes = ", ".join(f"{arg.name} {arg.type} {arg.shape}" for arg in inputs) or "none"
+    arg = inputs[0] if len(inputs) == 1 else None
+    shape = list(arg.shape or []) if arg is not None else []
+    width = shape[1] if len(shape) == 2 else None
+    if arg is None or arg.type != "tensor(float)" or not isinstance(width, int) or not 0 < width <= MAX_LATENT_WIDTH:
+        raise click.BadParameter(
+            f"'{path}' has inputs {shapes}; expected a generator: one tensor(float) input of shape (batch, width), "
+            f"width at most {MAX_LATENT_WIDTH}",
+            param_hint="MODEL",
+        )
+    return arg
 
 
 @cli.command()
@@ -409,39 +609,76 @@ def sample(model, count, seed, backend, interpolate, steps, classes, out_path, f
 def visualize(model, image_path, out_path, force):
     """The decoder's activations after each unpooling and deconvolution stage for one input, coarse to fine
     (DeconvNet: shipped weights such as deconvnet-digits, or a .safetensors checkpoint)."""
-    import numpy as np
-
-    from zoo.checkpoint import load_checkpoint
-    from zoo.data import load_dataset, load_image_folder
+    from zoo.checkpoint import load_checkpoint, training_data
+    from zoo.data import load_dataset
     from zoo.errors import ZooError
     from zoo.io import check_writable
     from zoo.pictures import save_png
+    from zoo.text import printable
 
     path = Path(model)
     if path.suffix != ".safetensors":
         path = weights_dir_default() / f"{model}.safetensors"
         if not path.is_file():
             raise click.BadParameter(f"no shipped weights '{model}' in {path.parent}; pass a .safetensors checkpoint")
-    out = check_writable(out_path or f"{path.name.split('.')[0]}-stages.png", force)
-    net, meta = load_checkpoint(path)
+    out_path = out_path or f"{path.name.split('.')[0]}-stages.png"
+    with writing(out_path):
+        out = check_writable(out_path, force)
+    net, meta = checked_checkpoint(load_checkpoint, path)
     if not hasattr(net, "decoder_stages_picture"):
         raise ZooError(f"'{meta['model']}' has no decoder stages to show; expected a DeconvNet (deconvnet-*)")
     size = tuple(net.config.image_size)
     if image_path is None:
-        image = load_dataset(net.config.dataset, "val", size=size).images[0]  # (H, W)
-    elif image_path.endswith(".npy"):
-        image = np.load(image_path, allow_pickle=False).astype(np.float32)
-        if image.shape != size or not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
-            raise ZooError(f"'{image_path}' holds {image.shape} values; expected a {size} array in [0, 1]")
+        image = load_dataset(training_data(meta), "val", size=size).images[0]  # (H, W)
     else:
-        import shutil
-        import tempfile
+        image = _read_image(Path(image_path), size)
+    with writing(out):
+        save_png(out, net.decoder_stages_picture(image))
+    click.echo(printable(f"wrote {out} ({meta['model']}, {len(net.config.encoder)} unpooling stages)"))
 
-        with tempfile.TemporaryDirectory() as folder:  # the folder loader reads, converts and resizes one file
-            shutil.copy(image_path, Path(folder) / Path(image_path).name)
-            image = load_image_folder(folder, size)[0]
-    save_png(out, net.decoder_stages_picture(image))
-    click.echo(f"wrote {out} ({meta['model']}, {len(net.config.encoder)} unpooling stages)")
+
+def _read_image(path: Path, size: tuple[int, int]):
+    """One (H, W) float32 image in [0, 1] from an .npy array of that shape or an image file (resized)."""
+    import numpy as np
+
+    from zoo.data import IMAGE_SUFFIXES, load_image_folder
+    from zoo.errors import ZooError
+
+    if not path.is_file():  # a FIFO or /dev/zero would never end
+        raise click.BadParameter(f"'{path}' is not a regular file", param_hint="--image")
+    if path.suffix == ".npy":
+        image = load_npy(path, "--image")
+        if image.dtype.kind not in "biuf" or image.shape != size:
+            raise ZooError(f"'{path}' holds a {image.dtype} array of shape {image.shape}; expected {size} numbers")
+        image = image.astype(np.float32)
+        if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+            raise ZooError(f"'{path}' holds values outside [0, 1]; expected a {size} array in [0, 1]")
+        return image
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise click.BadParameter(
+            f"'{path}' is neither .npy nor an image ({', '.join(IMAGE_SUFFIXES)})", param_hint="--image"
+        )
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # the folder loader reads, converts and resizes one file
+        copy = Path(folder) / path.name
+        shutil.copy(path, copy)
+        try:
+            return load_image_folder(folder, size)[0]
+        except ZooError as e:  # its message names the copy
+            raise ZooError(str(e).replace(str(copy), str(path))) from None
+
+
+def checked_checkpoint(load, path):
+    """``load(path)``, metadata that is no JSON or no config of the model it names refused in one line."""
+    try:
+        return load(path)
+    except (ValueError, KeyError, TypeError) as e:
+        raise click.ClickException(
+            f"'{path}' has checkpoint metadata this zoo cannot use ({type(e).__name__}: {e}); expected the JSON "
+            "model name and config a Deconv Zoo checkpoint carries"
+        ) from None
 
 
 @cli.command()
@@ -464,14 +701,16 @@ def bench(models, batches, backend, threads, json_path, markdown, cold, weights_
     $NUMBA_CACHE_DIR when set."""
     import tempfile
 
-    from zoo.bench import markdown_table, random_weight_cases, run_bench, shipped_cases, write_json
-
     try:
         sizes = [int(b) for b in batches.split(",")]
     except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
         raise click.BadParameter(
-            f"'{batches}' is not a comma-separated list of integers", param_hint="--batch"
-        ) from None
+            f"'{batches}' is not a comma-separated list of batch sizes; expected integers >= 1", param_hint="--batch"
+        )
+    from zoo.bench import markdown_table, random_weight_cases, run_bench, shipped_cases, write_json
+
     names = models.split(",") if models else None
     with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
         cases = shipped_cases(Path(weights_dir or weights_dir_default()), sizes, names)
@@ -489,7 +728,7 @@ def bench(models, batches, backend, threads, json_path, markdown, cold, weights_
 @cli.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/demo", help="Output folder.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, help="Training epochs for the demo model.")
-@click.option("--seed", type=int, default=0, help="Training seed.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Training seed.")
 def demo(out_dir, epochs, seed):
     """The main job on the bundled data: train the sparse autoencoder briefly, export it, run the ONNX file on
     this runtime's CPU and CUDA backends and on onnxruntime, print the agreement, write the pictures."""

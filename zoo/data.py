@@ -176,13 +176,31 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None, channels: int = 1) -> np.ndarray:
-    """All images under ``folder`` (sorted by path), resized to ``size`` (H, W); (N, H, W) or (N, H, W, C)."""
+def load_image(path: str | Path, channels: int = 1) -> np.ndarray:
+    """One image file as floats in [0, 1]: (H, W), or (H, W, 3) for ``channels=3``. A file that is not a regular
+    file, too large to decode safely, truncated or corrupt is refused naming it."""
     import struct
     import warnings
 
     from PIL import Image
 
+    p = Path(path)
+    if not p.is_file():  # a FIFO would block the read forever, a device would be read without end
+        raise ZooError(f"'{p}' is not a regular file; expected an image file")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: refuse both, before decoding
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                return _image_array(im, p, channels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ZooError(f"image '{p}' is too large to decode safely ({_first_line(e)}); refused") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # unreadable, truncated, corrupt
+        raise ZooError(f"cannot read image '{p}': {_first_line(e)}; expected a readable image file") from None
+
+
+def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None, channels: int = 1) -> np.ndarray:
+    """All images under ``folder`` (sorted by path), resized to ``size`` (H, W); (N, H, W) or (N, H, W, C)."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
     for p in files:
@@ -192,17 +210,8 @@ def load_image_folder(folder: str | Path, size: tuple[int, int] | None = None, c
         raise ZooError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under '{folder}'")
     out = []
     for p in files:
-        try:
-            with warnings.catch_warnings():
-                # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that: refuse both, before decoding
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(p) as im:
-                    a = _image_array(im, p, channels)
-            out.append(a if size is None else _resize(a, size))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ZooError(f"image '{p}' is too large to decode safely ({_first_line(e)}); refused") from None
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # unreadable, truncated, corrupt
-            raise ZooError(f"cannot read image '{p}': {_first_line(e)}; expected a readable image file") from None
+        a = load_image(p, channels)
+        out.append(a if size is None else _resize(a, size))
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
         raise ZooError(f"images under '{folder}' have different sizes {sorted(shapes)[:3]}; pass a size to resize them")

@@ -48,6 +48,26 @@ class Weights:
     def metrics(self) -> dict:
         return dict(self.meta.get("metrics", {}))
 
+    def onnx(self, part: str | None = None) -> Path:
+        """The ONNX file (of ``part`` for a model exported in parts), checked against the manifest."""
+        onnx_files = [f for f in self.meta.get("files", []) if f.endswith(".onnx")]
+        wanted = f"{self.name}.{part}.onnx" if part else f"{self.name}.onnx"
+        if wanted not in onnx_files:
+            raise ZooError(f"'{self.name}' ships {', '.join(onnx_files) or 'no ONNX file'}; not {wanted}")
+        return verify_file(self.folder / wanted)
+
+    def transforms(self, part: str | None = None):
+        """The preprocessing its ONNX input expects (``zoo.images.InputSpec``): call it on image paths or
+        arrays of pixels in [0, 1] to get the batch to feed. Torch-free."""
+        import onnx
+
+        from zoo.images import InputSpec
+
+        model = onnx.load(str(self.onnx(part)), load_external_data=False)
+        arg = model.graph.input[0]
+        shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in arg.type.tensor_type.shape.dim]
+        return InputSpec.from_onnx(arg.name, shape, {p.key: p.value for p in model.metadata_props})
+
 
 def _cards(folder) -> list[dict]:
     return [c for c in load_cards(folder) if isinstance(c.get("name"), str) and isinstance(c.get("model"), str)]
