@@ -77,18 +77,39 @@ def switch_translations() -> dict:
     }
 
 
-def source_commit() -> str:
+# What a checkpoint's metadata says of the run that made it (zoo/train.py), carried into the ONNX file's
+# metadata_props beside the model's config: the TrainConfig, the data, the command.
+PROVENANCE_KEYS = ("train", "data", "command")
+
+
+def provenance_of(meta: dict) -> dict:
+    """The run's provenance from a checkpoint's metadata (``zoo.checkpoint.read_metadata``): what it records of
+    ``PROVENANCE_KEYS`` (a checkpoint of an earlier trainer holds no ``train``)."""
+    return {k: meta[k] for k in PROVENANCE_KEYS if meta.get(k) is not None}
+
+
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
+            ["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
         )
-        return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def source_commit() -> str:
+    """The commit of the zoo's code (``git describe --always``), ``-dirty`` when a tracked file outside weights/
+    differs from it, "unknown" outside a git checkout. Unlike ``git describe --dirty``, the weights folder is
+    left out: publishing one model's files there must not mark the next model's export as made from a dirty
+    tree (the code that exports is what the commit names)."""
+    commit = _git("describe", "--always", "--abbrev=12")
+    if not commit:
         return "unknown"
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)weights")
+    if changed is None:
+        return "unknown"
+    return f"{commit}-dirty" if changed else commit
 
 
 def _clean(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -150,11 +171,14 @@ def export_onnx(
     part: str | None = None,
     data: tuple | None = None,
     metrics: dict | None = None,
+    provenance: dict | None = None,
     overwrite: bool = False,
     opset: int = OPSET,
 ) -> dict:
     """Export ``model`` (or its ``part``) to ``out_path``. ``data`` = (images, labels) of held-out data gives
     the real inputs for the comparison and test_data_set_0 (else random example inputs are used).
+    ``provenance``: the run that trained the weights, as ``provenance_of(checkpoint metadata)`` gives it
+    (``train``: the TrainConfig as a dict, ``data``, ``command``); recorded in ``metadata_props``.
     Returns the report: path, opset, IR version, max errors against torch."""
     import torch
 
@@ -164,6 +188,10 @@ def export_onnx(
     if out_path.suffix != ".onnx":
         raise ZooError(f"'{out_path}' does not end in .onnx; expected an ONNX file path")
     test_dir = check_folder_replaceable(out_path.with_suffix("") / "test_data_set_0", overwrite)
+    provenance = dict(provenance or {})
+    unknown = sorted(set(provenance) - set(PROVENANCE_KEYS))
+    if unknown:
+        raise ZooError(f"unknown provenance {', '.join(unknown)}; expected some of {', '.join(PROVENANCE_KEYS)}")
     full = model.eval()
     model = model_part(full, part)
     example = model.example_input(2)
@@ -177,6 +205,7 @@ def export_onnx(
         **({"part": part} if part else {}),
         "config": json.dumps(asdict(full.config), sort_keys=True),
         "metrics": json.dumps(metrics or {}, sort_keys=True),
+        **{k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in provenance.items()},
         "source_commit": source_commit(),
         "torch_version": torch.__version__,
         **model.onnx_metadata(),

@@ -28,28 +28,239 @@ def check_name(name: str) -> str:
     return name
 
 
+# The folder whose cards ``tests/test_weights.py`` recomputes, and the license of what ships in it (LICENSE).
+REPO_LICENSE = "MIT"
+UNSPECIFIED = "unspecified"
+VERIFIED_BY = "tests/test_weights.py"
+NOT_STATED = "not stated by the model's family (its card_notes)"
+# How the bundled data sets draw their images (zoo/data.py): ink is the high end of the range.
+POLARITY = {
+    name: "white digits on black: the stroke at the high end of the range, the background at the low end"
+    for name in ("mnist", "digits8", "mnist-seg")
+} | {"photos64": "natural colour photographs (RGB channels, no figure/ground convention)"}
+LEGACY_TRAIN_NOTE = (
+    "training settings reconstructed by zoo.publish.refresh_cards: the trainer of the time stored the model's "
+    "default settings in its config; shown here are those defaults overridden by the flags of the command, with "
+    "the final checkpoint's epoch"
+)
+
+
+def repo_weights_dir() -> Path | None:
+    """This repository's own weights/ folder (whatever $ZOO_WEIGHTS_DIR says), the one whose cards its tests
+    recompute; None when the zoo runs from elsewhere than a checkout with those tests."""
+    root = Path(__file__).resolve().parents[1]
+    return root / "weights" if (root / "tests" / "test_weights.py").is_file() else None
+
+
+def is_repo_weights(weights_dir) -> bool:
+    repo = repo_weights_dir()
+    return repo is not None and Path(weights_dir).resolve() == repo.resolve()
+
+
+def check_shippable_source(weights_dir) -> str:
+    """The source commit of an export into this repository's weights/ folder, refused unless it names a clean
+    tree: a shipped file's ``source_commit`` must say which code made it (a user's own folder takes anything,
+    "unknown" included)."""
+    from zoo import export
+
+    commit = export.source_commit()
+    if commit == "unknown" or commit.endswith("-dirty"):
+        raise ZooError(
+            f"publishing into the repository's '{weights_dir}' needs a clean checkout (source commit {commit!r}): "
+            "commit or stash the changes outside weights/ first, or publish into another --weights-dir"
+        )
+    return commit
+
+
+def _polarity(data: str) -> str:
+    return POLARITY.get(data, f"as in the training images ('{data}'); not checked by the zoo")
+
+
+def _tensor_spec(value, part: str | None, notes: dict, polarity: str) -> dict:
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    t = value.type.tensor_type
+    note = notes.get(f"{part}/{value.name}") or notes.get(value.name) or {}
+    spec = {
+        "name": value.name,
+        "shape": [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim],
+        "dtype": tensor_dtype_to_np_dtype(t.elem_type).name,
+        **{k: note[k] for k in ("range", "meaning", "classes") if k in note},
+    }
+    if note.get("kind") == "image":
+        spec["polarity"] = polarity
+    return spec
+
+
+def io_spec(proto, notes: dict, polarity: str) -> dict:
+    """The inputs and outputs of an ONNX graph as a card lists them: name, shape (the batch axis named),
+    dtype, and from the model's ``card_notes`` their range, meaning, classes and (images) polarity."""
+    props = {p.key: p.value for p in proto.metadata_props}
+    part = props.get("part")
+    weights = {t.name for t in proto.graph.initializer}
+    return {
+        "inputs": [_tensor_spec(v, part, notes, polarity) for v in proto.graph.input if v.name not in weights],
+        "outputs": [_tensor_spec(v, part, notes, polarity) for v in proto.graph.output],
+    }
+
+
+def _example_shape(spec: dict) -> list[int]:
+    return [d if isinstance(d, int) and d > 0 else 1 for d in spec["shape"]]  # a batch of one
+
+
+JS_ARRAYS = {"float32": "Float32Array", "float64": "Float64Array", "int32": "Int32Array", "int64": "BigInt64Array",
+             "int8": "Int8Array", "uint8": "Uint8Array", "bool": "Uint8Array"}  # fmt: skip
+
+
+def snippets(io: dict, folder: str) -> dict:
+    """Code that runs each ONNX file on a batch of one (zeros of the right shape): in Python with this
+    repository's runtime, and in JavaScript with onnxruntime-node. ``folder``: the path prefix of the files."""
+    import keyword
+
+    py = ["import numpy as np", "", "import runtime  # this repository's ONNX runtime: Numba kernels, no torch"]
+    js = [
+        "// npm install onnxruntime-node; save as run.mjs, then: node run.mjs",
+        'import * as ort from "onnxruntime-node";',
+    ]
+    several = len(io) > 1
+    for file, spec in io.items():
+        path = json.dumps(f"{folder}{file}")
+        feed = ", ".join(
+            f'"{i["name"]}": np.zeros({tuple(_example_shape(i))}, np.{i["dtype"]})' for i in spec["inputs"]
+        )
+        names = [o["name"] for o in spec["outputs"]]
+        if all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
+            unpack = f"({names[0]},)" if len(names) == 1 else ", ".join(names)
+        else:
+            unpack = "outputs"
+        py += [
+            "",
+            f'sess = runtime.InferenceSession({path}, backend="cpu")  # or backend="cuda"',
+            f"feed = {{{feed}}}  # shapes and ranges: see Inputs and outputs",
+            f"{unpack} = sess.run(None, feed)",
+        ]
+        pad = "  " if several else ""
+        block = [
+            f"{pad}const session = await ort.InferenceSession.create({path});",
+            f"{pad}const feeds = {{",
+            *[
+                f"{pad}  {json.dumps(i['name'])}: new ort.Tensor({json.dumps(i['dtype'])}, "
+                f"new {JS_ARRAYS.get(i['dtype'], 'Float32Array')}({' * '.join(map(str, _example_shape(i)))}), "
+                f"{json.dumps(_example_shape(i))}),"
+                for i in spec["inputs"]
+            ],
+            f"{pad}}};",
+            f"{pad}const results = await session.run(feeds);",
+            f"{pad}for (const [name, tensor] of Object.entries(results)) console.log(name, tensor.dims);",
+        ]
+        js += ["", *(["{", *block, "}"] if several else block)]
+    return {"python": "\n".join(py) + "\n", "javascript": "\n".join(js) + "\n"}
+
+
+def documentation(card: dict, notes: dict, protos: dict, *, repo: bool, license: str) -> dict:
+    """The fields of a card that say what the weights are for, what they are not, how to feed them and under
+    which license: from the model family's ``card_notes``, the run's data and the exported graphs ``protos``
+    (ONNX file name -> ModelProto)."""
+    io = {f: io_spec(p, notes.get("tensors", {}), _polarity(card["data"])) for f, p in protos.items()}
+    data_note = (
+        f"Trained on '{card['data']}' only ({card['train_examples']} examples; the figures below are from "
+        f"{card['val_examples']} held-out examples of the same source): inputs unlike those are outside what "
+        "it learned."
+    )
+    doc = {
+        "license": license,
+        "intended_use": notes.get("intended_use", NOT_STATED),
+        "limitations": [data_note, *notes.get("limitations", [])],
+        "io": io,
+        "snippets": snippets(io, "weights/" if repo else ""),
+    }
+    return doc | ({"verified_by": VERIFIED_BY} if repo else {})
+
+
+def _cell(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _shape(shape: list) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
 def render_card(card: dict) -> str:
     """The human-readable model card (Markdown) for a card's data."""
     m = card["metrics"]
+    checked = (
+        f"recomputed from the shipped files by `{card['verified_by']}`"
+        if card.get("verified_by")
+        else "measured on the held-out split at publish time"
+    )
     lines = [
         f"# {card['name']}",
         "",
         card.get("description", ""),
         "",
-        f"- model: `{card['model']}`  config: `{json.dumps(card['config'], sort_keys=True)}`",
-        f"- data: `{card['data']}` ({card['train_examples']} training / {card['val_examples']} held-out examples, "
-        "fixed stratified split)",
-        f"- trained with: `{card['command']}` (seed {card['seed']}, {card['train_seconds']:.1f} s on "
-        f"{card['threads']} CPU threads, torch {card['torch']})",
+        f"- model: `{card['model']}`",
+        f"- license: {card.get('license', UNSPECIFIED)}",
         f"- files: {', '.join(f'`{f}`' for f in card['files'])} (sha256 in `{MANIFEST}`)",
         "",
-        "## Held-out figures (recomputed from the shipped files by `tests/test_weights.py`)",
+        "## Intended use",
+        "",
+        card.get("intended_use", NOT_STATED),
+        "",
+        "## Limitations",
+        "",
+        *[f"- {text}" for text in card.get("limitations", [])],
+        "",
+        "## Training run",
+        "",
+        f"- data: `{card['data']}` ({card['train_examples']} training / {card['val_examples']} held-out examples, "
+        "fixed stratified split)",
+        f"- command: `{card['command']}`",
+        *[f"- resumed after epoch {r['after_epoch']} by `{r['command']}`" for r in card.get("resumed", [])],
+        f"- training settings: `{json.dumps(card.get('train', {}), sort_keys=True)}`",
+        *([f"  ({card['train_note']})"] if card.get("train_note") else []),
+        f"- model config: `{json.dumps(card['config'], sort_keys=True)}`",
+        f"- {card['train_seconds']:.1f} s on {card['threads']} CPU threads, torch {card['torch']}",
+        "",
+        "## Inputs and outputs",
+        "",
+    ]
+    columns = ("name", "shape", "dtype", "range", "polarity", "classes", "meaning")
+    io = card.get("io", {})
+    for file in sorted(io, key=lambda f: card["files"].index(f) if f in card["files"] else len(card["files"])):
+        spec = io[file]  # in the order of the card's files (the JSON's keys are sorted)
+        lines += [f"`{file}`:", "", "| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        for role in ("inputs", "outputs"):
+            for t in spec[role]:
+                cells = [f"`{t['name']}`", _shape(t["shape"]), *(_cell(t.get(k, "-")) for k in columns[2:])]
+                lines.append(f"| {role[:-1]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        f"## Held-out figures ({checked})",
         "",
         "| metric | value |",
         "|---|---|",
         *[f"| {k} | {v:.6g} |" for k, v in sorted(m.items()) if isinstance(v, (int, float))],
         "",
     ]
+    snippet = card.get("snippets", {})
+    if snippet:
+        lines += [
+            "## Running it",
+            "",
+            "Python, with this repository's runtime (`runtime/`, no torch):",
+            "",
+            "```python",
+            snippet["python"].rstrip("\n"),
+            "```",
+            "",
+            "JavaScript, with onnxruntime-node (any onnxruntime binding reads the same files):",
+            "",
+            "```js",
+            snippet["javascript"].rstrip("\n"),
+            "```",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -105,10 +316,29 @@ def _manifest_entries(root: Path, rel: str) -> dict[str, str]:
     return {str(p.relative_to(root)): sha256_of(p) for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False) -> dict:
+def _run_settings(run: dict) -> tuple[dict, dict]:
+    """(the model's config, the run's TrainConfig as a dict) of a metrics.json; one of an earlier trainer (no
+    ``train``: training keys inside its config, the values it used at the top level) is upgraded."""
+    from dataclasses import asdict
+
+    from zoo.builder import upgrade_config
+    from zoo.config import TrainConfig
+
+    config, legacy = upgrade_config(run["model"], run["config"])
+    if isinstance(run.get("train"), dict):
+        return config, run["train"]
+    used = {k: run[k] for k in ("data", "seed", "epochs", "batch_size", "lr", "limit") if run.get(k) is not None}
+    return config, asdict(TrainConfig.build("training", **{**legacy, **used}))
+
+
+def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False, license: str | None = None) -> dict:
     """Ship a finished training run as ``weights_dir/name.{safetensors,onnx,card.json,md}`` (with the ONNX
     files' test data and the run's pictures) and update the manifest, all or nothing; the ONNX file is exported
-    (and checked) from the run's final checkpoint. ``overwrite`` replaces the whole set published as ``name``."""
+    (and checked) from the run's final checkpoint. ``overwrite`` replaces the whole set published as ``name``.
+    ``license``: the card's; by default MIT in this repository's weights/ folder (which also needs a clean
+    checkout, see ``check_shippable_source``), else "unspecified"."""
+    import onnx
+
     import zoo
     from zoo.checkpoint import load_checkpoint
     from zoo.data import load_dataset
@@ -124,6 +354,14 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False) -> dict
         raise ZooError(f"the run in '{run_dir}' did not finish (metrics.json has no final figures)")
     if os.path.lexists(weights_dir) and not weights_dir.is_dir():
         raise ZooError(f"'{weights_dir}' is not a directory; expected the weights folder")
+    repo = is_repo_weights(weights_dir)
+    if repo:
+        check_shippable_source(weights_dir)
+    license = license or (REPO_LICENSE if repo else UNSPECIFIED)
+    if not isinstance(license, str) or not license.strip() or "\n" in license:
+        raise ZooError(f"license {license!r}: expected a one-line name such as MIT or CC-BY-4.0")
+    config, train = _run_settings(run)
+    provenance = {"train": train, "data": run["data"], "command": run["command"]}
     ckpt = run_dir / f"{run['model']}.safetensors"
     model, meta = load_checkpoint(ckpt)
     parts = list(model.export_parts()) or [None]
@@ -134,11 +372,18 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False) -> dict
     files = [*weights, *documents]
     folders = [_test_data(f) for f in onnx_names.values()]
     _check_targets(weights_dir, files, folders, overwrite)  # before the slow export; again at the commit
-    val = load_dataset(run["data"], "val", tuple(model.config.image_size), getattr(model.config, "nc", 1))
+    val = load_dataset(run["data"], "val", tuple(model.config.image_size), model.image_channels)
 
     with staged_set(weights_dir, name) as staged:
         reports = {
-            part: export_onnx(model, staged.path(f), part=part, data=(val.images, val.labels), metrics=run["final"])
+            part: export_onnx(
+                model,
+                staged.path(f),
+                part=part,
+                data=(val.images, val.labels),
+                metrics=run["final"],
+                provenance=provenance,
+            )
             for part, f in onnx_names.items()
         }
         external = [Path(r["external_data"]).name for r in reports.values() if "external_data" in r]
@@ -149,10 +394,12 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False) -> dict
             "name": name,
             "model": run["model"],
             "description": zoo.get_model_entry(run["model"]).description,
-            "config": run["config"],
+            "config": config,
+            "train": train,
             "data": run["data"],
-            "seed": run["seed"],
+            "seed": train["seed"],
             "command": run["command"],
+            **({"resumed": run["resumed"]} if run.get("resumed") else {}),
             "train_examples": run["train_examples"],
             "val_examples": run["val_examples"],
             "train_seconds": run["train_seconds"],
@@ -167,6 +414,8 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False) -> dict
             "files": weights,
             "pictures": list(pictures),
         }
+        protos = {f: onnx.load(str(staged.path(f)), load_external_data=False) for f in onnx_names.values()}
+        card |= documentation(card, type(model).card_notes, protos, repo=repo, license=license)
         staged.path(f"{name}.card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         staged.path(f"{name}.md").write_text(render_card(card))
         install = [*weights, *external, *folders, *documents]  # and the manifest last
@@ -192,3 +441,93 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False) -> dict
                     "the next publish or load of that folder completes it"
                 ) from None
     return card
+
+
+def _train_flags(command: str) -> dict:
+    """The TrainConfig settings a recorded ``zoo train`` command line gave (``--epochs 5``, ``--set lr=0.1``)."""
+    import shlex
+
+    from zoo.config import TrainConfig
+
+    keys, words, given = TrainConfig.keys(), shlex.split(command), {}
+    for flag, value in zip(words, words[1:]):
+        if flag == "--set" and "=" in value:
+            flag, value = "--" + value.split("=", 1)[0], value.split("=", 1)[1]
+        key = flag.removeprefix("--").replace("-", "_")
+        if flag.startswith("--") and key in keys:
+            try:
+                given[key] = json.loads(value)
+            except json.JSONDecodeError:
+                given[key] = value
+    return given
+
+
+def _upgraded_card(card: dict, weights_dir: Path, license: str | None) -> dict:
+    """``card`` with the fields of this version: the model config and the run's ``train`` settings apart
+    (reconstructed for a card of the earlier trainer, see LEGACY_TRAIN_NOTE), and the documentation."""
+    from dataclasses import asdict
+
+    import onnx
+    import torch
+
+    from zoo.builder import build_model, upgrade_config
+    from zoo.checkpoint import read_metadata
+    from zoo.config import TrainConfig
+
+    card = dict(card)
+    if "train" not in card:
+        meta = read_metadata(weights_dir / f"{card['name']}.safetensors")
+        config, train = upgrade_config(card["model"], meta["config"])
+        train |= _train_flags(card["command"]) | {"data": card["data"], "seed": card["seed"]}
+        if isinstance(meta.get("epoch"), int):
+            train["epochs"] = meta["epoch"]  # the final checkpoint's epoch is the run's last
+        with torch.device("meta"):
+            card["config"] = asdict(build_model(card["model"], **config).config)
+        card["train"] = asdict(TrainConfig.build("training", **train))
+        card["train_note"] = LEGACY_TRAIN_NOTE
+    with torch.device("meta"):
+        notes = type(build_model(card["model"], **card["config"])).card_notes
+    repo = is_repo_weights(weights_dir)
+    license = license or card.get("license") or (REPO_LICENSE if repo else UNSPECIFIED)
+    protos = {
+        f: onnx.load(str(weights_dir / f), load_external_data=False) for f in card["files"] if f.endswith(".onnx")
+    }
+    card.pop("verified_by", None)
+    return card | documentation(card, notes, protos, repo=repo, license=license)
+
+
+def refresh_cards(weights_dir=None, *, license: str | None = None) -> list[str]:
+    """Bring every ``*.card.json`` in ``weights_dir`` (this repository's weights/ by default) to the fields of
+    this version and re-render its ``.md``, without touching a weights file; the manifest's sha256 of a card
+    or page it lists are updated. All rewritten files are committed as one set. Returns the paths rewritten.
+    Run by hand after a change to the cards' fields (``python -c "import zoo.publish as p;
+    p.refresh_cards()"``); ``tests/test_cards.py`` checks that the shipped cards need none."""
+    weights_dir = Path(weights_dir) if weights_dir is not None else repo_weights_dir()
+    if weights_dir is None or not weights_dir.is_dir():
+        raise ZooError(f"'{weights_dir}' is not a weights folder")
+    with folder_lock(weights_dir):
+        pages = {}
+        for path in sorted(weights_dir.glob("*.card.json")):
+            card = _upgraded_card(json.loads(path.read_text()), weights_dir, license)
+            check_name(card["name"])
+            pages[path.name] = json.dumps(card, indent=2, sort_keys=True) + "\n"
+            pages[f"{card['name']}.md"] = render_card(card)
+        changed = [
+            rel
+            for rel, text in pages.items()
+            if not (weights_dir / rel).is_file() or (weights_dir / rel).read_text() != text
+        ]
+        if not changed:
+            return []
+        with staged_set(weights_dir, "refresh-cards") as staged:
+            for rel in changed:
+                staged.path(rel).write_text(pages[rel])
+            install = list(changed)
+            manifest = load_manifest(weights_dir)
+            listed = [rel for rel in changed if rel in manifest]
+            if listed:
+                manifest |= {rel: sha256_of(staged.new / rel) for rel in listed}
+                staged.path(MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+                install.append(MANIFEST)
+            staged.commit(install, [])
+    return changed

@@ -64,6 +64,11 @@ def all_reduce_gradients(optimizer: torch.optim.Optimizer, share: float) -> None
 class ZooModel(nn.Module):
     input_names: tuple[str, ...] = ("image",)
     output_names: tuple[str, ...] = ("output",)
+    # What a model card says of the family (``zoo.publish``): "intended_use" and "limitations" (texts; the card
+    # adds what its training data implies) and "tensors": per input/output name (or "<part>/<name>" for a model
+    # exported in parts) its "range", "meaning", optional "classes", and "kind": "image" for tensors whose
+    # polarity the card states from the training data.
+    card_notes: dict = {}
 
     @property
     def image_channels(self) -> int:

@@ -32,6 +32,22 @@ class ClassConditionalGenerator(ZooModel):
     input_names = ("class_code",)
     output_names = ("image",)
     headline_metric = "class_accuracy"
+    card_notes = {
+        "intended_use": "Teaching: a network trained with squared error on a class code learns the class mean, "
+        "its 'typical' digit; drawing those typical digits.",
+        "limitations": [
+            "One fixed image per class code (no noise input): a blurred average, not varied or realistic samples.",
+            "Codes that are not one-hot were never trained: mixtures give undefined blends.",
+        ],
+        "tensors": {
+            "class_code": {
+                "range": "one-hot: 1.0 at the class index, 0.0 elsewhere",
+                "meaning": "which class to draw",
+                "classes": "index k is digit k",
+            },
+            "image": {"kind": "image", "range": "[0, 1]", "meaning": "the class's typical image"},
+        },
+    }
 
     def __init__(self, config: CGenConfig):
         super().__init__()

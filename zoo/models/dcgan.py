@@ -174,6 +174,26 @@ class DCGAN(ZooModel):
     """A generator and a discriminator trained against each other; exported as two ONNX graphs."""
 
     headline_metric = "fid"
+    card_notes = {
+        "intended_use": "Sampling new images from random latent vectors (the generator) and studying adversarial "
+        "training as in the lecture; the discriminator is shipped so both halves of the game can be inspected.",
+        "limitations": [
+            "Sample quality is what its FID and Inception-style score say, both measured with the zoo's LeNet "
+            "(not Inception), so they compare runs of this zoo, not published GAN figures.",
+            "A GAN may drop modes (some classes rare or missing) and cannot be asked for a class.",
+            "The discriminator is a training by-product, not a calibrated real/fake detector.",
+        ],
+        "tensors": {
+            "z": {"range": "unbounded; draw each entry from N(0, 1)", "meaning": "the latent vector of a sample"},
+            "generator/image": {
+                "kind": "image",
+                "range": "[-1, 1] (tanh); pixel = (y + 1) / 2",
+                "meaning": "a generated image",
+            },
+            "discriminator/image": {"kind": "image", "range": "[-1, 1]: pixel * 2 - 1", "meaning": "an image to score"},
+            "probability": {"range": "[0, 1] (sigmoid)", "meaning": "the discriminator's probability that it is real"},
+        },
+    }
     curve_references = {"floor_fid_train_vs_val": "fid", "floor_inception_score_val": "inception_score"}
 
     def __init__(self, config: DCGANConfig):

@@ -90,6 +90,22 @@ class DeconvNet(ZooModel):
     input_names = ("image",)
     output_names = ("scores",)
     headline_metric = "val_miou"
+    card_notes = {
+        "intended_use": "Semantic segmentation as in Noh et al.: the class of every pixel; its decoder stages show "
+        "what unpooling with switches and transposed convolutions do.",
+        "limitations": [
+            "The graph is fixed to its training image size; other sizes must be resized or tiled first.",
+            "Touching or overlapping objects, and anything unlike its training canvases, are outside what it saw.",
+        ],
+        "tensors": {
+            "image": {"kind": "image", "range": "[0, 1] (grey level / 255)", "meaning": "one image per row"},
+            "scores": {
+                "range": "unbounded; the argmax over axis 1 is a pixel's class",
+                "meaning": "per-pixel class scores",
+                "classes": "0 is background; in mnist-seg, 1 + d is digit d",
+            },
+        },
+    }
 
     def __init__(self, config: DeconvNetConfig):
         super().__init__()

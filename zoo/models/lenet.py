@@ -28,6 +28,24 @@ class LeNet(ZooModel):
     input_names = ("image",)
     output_names = ("logits", "features")
     headline_metric = "val_accuracy"
+    card_notes = {
+        "intended_use": "Classifying single, centred handwritten digits in 28x28 grey images; its 84-d features "
+        "and class probabilities are the zoo's instrument for the Frechet distance and Inception-style score of "
+        "generated digits (zoo.evaluate).",
+        "limitations": [
+            "No reject class: a letter, a photo, several digits or a dark-on-light scan still gets a confident digit.",
+            "Not for decisions about people (reading forms, cheques or addresses) without an evaluation on such data.",
+        ],
+        "tensors": {
+            "image": {"kind": "image", "range": "[0, 1] (grey level / 255)", "meaning": "one grey digit per row"},
+            "logits": {
+                "range": "unbounded (softmax gives the class probabilities)",
+                "meaning": "class scores",
+                "classes": "index k is digit k",
+            },
+            "features": {"range": "[0, inf) (after ReLU)", "meaning": "the 84-d penultimate features (for FID)"},
+        },
+    }
 
     def __init__(self, config: LeNetConfig):
         super().__init__()

@@ -44,6 +44,20 @@ class SparseAutoencoder(ZooModel):
     input_names = ("image",)
     output_names = ("reconstruction", "code")
     headline_metric = "val_mse"
+    card_notes = {
+        "intended_use": "Teaching and feature learning as in the lecture (Ng's UFLDL notes): reconstructing small "
+        "images through a sparse hidden code, and looking at the hidden units' receptive fields.",
+        "limitations": [
+            "Not a general image compressor: two sigmoid layers that know only their training images.",
+            "Inputs must be flattened row-major, in [0, 1], with the training polarity.",
+            "The code is sparse on average over the data (mean activation near rho), not in every image.",
+        ],
+        "tensors": {
+            "image": {"kind": "image", "range": "[0, 1] (grey level / 255)", "meaning": "an image flattened row-major"},
+            "reconstruction": {"range": "(0, 1) (sigmoid)", "meaning": "the reconstruction, flattened like the input"},
+            "code": {"range": "(0, 1) (sigmoid)", "meaning": "the hidden units' activations (the sparse code)"},
+        },
+    }
     curve_references = {"rho": "mean_rho_hat"}  # the sparsity target under the units' mean activation
 
     def __init__(self, config: SparseAEConfig):
