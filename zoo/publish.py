@@ -1,7 +1,12 @@
 """Publishing a finished training run into a weights folder: the checkpoint, its checked ONNX export(s) with
 their ``test_data_set_0`` folders, the model card (JSON and Markdown), the run's pictures and the folder's
 ``MANIFEST.json`` are staged together and committed as one set through ``zoo.io.staged_set``: a crash at any
-point leaves the old set or the new one, never a mixture (the next publish or reader finishes the commit)."""
+point leaves the old set or the new one, never a mixture (the next publish or reader finishes the commit).
+
+A card records the run as it was (the model config, the ``TrainConfig``, data and command from metrics.json),
+its license, intended use and limitations (the family's ``card_notes``), the graphs' inputs and outputs and code
+to run them; only a card in this repository's weights/ (exported from a clean checkout) claims that
+``tests/test_weights.py`` recomputes its figures. ``refresh_cards`` brings existing cards to these fields."""
 
 from __future__ import annotations
 
