@@ -234,7 +234,7 @@ def export(model, weights_path, out_path, opset, part, force):
     from zoo.checkpoint import load_checkpoint, training_data
     from zoo.data import load_dataset
     from zoo.errors import ZooError
-    from zoo.export import export_onnx
+    from zoo.export import export_onnx, provenance_of
     from zoo.io import check_writable
 
     with writing(out_path):
@@ -249,7 +249,14 @@ def export(model, weights_path, out_path, opset, part, force):
         data = None  # the training data is not here: the test data set is made from random inputs
     with writing(out_path):
         report = export_onnx(
-            net, out_path, part=part, data=data, metrics=meta.get("metrics"), overwrite=force, opset=opset
+            net,
+            out_path,
+            part=part,
+            data=data,
+            metrics=meta.get("metrics"),
+            provenance=provenance_of(meta),
+            overwrite=force,
+            opset=opset,
         )
     click.echo(
         f"wrote {report['path']} (opset {report['opset']}, IR {report['ir_version']}, "
@@ -271,11 +278,18 @@ def export(model, weights_path, out_path, opset, part, force):
     help="Target folder [the repo's weights/].",
 )
 @click.option("--force", is_flag=True, help="Replace weights of the same name.")
-def publish(run_dir, name, weights_dir, force):
-    """Ship a finished `zoo train` run: checkpoint, checked ONNX export, model card, manifest sha256."""
+@click.option(
+    "--license",
+    "license_name",
+    default=None,
+    help="License recorded on the card [MIT in the repo's weights/, else unspecified].",
+)
+def publish(run_dir, name, weights_dir, force, license_name):
+    """Ship a finished `zoo train` run: checkpoint, checked ONNX export, model card, manifest sha256.
+    Publishing into the repo's own weights/ needs a clean checkout (the exports name their source commit)."""
     from zoo.publish import publish as publish_run
 
-    card = publish_run(run_dir, name, weights_dir or weights_dir_default(), overwrite=force)
+    card = publish_run(run_dir, name, weights_dir or weights_dir_default(), overwrite=force, license=license_name)
     shown = ", ".join(f"{k}={v:.4g}" for k, v in card["metrics"].items() if isinstance(v, float))
     click.echo(f"published {name} ({card['model']}): {shown}")
 
@@ -387,16 +401,24 @@ class OrtSession:
     multiple=True,
     required=True,
     metavar="[NAME=]FILE",
-    help="Input array (.npy or ONNX .pb); NAME= is needed only for models with several inputs.",
+    help="An array (.npy or ONNX .pb), an image (.png, .jpg, ...) or a folder of images; images are prepared as "
+    "the model's metadata says (size, channels, range, white strokes on black). NAME= only for several inputs.",
 )
 @click.option(
     "--output",
     "output_path",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=False),
-    help="Where to write: .npy for one output, .npz for all outputs by name.",
+    help="Where to write: .npy for one output, .npz for all outputs by name, .png for a picture (a generator's "
+    "grid, a segmenter's overlays with a key, a classifier's inputs and classes). Optional for image inputs.",
 )
 @click.option("--output-name", default=None, help="Which output goes to a .npy file [the first].")
+@click.option(
+    "--invert/--no-invert",
+    default=None,
+    help="Invert image inputs, or never [auto: dark ink on a light background is inverted, and said so].",
+)
+@click.option("--top", type=click.IntRange(1, 20), default=3, help="Classes shown per image for a classifier.")
 @click.option(
     "--backend",
     type=click.Choice(BACKEND_CHOICES),
@@ -404,27 +426,49 @@ class OrtSession:
     help="cpu/cuda: this runtime; ort: onnxruntime.",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def run(model_path, inputs, output_path, output_name, backend, force):
-    """Run MODEL.onnx on arrays from files (no torch is imported)."""
+def run(model_path, inputs, output_path, output_name, invert, top, backend, force):
+    """Run MODEL.onnx on arrays or images from files (no torch is imported); for image inputs, what the model
+    says of each is printed (a classifier's top classes, the classes a segmenter found)."""
     import io
 
     import numpy as np
 
+    from zoo.images import InputSpec, preprocess
     from zoo.io import atomic_write, check_writable
+    from zoo.pictures import describe_outputs, output_kind, outputs_picture, save_png
     from zoo.text import printable
 
-    with writing(output_path):
-        out = check_writable(output_path, force)
-    if out.suffix not in (".npy", ".npz"):
-        raise click.BadParameter(f"'{output_path}' must end in .npy or .npz", param_hint="--output")
-    named, positional = {}, []
+    out = None
+    if output_path is not None:
+        with writing(output_path):
+            out = check_writable(output_path, force)
+        if out.suffix not in (".npy", ".npz", ".png"):
+            raise click.BadParameter(f"'{output_path}' must end in .npy, .npz or .png", param_hint="--output")
+    named, positional, images = {}, [], []
     for item in inputs:
         name, sep, path = item.partition("=")
         if sep and not Path(item).exists():
             named[name] = _read_array(path)
+        elif _is_image_input(Path(item)):
+            images += _image_files(Path(item))
         else:
             positional.append(_read_array(item))
+    if images and (positional or named):
+        raise click.BadParameter("give images or arrays, not both", param_hint="--input")
+    if out is None and not images:
+        raise click.BadParameter("an --output file is needed for array inputs (.npy, .npz or .png)")
     sess = open_session(model_path, backend)
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    shown_inputs, captions, spec = None, [printable(str(p)) for p in images], None
+    if images:
+        spec = InputSpec.from_session(sess)
+        batch, notes = preprocess(images, spec, invert)
+        for note in notes:
+            click.echo(printable(note), err=True)
+        named[spec.name] = batch
+        lo, hi = spec.value_range
+        grey = batch.reshape(len(batch), -1, *spec.size) if spec.flat else batch  # (N, C, H, W)
+        shown_inputs = np.clip((grey.mean(axis=1) - lo) / (hi - lo), 0, 1)  # (N, H, W) in [0, 1]
     if positional:
         free = [i.name for i in sess.get_inputs() if i.name not in named]
         if len(positional) > len(free):
@@ -434,24 +478,55 @@ def run(model_path, inputs, output_path, output_name, backend, force):
             )
         named.update(zip(free, positional))
     names = [o.name for o in sess.get_outputs()]
-    if out.suffix == ".npz":
+    if out is not None and out.suffix == ".npz":
         check_npz_names(names)
     elif output_name is not None and output_name not in names:
         raise click.BadParameter(
             f"unknown output '{output_name}'; the model's outputs are {names}", param_hint="--output-name"
         )
     outputs = sess.run(None, named)
-    if out.suffix == ".npz":
-        data = npz_bytes(dict(zip(names, outputs)))
-    else:
-        buf = io.BytesIO()
-        np.save(buf, outputs[names.index(output_name) if output_name else 0], allow_pickle=False)
-        data = buf.getvalue()
-    with writing(out):
-        atomic_write(out, data, overwrite=force)
+    flat = int(np.prod(spec.size)) * spec.channels if spec is not None and spec.flat else None
+    kind = output_kind(outputs, names, meta, flat)
+    if out is not None and out.suffix == ".png":
+        picture = outputs_picture(kind, shown_inputs, outputs, names, meta, captions or [""] * len(outputs[0]))
+        with writing(out):
+            save_png(out, picture)
+    elif out is not None:
+        if out.suffix == ".npz":
+            data = npz_bytes(dict(zip(names, outputs)))
+        else:
+            buf = io.BytesIO()
+            np.save(buf, outputs[names.index(output_name) if output_name else 0], allow_pickle=False)
+            data = buf.getvalue()
+        with writing(out):
+            atomic_write(out, data, overwrite=force)
+    if images:
+        for caption, line in zip(captions, describe_outputs(kind, outputs, names, meta, top)):
+            click.echo(printable(f"{caption}: {line}"))
     for name, y in zip(names, outputs):
         click.echo(printable(f"{name}: {y.dtype} {tuple(y.shape)}"), err=True)
-    click.echo(printable(f"wrote {out} ({backend})"))
+    if out is not None:
+        click.echo(printable(f"wrote {out} ({backend})"))
+
+
+def _is_image_input(path: Path) -> bool:
+    from zoo.data import IMAGE_SUFFIXES
+
+    return path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _image_files(path: Path) -> list[Path]:
+    """An image file, or the image files in a folder (sorted, not recursive)."""
+    from zoo.data import IMAGE_SUFFIXES
+
+    if not path.is_dir():
+        if not path.is_file():
+            raise click.BadParameter(f"'{path}' does not exist or is not a regular file", param_hint="--input")
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise click.BadParameter(f"'{path}' holds no images ({', '.join(IMAGE_SUFFIXES)})", param_hint="--input")
+    return files
 
 
 def check_npz_names(names: list[str]) -> None:
@@ -520,7 +595,13 @@ MAX_LATENT_WIDTH = 1 << 16  # a generator's input (batch, width); more is no gen
 
 @cli.command()
 @click.argument("model")
-@click.option("--n", "count", type=click.IntRange(1, 1024), default=64, help="Number of samples.")
+@click.option(
+    "--n",
+    "count",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Number of samples [64 latent points; for a class-code generator, one per class].",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the latent points.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="cpu", help="cpu/cuda: this runtime; ort.")
 @click.option("--interpolate", is_flag=True, help="A row of images between two latent points (or two class codes).")
@@ -548,6 +629,8 @@ def sample(model, count, seed, backend, interpolate, steps, classes, out_path, f
     arg = _latent_input(path, sess.get_inputs())
     width = arg.shape[1]
     rng = np.random.default_rng(seed)
+    if count is None:
+        count = width if arg.name == "class_code" else 64
     if arg.name == "class_code":
         a, b = (np.eye(width, dtype=np.float32)[c % width] for c in classes)
         codes = np.eye(width, dtype=np.float32)[np.arange(count) % width]  # (count, classes), class by column
@@ -569,7 +652,7 @@ def sample(model, count, seed, backend, interpolate, steps, classes, out_path, f
     images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
     cols = len(images) if interpolate else (width if arg.name == "class_code" else int(math.ceil(math.sqrt(count))))
     grid = tile_grid(np.clip(images, 0, 1), cols=min(cols, len(images)))
-    scale = max(1, 256 // grid.shape[1]) if interpolate else 2
+    scale = max(2, 56 // images.shape[1])  # a grid and a strip alike: tiles of at least 56 pixels
     from PIL import Image
 
     picture = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
@@ -600,13 +683,18 @@ def _latent_input(path: Path, inputs: list):
     "image_path",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="An image file or an (H, W) .npy array, resized to the model's input [the first held-out canvas].",
+    help="An image file or an (H, W) .npy array, prepared as `zoo run` prepares images [the first held-out canvas].",
+)
+@click.option(
+    "--invert/--no-invert",
+    default=None,
+    help="Invert the image, or never [auto: dark ink on a light background is inverted, and said so].",
 )
 @click.option(
     "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="PNG to write [MODEL-stages.png]."
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing PNG.")
-def visualize(model, image_path, out_path, force):
+def visualize(model, image_path, invert, out_path, force):
     """The decoder's activations after each unpooling and deconvolution stage for one input, coarse to fine
     (DeconvNet: shipped weights such as deconvnet-digits, or a .safetensors checkpoint)."""
     from zoo.checkpoint import load_checkpoint, training_data
@@ -631,43 +719,40 @@ def visualize(model, image_path, out_path, force):
     if image_path is None:
         image = load_dataset(training_data(meta), "val", size=size).images[0]  # (H, W)
     else:
-        image = _read_image(Path(image_path), size)
+        from zoo.images import InputSpec, preprocess
+
+        spec = InputSpec("image", size, 1, (0.0, 1.0), flat=False)
+        batch, notes = preprocess([_read_image(Path(image_path))], spec, invert)  # (1, 1, H, W)
+        for note in notes:
+            click.echo(printable(note.replace("image:", f"{image_path}:", 1)), err=True)
+        image = batch[0, 0]
     with writing(out):
         save_png(out, net.decoder_stages_picture(image))
     click.echo(printable(f"wrote {out} ({meta['model']}, {len(net.config.encoder)} unpooling stages)"))
 
 
-def _read_image(path: Path, size: tuple[int, int]):
-    """One (H, W) float32 image in [0, 1] from an .npy array of that shape or an image file (resized)."""
+def _read_image(path: Path):
+    """One picture as floats in [0, 1], (H, W) or (H, W, 3): an .npy array or an image file."""
     import numpy as np
 
-    from zoo.data import IMAGE_SUFFIXES, load_image_folder
+    from zoo.data import IMAGE_SUFFIXES, load_image
     from zoo.errors import ZooError
 
     if not path.is_file():  # a FIFO or /dev/zero would never end
         raise click.BadParameter(f"'{path}' is not a regular file", param_hint="--image")
     if path.suffix == ".npy":
         image = load_npy(path, "--image")
-        if image.dtype.kind not in "biuf" or image.shape != size:
-            raise ZooError(f"'{path}' holds a {image.dtype} array of shape {image.shape}; expected {size} numbers")
+        if image.dtype.kind not in "biuf" or image.ndim not in (2, 3) or image.size == 0:
+            raise ZooError(f"'{path}' holds a {image.dtype} array of shape {image.shape}; expected (H, W) numbers")
         image = image.astype(np.float32)
         if not np.isfinite(image).all() or image.min() < 0 or image.max() > 1:
-            raise ZooError(f"'{path}' holds values outside [0, 1]; expected a {size} array in [0, 1]")
+            raise ZooError(f"'{path}' holds values outside [0, 1]; expected an (H, W) array in [0, 1]")
         return image
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise click.BadParameter(
             f"'{path}' is neither .npy nor an image ({', '.join(IMAGE_SUFFIXES)})", param_hint="--image"
         )
-    import shutil
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:  # the folder loader reads, converts and resizes one file
-        copy = Path(folder) / path.name
-        shutil.copy(path, copy)
-        try:
-            return load_image_folder(folder, size)[0]
-        except ZooError as e:  # its message names the copy
-            raise ZooError(str(e).replace(str(copy), str(path))) from None
+    return load_image(path)
 
 
 def checked_checkpoint(load, path):

@@ -37,15 +37,16 @@ def panels(items: list[tuple[str, np.ndarray]], scale: int = 2, margin: int = 8)
     imgs = [Image.fromarray(g).convert("RGB") for _, g in items]
     imgs = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in imgs]
     caption_h = 16
-    width = sum(im.width for im in imgs) + margin * (len(imgs) + 1)
+    widths = [max(im.width, int(font.getlength(title)) + 2) for (title, _), im in zip(items, imgs)]
+    width = sum(widths) + margin * (len(imgs) + 1)
     height = max(im.height for im in imgs) + caption_h + 2 * margin
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     x = margin
-    for (title, _), im in zip(items, imgs):
+    for (title, _), im, w in zip(items, imgs, widths):
         draw.text((x, margin // 2), title, fill="black", font=font)
         canvas.paste(im, (x, margin + caption_h))
-        x += im.width + margin
+        x += w + margin
     return canvas
 
 
@@ -168,16 +169,64 @@ def sparse_ae_figures(sd: dict, image_size, X: np.ndarray, recon: np.ndarray, ou
     return [save_png(out_dir / "receptive_fields.png", fig), save_png(out_dir / "reconstructions.png", rec)]
 
 
+# Class colours: background black, then saturated hues that stay apart and none of them grey (PASCAL VOC's map
+# paints its class 7 -- the digit 6 here -- (128, 128, 128), the colour of a grey input under an overlay).
+PALETTE = [
+    (0, 0, 0), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (255, 221, 0),
+]  # fmt: skip
+
+
 def label_colours(classes: int) -> np.ndarray:
-    """PASCAL VOC's colour map (class k's bits spread over R, G, B): (classes, 3) uint8, class 0 black."""
-    colours = np.zeros((classes, 3), np.uint8)
-    for k in range(classes):
-        c, r, g, b = k, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r, g, b = r | ((c & 1) << shift), g | (((c >> 1) & 1) << shift), b | (((c >> 2) & 1) << shift)
-            c >>= 3
-        colours[k] = (r, g, b)
-    return colours
+    """(classes, 3) uint8: class 0 black, then PALETTE's hues, then hues spaced by the golden angle at full
+    saturation (never grey)."""
+    import colorsys
+
+    colours = [PALETTE[k] if k < len(PALETTE) else None for k in range(classes)]
+    for k in range(len(PALETTE), classes):
+        r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.85, 0.95)
+        colours[k] = (int(r * 255), int(g * 255), int(b * 255))
+    return np.array(colours, np.uint8).reshape(classes, 3)
+
+
+def class_names(classes: int, meta: dict | None = None) -> list[str]:
+    """Names for a segmenter's classes: its metadata's ``class_names`` (JSON list), DeconvNet-digits' background
+    and digits, else "class k"."""
+    import json
+
+    meta = meta or {}
+    try:
+        names = json.loads(meta.get("class_names", "null"))
+    except ValueError:
+        names = None
+    if isinstance(names, list) and len(names) == classes and all(isinstance(n, str) for n in names):
+        return names
+    if classes == 11 and str(meta.get("model", "deconvnet-digits")).startswith("deconvnet-digits"):
+        return ["background"] + [f"digit {d}" for d in range(10)]
+    return ["background"] + [f"class {k}" for k in range(1, classes)]
+
+
+def legend(names: list[str], colours: np.ndarray, swatch: int = 12) -> Image.Image:
+    """A key: one swatch and name per class, in columns of up to 11 rows."""
+    font = ImageFont.load_default()
+    rows = min(len(names), 11)
+    cols = math.ceil(len(names) / rows)
+    width = max(len(n) for n in names) * 7 + swatch + 14
+    canvas = Image.new("RGB", (cols * width + 8, rows * (swatch + 4) + 8), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, (name, colour) in enumerate(zip(names, colours)):
+        x, y = 4 + (k // rows) * width, 4 + (k % rows) * (swatch + 4)
+        draw.rectangle([x, y, x + swatch, y + swatch], fill=tuple(int(c) for c in colour), outline="black")
+        draw.text((x + swatch + 4, y), name, fill="black", font=font)
+    return canvas
+
+
+def beside(left: Image.Image, right: Image.Image, margin: int = 8) -> Image.Image:
+    """Two pictures side by side on white, tops aligned."""
+    canvas = Image.new("RGB", (left.width + right.width + margin, max(left.height, right.height)), "white")
+    canvas.paste(left.convert("RGB"), (0, 0))
+    canvas.paste(right.convert("RGB"), (left.width + margin, 0))
+    return canvas
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, classes: int, alpha: float = 0.6) -> np.ndarray:
@@ -189,7 +238,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, classes: int, alpha: float = 
 
 
 def segmentation_panel(images: np.ndarray, pred: np.ndarray, truth: np.ndarray, classes: int = 11) -> Image.Image:
-    """Rows of inputs, predictions and truths (colours: PASCAL VOC's map; digit d is class d + 1)."""
+    """Rows of inputs, predictions and truths, and the key of the class colours (digit d is class d + 1)."""
     k = len(images)
     rows = np.concatenate(
         [
@@ -198,8 +247,38 @@ def segmentation_panel(images: np.ndarray, pred: np.ndarray, truth: np.ndarray, 
             np.stack([overlay(images[i], truth[i], classes) for i in range(k)]),
         ]
     )  # (3k, H, W, 3)
-    key = tile_grid(label_colours(classes)[:, None, None, :].repeat(8, 1).repeat(8, 2) / 255.0, cols=classes)
-    return panels([("rows: input, prediction, truth", tile_grid(rows, cols=k)), ("classes: bg, 0 ... 9", key)], scale=3)
+    grid = panels([("rows: input, prediction, truth", tile_grid(rows, cols=k))], scale=3)
+    return beside(grid, legend(class_names(classes), label_colours(classes)))
+
+
+def segmentation_overlays(images: np.ndarray, pred: np.ndarray, names: list[str], captions: list[str]) -> Image.Image:
+    """``zoo run``'s picture of a segmenter: each input beside its predicted classes painted over it, one row
+    per input, and the key. images: (N, H, W) in [0, 1]; pred: (N, H, W) classes."""
+    classes = len(names)
+    rows = [
+        (caption, tile_grid(np.stack([np.repeat(im[:, :, None], 3, 2), overlay(im, p, classes)]), cols=2))
+        for caption, im, p in zip(captions, images, pred)
+    ]
+    scale = max(1, 192 // max(images.shape[1:]))
+    stacked = [panels([row], scale=scale) for row in rows]
+    column = Image.new("RGB", (max(p.width for p in stacked), sum(p.height for p in stacked)), "white")
+    y = 0
+    for p in stacked:
+        column.paste(p, (0, y))
+        y += p.height
+    return beside(column, legend(names, label_colours(classes)))
+
+
+def captioned_grid(images: np.ndarray, captions: list[str], cols: int | None = None) -> Image.Image:
+    """Images ((N, H, W) or (N, H, W, 3) in [0, 1]) each under its caption, in a grid."""
+    cols = cols or min(len(images), 8)
+    scale = max(1, 96 // max(images.shape[1:3]))
+    tiles = [panels([(c, tile_grid(im[None]))], scale=scale) for c, im in zip(captions, images)]
+    w, h = max(t.width for t in tiles), max(t.height for t in tiles)
+    canvas = Image.new("RGB", (cols * w, math.ceil(len(tiles) / cols) * h), "white")
+    for k, t in enumerate(tiles):
+        canvas.paste(t, ((k % cols) * w, (k // cols) * h))
+    return canvas
 
 
 def decoder_stages_panel(
@@ -217,3 +296,69 @@ def decoder_stages_panel(
         items.append((f"{name} {energy.shape[0]}x{energy.shape[1]}", tile_grid(big[None], per_tile=True)))
     items.append(("prediction", (overlay(image, pred, classes) * 255).astype(np.uint8)))
     return panels(items, scale=3)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def output_kind(outputs: list[np.ndarray], output_names: list[str], meta: dict, flat_input: int | None) -> str:
+    """What a model's first output is, for showing it: "images" (N, 1 or 3, H, W), "segmentation" (N, classes,
+    H, W) scores, "classes" (N, K) logits, "reconstruction" (N, D) rows like its input's, or "other"."""
+    y = outputs[0]
+    if y.ndim == 4 and y.shape[1] in (1, 3) and "argmax" not in meta.get("output", ""):
+        return "images"
+    if y.ndim == 4 and y.shape[1] > 1:
+        return "segmentation"
+    if y.ndim == 2 and flat_input is not None and y.shape[1] == flat_input:
+        return "reconstruction"
+    if y.ndim == 2 and 2 <= y.shape[1] <= 1000 and output_names[0] in ("logits", "scores", "probabilities", "output"):
+        return "classes"
+    return "other"
+
+
+def describe_outputs(kind: str, outputs, names, meta: dict, top: int = 3) -> list[str]:
+    """One line per sample a person can read: a classifier's top classes, the classes a segmenter found."""
+    y = outputs[0]
+    if kind == "classes":
+        p = y if names[0] == "probabilities" else _softmax(y.astype(np.float64))
+        best = np.argsort(-p, axis=1)[:, :top]
+        return [", ".join(f"{c} {100 * p[i, c]:.1f} %" for c in best[i]) for i in range(len(y))]
+    if kind == "segmentation":
+        labels = class_names(y.shape[1], meta)
+        pred = y.argmax(axis=1)  # (N, H, W)
+        lines = []
+        for p in pred:
+            counts = np.bincount(p.ravel(), minlength=len(labels))
+            found = [f"{labels[c]} ({counts[c]} px)" for c in np.argsort(-counts) if c > 0 and counts[c] > 0]
+            lines.append(", ".join(found) or "background only")
+        return lines
+    return [f"{tuple(y.shape[1:])} {y.dtype}" for _ in range(len(y))]
+
+
+def outputs_picture(kind: str, inputs: np.ndarray | None, outputs, names, meta: dict, captions: list[str]):
+    """``zoo run --output x.png``: a generator's grid, a segmenter's overlays with a key, a classifier's inputs
+    under their classes, an autoencoder's inputs above their reconstructions. ``inputs``: the images fed, (N, H, W)
+    in [0, 1], or None when the inputs were no images."""
+    from zoo.errors import ZooError
+
+    y = outputs[0]
+    if kind == "images":
+        images = (y + 1) / 2 if meta.get("output_range") == "[-1, 1]" else y
+        images = np.clip(images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1), 0, 1)
+        grid = tile_grid(images, cols=math.ceil(math.sqrt(len(images))))
+        return panels([(f"{len(images)} outputs", grid)], scale=max(1, 256 // grid.shape[1]))
+    if inputs is None:
+        raise ZooError(f"no picture of a {kind} output without image inputs; write .npy or .npz instead")
+    if kind == "segmentation":
+        names_ = class_names(y.shape[1], meta)
+        return segmentation_overlays(inputs, y.argmax(axis=1), names_, [Path(c).name for c in captions])
+    if kind == "classes":
+        top1 = describe_outputs(kind, outputs, names, meta, top=1)
+        return captioned_grid(inputs, [f"{Path(c).name[:12]}: {t}" for c, t in zip(captions, top1)])
+    if kind == "reconstruction":
+        k, (h, w) = len(inputs), inputs.shape[1:]
+        pairs = np.concatenate([inputs, np.clip(y.reshape(k, h, w), 0, 1)])  # (2k, h, w)
+        return panels([("top: inputs, bottom: reconstructions", tile_grid(pairs, cols=k))], scale=max(1, 56 // h))
+    raise ZooError(f"no picture for an output of shape {tuple(y.shape)}; write .npy or .npz instead")

@@ -15,6 +15,7 @@ the switches visible: each pool is an ONNX ``MaxPool`` with its ``Indices`` outp
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,10 @@ from zoo.models.base import ZooModel
 from zoo.registry import register_model
 
 VGG16 = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
 
 
 @dataclass
@@ -199,7 +204,16 @@ class DeconvNet(ZooModel):
             "normalisation": f"pixels / 255, (N, {self.config.channels}, {h}, {w})",
             "image_size": f"{h}x{w}",
             "output": f"scores (N, {self.config.classes}, {h}, {w}); the class of a pixel is the argmax over axis 1",
+            "class_names": json.dumps(self.class_names()),
         }
+
+    def class_names(self) -> list[str]:
+        """PASCAL VOC's for 21 classes, background and the digits for 11, else numbered."""
+        if self.config.classes == len(VOC_CLASSES):
+            return list(VOC_CLASSES)
+        if self.config.classes == 11:
+            return ["background"] + [f"digit {d}" for d in range(10)]
+        return ["background"] + [f"class {k}" for k in range(1, self.config.classes)]
 
     def write_pictures(self, out_dir, images: np.ndarray, labels: np.ndarray) -> list:
         from pathlib import Path
