@@ -1,10 +1,11 @@
 """Deconv Zoo's ONNX runtime: runs exported graphs with Numba kernels on the CPU and Numba-CUDA kernels on
-NVIDIA GPUs, with onnxruntime's API shape. It never imports torch (nor numba.cuda until a CUDA session is
-created).
+NVIDIA GPUs, with onnxruntime's Python API: ``import runtime as ort`` for ``import onnxruntime as ort``. It never
+imports torch, nor numba.cuda until a CUDA session is created or, on a machine with an NVIDIA driver,
+``get_available_providers()`` asks whether a device is usable.
 
-    import runtime
-    sess = runtime.InferenceSession("weights/sparse-ae-mnist.onnx", backend="cpu")
-    (y,) = sess.run(None, {"x": x})
+    import runtime as ort  # for: import onnxruntime as ort
+    sess = ort.InferenceSession("weights/sparse-ae-mnist.onnx", providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {"x": x})  # backend="cpu" / backend="cuda": the runtime's own spelling
 """
 
 import ctypes
@@ -51,19 +52,46 @@ def _threading_layer() -> str:
 
 THREADING_LAYER = _threading_layer()
 
-from runtime.errors import BackendUnavailable, InvalidFeed, InvalidModel, UnsupportedOp, ZooRuntimeError  # noqa: E402
+from runtime.errors import (  # noqa: E402
+    BackendUnavailable,
+    InvalidFeed,
+    InvalidModel,
+    InvalidOption,
+    MissingConfigEntry,
+    UnsupportedOp,
+    ZooRuntimeError,
+)
 from runtime.ops import BACKENDS, supported_ops  # noqa: E402
+from runtime.options import (  # noqa: E402
+    ExecutionMode,
+    GraphOptimizationLevel,
+    RunOptions,
+    SessionOptions,
+    get_available_providers,
+    get_device,
+)
 from runtime.session import InferenceSession, ModelMetadata, NodeArg  # noqa: E402
+
+__version__ = "0.1.0"  # the deconv-zoo package's version (pyproject.toml)
 
 __all__ = [
     "BACKENDS",
     "BackendUnavailable",
+    "ExecutionMode",
+    "GraphOptimizationLevel",
     "InferenceSession",
     "InvalidFeed",
     "InvalidModel",
+    "InvalidOption",
+    "MissingConfigEntry",
     "ModelMetadata",
     "NodeArg",
+    "RunOptions",
+    "SessionOptions",
     "UnsupportedOp",
     "ZooRuntimeError",
+    "__version__",
+    "get_available_providers",
+    "get_device",
     "supported_ops",
 ]

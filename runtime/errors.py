@@ -25,3 +25,11 @@ class InvalidFeed(ZooRuntimeError, ValueError):
 
 class BackendUnavailable(ZooRuntimeError):
     """The requested backend cannot run on this machine."""
+
+
+class InvalidOption(ZooRuntimeError, ValueError):
+    """A session or provider option (``providers=``, ``provider_options=``, ``backend=``) that cannot be honoured."""
+
+
+class MissingConfigEntry(ZooRuntimeError, RuntimeError):
+    """``get_session_config_entry`` / ``get_run_config_entry`` of a key never added (RuntimeError, as onnxruntime)."""

@@ -1,22 +1,40 @@
-"""InferenceSession: onnxruntime's API shape over the runtime's graph executor, so that switching between
-the two is one line: ``runtime.InferenceSession(path, backend="cpu")`` for
-``onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])``.
+"""InferenceSession: onnxruntime's Python API over the runtime's graph executor, so that switching between the
+two is the import line: ``import runtime as ort`` runs a script written for ``import onnxruntime as ort``
+unchanged (``providers=``, ``SessionOptions``, NodeArgs, list feeds). ``backend="cpu"`` / ``backend="cuda"`` is
+the runtime's own spelling of ``providers=["CPUExecutionProvider"]`` / ``["CUDAExecutionProvider"]``, strict
+where the providers fall back: it raises where no GPU is usable.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
-from runtime.errors import BackendUnavailable, InvalidFeed, ZooRuntimeError
+from runtime.errors import BackendUnavailable, InvalidFeed, InvalidOption, ZooRuntimeError
 from runtime.fusion import optimize
 from runtime.graph import Graph, ValueInfo, build_graph, read_model
 from runtime.ops import ABSENT, BACKENDS
 from runtime.ops._cpu_kernels import register_weights
+from runtime.options import (
+    BACKEND_OF_PROVIDER,
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
+    PROVIDER_OF_BACKEND,
+    GraphOptimizationLevel,
+    RunOptions,
+    SessionOptions,
+    cuda_provider_options,
+    get_available_providers,
+    normalize_providers,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +57,9 @@ class ModelMetadata:
     graph_name: str
     description: str
     custom_metadata_map: dict = field(default_factory=dict)
+    domain: str = ""
+    version: int = 2**63 - 1  # onnxruntime's value for a model without model_version
+    graph_description: str = ""
 
 
 class _CPU:
@@ -83,15 +104,73 @@ class _CUDA:
 
 
 class InferenceSession:
-    """Runs an ONNX model on the ``cpu`` (Numba) or ``cuda`` (Numba-CUDA) backend."""
+    """Runs an ONNX model on the ``cpu`` (Numba) or ``cuda`` (Numba-CUDA) backend, with onnxruntime's signature.
 
-    def __init__(self, path_or_bytes, backend: str = "cpu", *, optimize_graph: bool = True):
-        if backend not in BACKENDS:
-            raise BackendUnavailable(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
-        self._device = _CUDA() if backend == "cuda" else _CPU()
-        self.backend = backend
-        model, base_dir = read_model(path_or_bytes)
+    ``providers`` in onnxruntime's forms (names, or (name, options) tuples, with or without ``provider_options``):
+    the first available of CUDAExecutionProvider and CPUExecutionProvider is used, the CPU when none is given or
+    usable; a name not available here is skipped with onnxruntime's UserWarning. ``backend`` is this runtime's
+    own spelling and never falls back; given with ``providers``, both must name the same backend.
+    ``optimize_graph=False`` is ``graph_optimization_level=ORT_DISABLE_ALL``. The keyword arguments onnxruntime
+    reads (``enable_fallback``, ``read_config_from_model``, ``disabled_optimizers``) are accepted and ignored.
+    """
+
+    _ORT_KWARGS = frozenset({"enable_fallback", "read_config_from_model", "disabled_optimizers"})
+
+    def __init__(
+        self,
+        path_or_bytes,
+        sess_options: SessionOptions | None = None,
+        providers=None,
+        provider_options=None,
+        *,
+        backend: str | None = None,
+        optimize_graph: bool | None = None,
+        **kwargs,
+    ):
+        unknown = sorted(set(kwargs) - self._ORT_KWARGS)
+        if unknown:
+            raise TypeError(f"InferenceSession() got unexpected keyword argument(s) {unknown}")
+        options = SessionOptions() if sess_options is None else SessionOptions.from_any(sess_options)
+        if optimize_graph is not None:
+            disabled = options.graph_optimization_level == GraphOptimizationLevel.ORT_DISABLE_ALL
+            if sess_options is not None and disabled == bool(optimize_graph):
+                raise InvalidOption(
+                    f"optimize_graph={optimize_graph} contradicts sess_options.graph_optimization_level="
+                    f"{options.graph_optimization_level.name}; give one of them"
+                )
+            options.graph_optimization_level = (
+                GraphOptimizationLevel.ORT_ENABLE_ALL if optimize_graph else GraphOptimizationLevel.ORT_DISABLE_ALL
+            )
+        self._sess_options = options
+        self._source = path_or_bytes  # set_providers() reloads it, as onnxruntime keeps its path or bytes
+        self._create(backend, providers, provider_options)
+
+    def _create(self, backend, providers, provider_options) -> None:
+        backend, options = _choose_backend(backend, providers, provider_options)
+        device = _CPU()
+        if backend == "cuda":
+            try:
+                device = _CUDA()
+            except BackendUnavailable as e:
+                if options is None:  # backend="cuda": the runtime's own spelling does not fall back
+                    raise
+                warnings.warn(f"Failed to create {CUDA_PROVIDER}: {e}. Falling back to {CPU_PROVIDER}.", stacklevel=3)
+                backend, device = "cpu", _CPU()
+        self._device, self.backend = device, backend
+        self._provider_options = {CPU_PROVIDER: {}}
+        if backend == "cuda":
+            self._provider_options = {CUDA_PROVIDER: (options or {}).get(CUDA_PROVIDER, {"device_id": "0"})}
+            self._provider_options[CPU_PROVIDER] = {}
+        so = self._sess_options
+        threads = so.intra_op_num_threads
+        self._threads = min(threads, numba.config.NUMBA_NUM_THREADS) if threads > 0 else 0  # 0: numba's count
+        self._profile: list | None = [] if so.enable_profiling else None
+        self._profile_start = time.perf_counter()
+        model, base_dir = read_model(self._source)
+        version = model.model_version if model.HasField("model_version") else 2**63 - 1
+        self._model_info = (model.domain, version, model.graph.doc_string)
         graph = build_graph(model, base_dir, backend)
+        optimize_graph = so.graph_optimization_level != GraphOptimizationLevel.ORT_DISABLE_ALL
         self._graph: Graph = optimize(graph, backend) if optimize_graph else graph
         self._weights = {
             k: self._device.to_device(np.asarray(v, order="C")) for k, v in self._graph.initializers.items()
@@ -109,6 +188,12 @@ class InferenceSession:
         # The (name, dtype, shape) of each input of the last feed that passed every check: a feed of plain
         # C-contiguous arrays with exactly these passes again without them (4 us of a 20 us batch-1 run).
         self._accepted_feed: tuple | None = None
+        if so.optimized_model_filepath:
+            warnings.warn(
+                f"SessionOptions.optimized_model_filepath='{so.optimized_model_filepath}' is not written: "
+                "this runtime keeps its rewritten graph in memory only",
+                stacklevel=3,
+            )
 
     # --- the onnxruntime-shaped API -------------------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
@@ -123,12 +208,55 @@ class InferenceSession:
 
     def get_modelmeta(self) -> ModelMetadata:
         g = self._graph
-        return ModelMetadata(g.producer, g.graph_name, g.doc_string, dict(g.metadata))
+        return ModelMetadata(g.producer, g.graph_name, g.doc_string, dict(g.metadata), *self._model_info)
 
     def get_providers(self) -> list[str]:
-        return [self.backend]
+        """onnxruntime's names of the providers in use: ``['CPUExecutionProvider']``, or
+        ``['CUDAExecutionProvider', 'CPUExecutionProvider']`` (integer and shape tensors stay on the host)."""
+        return list(self._provider_options)
 
-    def run(self, output_names, input_feed: dict, run_options=None) -> list[np.ndarray]:
+    def get_provider_options(self) -> dict[str, dict[str, str]]:
+        return {name: dict(options) for name, options in self._provider_options.items()}
+
+    def get_session_options(self) -> SessionOptions:
+        """A copy of the options the session was created with (changing it changes nothing, as in onnxruntime)."""
+        return self._sess_options.copy()
+
+    def set_providers(self, providers=None, provider_options=None) -> None:
+        """Re-creates the session on ``providers`` (the CPU when None), as onnxruntime does."""
+        self._create(None, [CPU_PROVIDER] if providers is None else providers, provider_options)
+
+    def end_profiling(self) -> str:
+        """With ``enable_profiling``: writes the timings recorded since the session was created (or since the last
+        call) as onnxruntime's JSON trace, ``<profile_file_prefix>_<date>_<time>.json`` in the working folder, and
+        returns its name; '' without profiling."""
+        if self._profile is None:
+            return ""
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        path = f"{self._sess_options.profile_file_prefix}_{stamp}_{int(time.time() * 1000) % 1000}.json"
+        with open(path, "w") as f:
+            json.dump(self._profile, f)
+        self._profile = []
+        return path
+
+    def run(self, output_names, input_feed: dict, run_options: RunOptions | None = None) -> list[np.ndarray]:
+        if run_options is not None:
+            if not isinstance(run_options, RunOptions) and type(run_options).__name__ != "RunOptions":
+                raise TypeError(f"run_options must be a runtime.RunOptions or None, got {type(run_options).__name__}")
+            if run_options.terminate:
+                raise ZooRuntimeError("the run was not started: run_options.terminate is set")
+        threads = self._threads
+        if threads:  # numba's thread count is per calling thread: set for this run, restored after
+            before = numba.get_num_threads()
+            if before != threads:
+                numba.set_num_threads(threads)
+                try:
+                    return self._run(output_names, input_feed)
+                finally:
+                    numba.set_num_threads(before)
+        return self._run(output_names, input_feed)
+
+    def _run(self, output_names, input_feed) -> list[np.ndarray]:
         wanted = self._declared_outputs if output_names is None else self._check_output_names(output_names)
         feed = input_feed if self._is_accepted_feed(input_feed) else self._check_feed(input_feed)
         on_cuda = self.backend == "cuda"
@@ -136,9 +264,11 @@ class InferenceSession:
         values = self._weight_slots.copy()  # [slot] -> value; slot 0 is an omitted input, always None
         for name, value in feed.items():
             values[slot[name]] = self._device.to_device(value) if on_cuda else value
+        timed = self._trace or self._profile is not None
+        run_start = time.perf_counter() if timed else 0.0
         for node, impl, attrs, inputs, outputs, freed in self._steps:
             args = [values[i] for i in inputs]
-            start = time.perf_counter() if self._trace else 0.0
+            start = time.perf_counter() if timed else 0.0
             if on_cuda and all(a is None or isinstance(a, np.ndarray) for a in args):
                 impl = node.op.impl["cpu"]  # host-resident tensors (integers, shapes, empties) stay on the host
             try:
@@ -159,11 +289,13 @@ class InferenceSession:
             else:
                 values[outputs[0]] = result
             values[0] = None  # where an unused output ("") went
-            if self._trace:
-                self._print_trace(node, result if type(result) is tuple else (result,), time.perf_counter() - start)
+            if timed:
+                self._record(node, result if type(result) is tuple else (result,), start)
             for i in freed:
                 values[i] = None
         outputs = [self._device.to_host(values[slot[name]]) for name in wanted]
+        if self._profile is not None:
+            self._profile.append(self._event("model_run", "Session", run_start, {}))
         # A view (Identity, Reshape) of a feed or a weight must not let the caller write into either, nor a
         # weight or a default itself be handed out: the caller owns what it gets, as from onnxruntime.
         return [
@@ -258,16 +390,67 @@ class InferenceSession:
                 return False
         return True
 
-    def _print_trace(self, node, results, seconds: float) -> None:
-        shapes = ", ".join(str(tuple(r.shape)) for r in results if r is not None)
-        print(f"[zoo-trace] {node.describe():<48} -> {shapes:<24} {seconds * 1e3:8.3f} ms", file=sys.stderr)
+    def _record(self, node, results, start: float) -> None:
+        if self._profile is not None:
+            provider = PROVIDER_OF_BACKEND[self.backend]
+            args = {"op_name": node.op_type, "provider": provider}
+            self._profile.append(self._event(f"{node.name}_kernel_time", "Node", start, args))
+        if self._trace:
+            shapes = ", ".join(str(tuple(r.shape)) for r in results if r is not None)
+            seconds = time.perf_counter() - start
+            print(f"[zoo-trace] {node.describe():<48} -> {shapes:<24} {seconds * 1e3:8.3f} ms", file=sys.stderr)
+
+    def _event(self, name: str, category: str, start: float, args: dict) -> dict:
+        """One complete event ("ph": "X") of the Chrome trace format onnxruntime's profiler writes; times in us."""
+        now = time.perf_counter()
+        return {
+            "cat": category, "pid": os.getpid(), "tid": threading.get_native_id(),
+            "dur": round((now - start) * 1e6), "ts": round((start - self._profile_start) * 1e6),
+            "ph": "X", "name": name, "args": args,
+        }  # fmt: skip
+
+
+def _choose_backend(backend, providers, provider_options) -> tuple[str, dict | None]:
+    """The backend and, when chosen through ``providers``, the providers' options by name (None for the runtime's
+    own ``backend=``, which never falls back)."""
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise BackendUnavailable(f"unknown backend '{backend}'; expected one of {', '.join(BACKENDS)}")
+        pairs = normalize_providers(providers, provider_options, list(BACKEND_OF_PROVIDER))
+        if pairs and BACKEND_OF_PROVIDER[pairs[0][0]] != backend:
+            raise InvalidOption(
+                f"backend='{backend}' and providers={[name for name, _ in pairs]} name different backends; "
+                f"give one of them (backend='{backend}' is providers=['{PROVIDER_OF_BACKEND[backend]}'])"
+            )
+        if pairs and backend == "cuda":
+            cuda_provider_options(pairs[0][1])
+        return backend, None
+    pairs = normalize_providers(providers, provider_options, get_available_providers())
+    usable = [(name, options) for name, options in pairs if name in BACKEND_OF_PROVIDER]
+    if not usable:
+        return "cpu", {CPU_PROVIDER: {}}
+    name, options = usable[0]
+    if name == CUDA_PROVIDER:
+        return "cuda", {CUDA_PROVIDER: cuda_provider_options(options), CPU_PROVIDER: {}}
+    return "cpu", {CPU_PROVIDER: {}}  # onnxruntime keeps no CPU provider option either
 
 
 def _check_one_input(info: ValueInfo, value, symbols: dict) -> np.ndarray:
-    if not isinstance(value, np.ndarray):
-        if hasattr(value, "__array__") or isinstance(value, (list, tuple, int, float)):
-            raise InvalidFeed(f"input '{info.name}' must be a numpy.ndarray of {info.type}, got {type(value).__name__}")
-        raise InvalidFeed(f"input '{info.name}' must be a numpy.ndarray, got {type(value).__name__}")
+    if isinstance(value, list):
+        # As onnxruntime: a (nested) list becomes an array of the declared type by numpy's conversion
+        # (PyArray_FromAny with that dtype), so [[1, 2]] is float32 for a float input and [1.5] an int64 1.
+        try:
+            value = np.array(value, dtype=info.dtype)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise InvalidFeed(
+                f"input '{info.name}': cannot make a {info.type} tensor from the given list ({type(e).__name__}: {e})"
+            ) from None
+    elif not isinstance(value, np.ndarray):
+        # onnxruntime refuses scalars (Python or numpy), tuples and other array-likes alike.
+        raise InvalidFeed(
+            f"input '{info.name}' must be a numpy.ndarray or a list of {info.type}, got {type(value).__name__}"
+            + (f"; for a scalar pass np.array(value, dtype=np.{info.dtype})" if np.isscalar(value) else "")
+        )
     if value.dtype != info.dtype:
         raise InvalidFeed(f"input '{info.name}' has dtype {value.dtype}; expected {info.type} (numpy {info.dtype})")
     if info.has_rank and value.ndim != len(info.shape):
