@@ -55,7 +55,17 @@ def _cuda_outputs(onnx_path: Path, x: np.ndarray, work: Path) -> tuple[np.ndarra
     return np.load(out), f"cuda (simulator, batch {SIMULATED_BATCH})"
 
 
-def run_demo(out: Path, epochs: int, seed: int) -> None:
+def _earlier_demo(out: Path) -> bool:
+    """Whether ``out`` holds what an earlier `zoo demo` wrote (its metrics.json names the demo's command)."""
+    import json
+
+    try:
+        return json.loads((out / "metrics.json").read_text())["command"].startswith("zoo demo")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def run_demo(out: Path, epochs: int, seed: int, force: bool = False) -> None:
     import onnxruntime as ort
 
     import runtime
@@ -65,6 +75,7 @@ def run_demo(out: Path, epochs: int, seed: int) -> None:
     from zoo.train import train
 
     started = time.perf_counter()
+    again = force or _earlier_demo(out)
     out.mkdir(parents=True, exist_ok=True)
     click.echo(f"1. training sparse-ae for {epochs} epochs on the bundled MNIST digits -> {out}")
     result = train(
@@ -74,6 +85,7 @@ def run_demo(out: Path, epochs: int, seed: int) -> None:
         seed=seed,
         progress=False,
         command=f"zoo demo --out {out} --epochs {epochs} --seed {seed}",
+        force=again,  # a folder an earlier demo wrote is the demo's own; any other non-empty folder is refused
     )
     final = result["final"]
     click.echo(

@@ -814,12 +814,13 @@ def bench(models, batches, backend, threads, json_path, markdown, cold, weights_
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/demo", help="Output folder.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, help="Training epochs for the demo model.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Training seed.")
-def demo(out_dir, epochs, seed):
+@click.option("--force", is_flag=True, help="Write into a folder that holds other files (an earlier demo's need not).")
+def demo(out_dir, epochs, seed, force):
     """The main job on the bundled data: train the sparse autoencoder briefly, export it, run the ONNX file on
     this runtime's CPU and CUDA backends and on onnxruntime, print the agreement, write the pictures."""
     from cli.demo import run_demo
 
-    run_demo(Path(out_dir), epochs=epochs, seed=seed)
+    run_demo(Path(out_dir), epochs=epochs, seed=seed, force=force)
 
 
 def main():

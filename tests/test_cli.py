@@ -284,3 +284,17 @@ def test_export_a_gan_part(part, tmp_path):
         cli, ["export", "dcgan-mnist", "--weights", str(weights), "--out", str(tmp_path / "x.onnx")]
     )
     assert result.exit_code == 1 and "generator, discriminator" in result.output
+
+
+def test_demo_refuses_a_folder_of_other_files_before_training(tmp_path):
+    """`make demo` may run again over its own runs/demo (an earlier demo's metrics.json says so); any other
+    non-empty folder is refused before anything is trained or written."""
+    from cli.demo import _earlier_demo
+
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path), "--epochs", "1"])
+    assert result.exit_code == 1 and "is not empty (notes.txt)" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert not _earlier_demo(tmp_path)
+    (tmp_path / "metrics.json").write_text('{"command": "zoo demo --out runs/demo --epochs 30 --seed 0"}')
+    assert _earlier_demo(tmp_path)
