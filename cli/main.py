@@ -95,8 +95,13 @@ def weights_dir_default() -> Path:
 
 
 @cli.command("list")
-def list_cmd():
-    """Registered models, their shipped weights and headline metrics."""
+@click.argument("pattern", required=False)
+@click.option("--pretrained", is_flag=True, help="Only the models with shipped weights.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model (name, description, weights).")
+def list_cmd(pattern, pretrained, as_json):
+    """Registered models (PATTERN: a shell glob such as 'dcgan*'), their shipped weights and headline metrics."""
+    import fnmatch
+
     from zoo.text import printable
 
     cards = _checked_cards(weights_dir_default())
@@ -106,6 +111,14 @@ def list_cmd():
         names = [(n, zoo.get_model_entry(n).description) for n in zoo.list_models()]
     except ModuleNotFoundError:  # no torch: the shipped cards still say what there is
         names = sorted({(c["model"], c.get("description", "")) for c in cards})
+    names = [(n, d) for n, d in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
+    if pretrained:
+        names = [(n, d) for n, d in names if any(c["model"] == n for c in cards)]
+    if as_json:
+        for name, description in names:
+            weights = {c["name"]: c["metrics"] for c in cards if c["model"] == name}
+            click.echo(json.dumps({"model": name, "description": description, "weights": weights}, sort_keys=True))
+        return
     rows = [("model", "shipped weights", "headline metric", "description")]
     for name, description in names:
         mine = [c for c in cards if c["model"] == name]

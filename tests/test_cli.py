@@ -28,14 +28,28 @@ def test_help(command):
     assert "Usage:" in result.output
 
 
-def test_help_imports_neither_torch_nor_numba():
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_imports_neither_torch_nor_numba_nor_onnx(command):
+    """Help is instant: nothing heavy is imported for it (each of those costs a second or more)."""
+    args = [command, "--help"] if command else ["--help"]
     code = (
         "import sys; from click.testing import CliRunner; from cli.main import cli; "
-        "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0; "
-        "print(sorted(m for m in ('torch', 'numba', 'onnxruntime') if m in sys.modules))"
+        f"r = CliRunner().invoke(cli, {args!r}); assert r.exit_code == 0, r.output; "
+        "print(sorted(m for m in ('torch', 'numba', 'onnxruntime', 'onnx', 'scipy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_list_filters_and_speaks_json():
+    import json
+
+    result = invoke("list", "dcgan*", "--json")
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [r["model"] for r in rows] == ["dcgan-64", "dcgan-mnist"]
+    assert rows[0]["weights"] == {} and "fid" in rows[1]["weights"]["dcgan-mnist"]
+    result = invoke("list", "dcgan*", "--pretrained")
+    assert "dcgan-mnist" in result.output and "dcgan-64" not in result.output
 
 
 @pytest.fixture(scope="module")
