@@ -228,6 +228,8 @@ def test_mutated_feeds_are_run_or_refused(case):
     declared = {a.name: a for a in SESSIONS[name].get_inputs()}
     assert set(feed) == set(declared)
     for k, x in feed.items():
+        if isinstance(x, list):  # converted to the declared dtype, as onnxruntime converts lists
+            x = np.array(x, dtype=NP_TYPES[declared[k].type])
         assert x.dtype == NP_TYPES[declared[k].type] and x.ndim == len(declared[k].shape)
 
 
