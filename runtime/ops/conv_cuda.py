@@ -1,17 +1,28 @@
 """CUDA Conv and ConvTranspose (https://onnx.ai/onnx/operators/onnx__Conv.html,
-https://onnx.ai/onnx/operators/onnx__ConvTranspose.html): one thread per output element, each gathering its own
-sum, so there are no atomics and no col buffer.
+https://onnx.ai/onnx/operators/onnx__ConvTranspose.html): each thread gathers the sums of CHANNEL_BLOCK
+output channels of one group at one output position, so there are no atomics and no col buffer.
 
-The threads walk the flattened (N, C_out, D_out, H_out, W_out) index in a grid-stride loop, W fastest: a warp
-writes consecutive addresses. 1-D and 2-D convolutions run as 3-D ones with leading spatial axes of size 1; the
-output shape and pads come from ``runtime.ops.conv.conv_geometry``, shared with the CPU. FusedConv and
-FusedConvTranspose (a convolution and its activation, fused at load) apply the activation before the single store.
+The threads walk the flattened (N, group, channel block, D_out, H_out, W_out) index in a grid-stride loop, W
+fastest: a warp writes consecutive addresses. 1-D and 2-D convolutions run as 3-D ones with leading spatial axes
+of size 1; the output shape and pads come from ``runtime.ops.conv.conv_geometry``, shared with the CPU.
+FusedConv and FusedConvTranspose (a convolution and its activation, fused at load) apply the activation before
+the single store.
+
+Indexing is what a GPU compiler can keep cheap (``tests/test_sass.py`` counts the SASS of the inner loop):
+the kernels take flat 1-D views and 32-bit geometry, the offsets of a tap are computed once outside the loop
+over input channels and stepped by a constant inside it, divisions are unsigned 32-bit, and every array index
+is a ``uint32`` (Numba wraps a signed index around the array's end, a compare and select per access). Each
+output is still ``B[c]`` followed by the taps in (kd, kh, kw) order and the group's input channels innermost,
+one FMA at a time: the same sum in the same order as the plain kernels below, whatever the block or thread.
+
+Tensors too large for 32-bit offsets (``INDEX32_LIMIT``) take those plain kernels: one thread per output,
+5-D arrays, Numba's 64-bit indexing.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import cuda, float32
+from numba import cuda, float32, int32, uint32
 
 from runtime.ops import OPS
 from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA
@@ -19,14 +30,197 @@ from runtime.ops._cuda_launch import THREADS_PER_BLOCK, activate_alpha, as_float
 from runtime.ops.conv import ConvGeometry, cached_conv_geometry
 from runtime.ops.gemm import FUSED_DOMAIN
 
-_ARRAY5 = "float32[:, :, :, :, ::1]"
-# X, W, B, Y, then strides, dilations and begin pads along (D, H, W) as nine scalars (kernel parameters: no copy
-# to the device, no global-memory loads), the group count, has_bias, and the fused activation (code, LeakyRelu alpha)
-_SIG = f"void({_ARRAY5}, {_ARRAY5}, float32[::1], {_ARRAY5}, {', '.join(['int64'] * 10)}, int32, int32, float32)"
+# Output channels per thread: the input value loaded for a tap and channel feeds this many FMAs.
+CHANNEL_BLOCK = 4
+# The largest element count (of X, W, Y, and of the threads' flat index plus the grid stride) that the 32-bit
+# kernels take; tests lower it to run the 64-bit path on small shapes.
+INDEX32_LIMIT = 2**31 - 1
+
+# X, W, B, Y as flat arrays; N, C_in, D, H, W; C_out, D_out, H_out, W_out; kD, kH, kW; strides, dilations and
+# begin pads along (D, H, W); the group count, has_bias, the fused activation's code (all int32) and its
+# LeakyRelu alpha. Scalars are kernel parameters: no copy to the device, no global-memory loads.
+_SIG = "void(float32[::1], float32[::1], float32[::1], float32[::1], " + ", ".join(["int32"] * 24) + ", float32)"
+
+
+@cuda.jit(device=True, inline=True)
+def _div(a, b):
+    # a // b for non-negative int32 operands as one unsigned 32-bit division (Numba's signed // is 64-bit
+    # with a floor correction)
+    return int32(uint32(a) // uint32(b))
+
+
+@cuda.jit(device=True, inline=True)
+def _mod(a, b):
+    return int32(uint32(a) % uint32(b))
+
+
+@cuda.jit(device=True, inline=True)
+def _store_block(Y, y, S_out, c, last, acc0, acc1, acc2, acc3, activation, alpha):
+    # Y[y + r·S_out] = act(acc_r) for the block's channels c + r that exist (r ≤ last − c)
+    Y[uint32(y)] = activate_alpha(acc0, activation, alpha)
+    if c + 1 <= last:
+        Y[uint32(y + S_out)] = activate_alpha(acc1, activation, alpha)
+    if c + 2 <= last:
+        Y[uint32(y + 2 * S_out)] = activate_alpha(acc2, activation, alpha)
+    if c + 3 <= last:
+        Y[uint32(y + 3 * S_out)] = activate_alpha(acc3, activation, alpha)
 
 
 @kernel(_SIG)
-def _conv_kernel(X, W, B, Y, sD, sH, sW, dD, dH, dW, pD, pH, pW, group, has_bias, activation, alpha):
+def _conv_kernel(X, W, B, Y, N, C_in, ID, IH, IW, C_out, OD, OH, OW, KD, KH, KW, sD, sH, sW, dD, dH, dW, pD, pH, pW,
+                 group, has_bias, activation, alpha):  # fmt: skip
+    # X: (N, C_in, D, H, W); W: (C_out, C_in/group, kD, kH, kW); B: (C_out,) or a dummy (1,);
+    # Y: (N, C_out, D_out, H_out, W_out), all flat. Y[n, c, o] = B[c] + sum over the taps k inside X and the
+    # group's input channels ci of X[n, ci, o·s − pad + k·d] · W[c, ci, k].
+    C_in_g = _div(C_in, group)
+    C_out_g = _div(C_out, group)
+    blocks = _div(C_out_g + (CHANNEL_BLOCK - 1), CHANNEL_BLOCK)  # channel blocks per group
+    group_blocks = int32(group * blocks)
+    S_in = int32(ID * IH * IW)
+    S_out = int32(OD * OH * OW)
+    K = int32(KD * KH * KW)
+    w_step = int32(C_in_g * K)  # from one output channel's weights to the next
+    total = int32(int32(N * group_blocks) * S_out)
+    idx = int32(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x)
+    stride = int32(cuda.gridDim.x * cuda.blockDim.x)
+    while idx < total:
+        s = _mod(idx, S_out)  # the output position
+        q = _div(idx, S_out)
+        ow = _mod(s, OW)
+        t = _div(s, OW)
+        oh = _mod(t, OH)
+        od = _div(t, OH)
+        n = _div(q, group_blocks)
+        gb = int32(q - n * group_blocks)
+        g = _div(gb, blocks)
+        c = int32(g * C_out_g + int32(gb - g * blocks) * CHANNEL_BLOCK)  # the block's first output channel
+        last = int32(int32(g * C_out_g + C_out_g) - 1)  # the group's last; a block's channels past it are
+        c1 = min(int32(c + 1), last)  # computed as copies of it and never stored
+        c2 = min(int32(c + 2), last)
+        c3 = min(int32(c + 3), last)
+        if has_bias:
+            acc0, acc1, acc2, acc3 = B[uint32(c)], B[uint32(c1)], B[uint32(c2)], B[uint32(c3)]
+        else:
+            acc0 = acc1 = acc2 = acc3 = float32(0.0)
+        x_n = int32(int32(n * C_in + g * C_in_g) * S_in)  # X[n, the group's first input channel]
+        w0, w1, w2, w3 = int32(c * w_step), int32(c1 * w_step), int32(c2 * w_step), int32(c3 * w_step)
+        for kd in range(KD):
+            id_ = int32(int32(od * sD - pD) + kd * dD)
+            if id_ < 0 or id_ >= ID:
+                continue
+            for kh in range(KH):
+                ih = int32(int32(oh * sH - pH) + kh * dH)
+                if ih < 0 or ih >= IH:
+                    continue
+                for kw in range(KW):
+                    iw = int32(int32(ow * sW - pW) + kw * dW)
+                    if iw < 0 or iw >= IW:
+                        continue
+                    xo = int32(x_n + int32(int32(id_ * IH + ih) * IW + iw))  # X[n, c_in, id, ih, iw]
+                    wo = int32(int32(kd * KH + kh) * KW + kw)  # W[c, c_in, kd, kh, kw] − W[c, 0, 0, 0, 0]
+                    ci = int32(0)
+                    while ci < C_in_g:  # the hot loop: one load of X, four of W, four FMAs
+                        xv = X[uint32(xo)]
+                        acc0 += xv * W[uint32(w0 + wo)]
+                        acc1 += xv * W[uint32(w1 + wo)]
+                        acc2 += xv * W[uint32(w2 + wo)]
+                        acc3 += xv * W[uint32(w3 + wo)]
+                        xo = int32(xo + S_in)
+                        wo = int32(wo + K)
+                        ci = int32(ci + 1)
+        y = int32(int32(n * C_out + c) * S_out + s)
+        _store_block(Y, y, S_out, c, last, acc0, acc1, acc2, acc3, activation, alpha)
+        idx = int32(idx + stride)
+
+
+@kernel(_SIG)
+def _conv_transpose_kernel(X, W, B, Y, N, C_in, ID, IH, IW, C_out, OD, OH, OW, KD, KH, KW, sD, sH, sW, dD, dH, dW,
+                           pD, pH, pW, group, has_bias, activation, alpha):  # fmt: skip
+    # X: (N, C_in, D, H, W); W: (C_in, C_out/group, kD, kH, kW); B: (C_out,) or a dummy (1,);
+    # Y: (N, C_out, D_out, H_out, W_out), all flat. Output o receives input i through tap k when
+    # o = i·s − pad + k·d: only the taps with (o + pad − k·d) divisible by s and i inside X contribute.
+    C_in_g = _div(C_in, group)
+    C_out_g = _div(C_out, group)
+    blocks = _div(C_out_g + (CHANNEL_BLOCK - 1), CHANNEL_BLOCK)
+    group_blocks = int32(group * blocks)
+    S_in = int32(ID * IH * IW)
+    S_out = int32(OD * OH * OW)
+    K = int32(KD * KH * KW)
+    w_step = int32(C_out_g * K)  # from one input channel's weights to the next
+    total = int32(int32(N * group_blocks) * S_out)
+    idx = int32(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x)
+    stride = int32(cuda.gridDim.x * cuda.blockDim.x)
+    while idx < total:
+        s = _mod(idx, S_out)
+        q = _div(idx, S_out)
+        ow = _mod(s, OW)
+        t = _div(s, OW)
+        oh = _mod(t, OH)
+        od = _div(t, OH)
+        n = _div(q, group_blocks)
+        gb = int32(q - n * group_blocks)
+        g = _div(gb, blocks)
+        co = int32(int32(gb - g * blocks) * CHANNEL_BLOCK)  # the block's first output channel within its group
+        c = int32(g * C_out_g + co)
+        last = int32(int32(g * C_out_g + C_out_g) - 1)
+        c1 = min(int32(c + 1), last)
+        c2 = min(int32(c + 2), last)
+        c3 = min(int32(c + 3), last)
+        if has_bias:
+            acc0, acc1, acc2, acc3 = B[uint32(c)], B[uint32(c1)], B[uint32(c2)], B[uint32(c3)]
+        else:
+            acc0 = acc1 = acc2 = acc3 = float32(0.0)
+        x_n = int32(int32(n * C_in + g * C_in_g) * S_in)  # X[n, the group's first input channel]
+        w_g = int32(int32(g * C_in_g) * w_step - int32(g * C_out_g) * K)  # W[c_in, c − g·C_out_g] = W[w_g + c·K]
+        w0, w1, w2, w3 = int32(w_g + c * K), int32(w_g + c1 * K), int32(w_g + c2 * K), int32(w_g + c3 * K)
+        for kd in range(KD):
+            td = int32(int32(od + pD) - kd * dD)
+            if td < 0 or _mod(td, sD) != 0:
+                continue
+            id_ = _div(td, sD)
+            if id_ >= ID:
+                continue
+            for kh in range(KH):
+                th = int32(int32(oh + pH) - kh * dH)
+                if th < 0 or _mod(th, sH) != 0:
+                    continue
+                ih = _div(th, sH)
+                if ih >= IH:
+                    continue
+                for kw in range(KW):
+                    tw = int32(int32(ow + pW) - kw * dW)
+                    if tw < 0 or _mod(tw, sW) != 0:
+                        continue
+                    iw = _div(tw, sW)
+                    if iw >= IW:
+                        continue
+                    xo = int32(x_n + int32(int32(id_ * IH + ih) * IW + iw))  # X[n, c_in, id, ih, iw]
+                    wo = int32(int32(kd * KH + kh) * KW + kw)  # the tap within W[c_in, c, :, :, :]
+                    ci = int32(0)
+                    while ci < C_in_g:  # the hot loop: one load of X, four of W, four FMAs
+                        xv = X[uint32(xo)]
+                        acc0 += xv * W[uint32(w0 + wo)]
+                        acc1 += xv * W[uint32(w1 + wo)]
+                        acc2 += xv * W[uint32(w2 + wo)]
+                        acc3 += xv * W[uint32(w3 + wo)]
+                        xo = int32(xo + S_in)
+                        wo = int32(wo + w_step)
+                        ci = int32(ci + 1)
+        y = int32(int32(n * C_out + c) * S_out + s)
+        _store_block(Y, y, S_out, c, last, acc0, acc1, acc2, acc3, activation, alpha)
+        idx = int32(idx + stride)
+
+
+# --- the 64-bit path: one thread per output, Numba's 5-D indexing ----------------------------------------------
+
+_ARRAY5 = "float32[:, :, :, :, ::1]"
+# X, W, B, Y, then strides, dilations and begin pads along (D, H, W) as nine scalars, the group count, has_bias,
+# and the fused activation (code, LeakyRelu alpha)
+_SIG_WIDE = f"void({_ARRAY5}, {_ARRAY5}, float32[::1], {_ARRAY5}, {', '.join(['int64'] * 10)}, int32, int32, float32)"
+
+
+@kernel(_SIG_WIDE)
+def _conv_kernel_wide(X, W, B, Y, sD, sH, sW, dD, dH, dW, pD, pH, pW, group, has_bias, activation, alpha):
     # X: (N, C_in, D, H, W); W: (C_out, C_in/group, kD, kH, kW); B: (C_out,) or a dummy (1,);
     # Y: (N, C_out, D_out, H_out, W_out). Y[n, c, o] = B[c] + sum over the taps k inside X and the group's
     # input channels ci of X[n, ci, o·s − pad + k·d] · W[c, ci, k].
@@ -60,8 +254,8 @@ def _conv_kernel(X, W, B, Y, sD, sH, sW, dD, dH, dW, pD, pH, pW, group, has_bias
         Y[n, c, od, oh, ow] = activate_alpha(acc, activation, alpha)
 
 
-@kernel(_SIG)
-def _conv_transpose_kernel(X, W, B, Y, sD, sH, sW, dD, dH, dW, pD, pH, pW, group, has_bias, activation, alpha):
+@kernel(_SIG_WIDE)
+def _conv_transpose_kernel_wide(X, W, B, Y, sD, sH, sW, dD, dH, dW, pD, pH, pW, group, has_bias, activation, alpha):
     # X: (N, C_in, D, H, W); W: (C_in, C_out/group, kD, kH, kW); B: (C_out,) or a dummy (1,);
     # Y: (N, C_out, D_out, H_out, W_out). Output o receives input i through tap k when o = i·s − pad + k·d:
     # only the taps with (o + pad − k·d) divisible by s and i inside X contribute.
@@ -113,12 +307,28 @@ def _dummy_bias():
     return _no_bias
 
 
-def _launch(conv_kernel, X, W, B, geom: ConvGeometry, activation: str = "", alpha: float = LEAKY_RELU_ALPHA):
-    """Allocate Y, launch ``conv_kernel`` over every output element, and return Y in the op's rank."""
+def _launch(op_type: str, X, W, B, geom: ConvGeometry, activation: str = "", alpha: float = LEAKY_RELU_ALPHA):
+    """Allocate Y, launch the op's kernel over every output element, and return Y in the op's rank."""
     Y = cuda.device_array(geom.y5_shape, dtype=np.float32)  # (N, C_out, D_out, H_out, W_out)
-    if Y.size:
-        bias = B if B is not None else _dummy_bias()
-        geometry = [np.int64(v) for a in geom.kernel_arguments() for v in a]  # strides, dilations, pads along D, H, W
+    if Y.size == 0:  # no output, no launch (a grid of zero blocks is an error on a GPU)
+        return Y.reshape(geom.y_shape)
+    bias = B if B is not None else _dummy_bias()
+    fused = (np.int32(B is not None), np.int32(ACTIVATIONS[activation]), np.float32(alpha))
+    N, C_out, OD, OH, OW = geom.y5_shape
+    blocks = -(-(C_out // geom.group) // CHANNEL_BLOCK)  # channel blocks per group
+    threads = N * geom.group * blocks * OD * OH * OW
+    blocks_per_grid = grid_1d(threads)
+    if max(X.size, W.size, Y.size, threads + blocks_per_grid * THREADS_PER_BLOCK) <= INDEX32_LIMIT:
+        geometry = [np.int32(v) for v in (*geom.x5_shape[1:], *geom.y5_shape[1:], *geom.w5_shape(W.shape)[2:])]
+        geometry += [np.int32(v) for a in geom.kernel_arguments() for v in a]  # strides, dilations, begin pads
+        conv_kernel = _conv_kernel if op_type == "Conv" else _conv_transpose_kernel
+        conv_kernel[blocks_per_grid, THREADS_PER_BLOCK](
+            X.reshape(X.size), W.reshape(W.size), bias, Y.reshape(Y.size), np.int32(N), *geometry,
+            np.int32(geom.group), *fused,
+        )  # fmt: skip
+    else:
+        geometry = [np.int64(v) for a in geom.kernel_arguments() for v in a]
+        conv_kernel = _conv_kernel_wide if op_type == "Conv" else _conv_transpose_kernel_wide
         conv_kernel[grid_1d(Y.size), THREADS_PER_BLOCK](
             X.reshape(geom.x5_shape),  # (N, C_in, D, H, W)
             W.reshape(geom.w5_shape(W.shape)),  # (W0, W1, kD, kH, kW)
@@ -126,9 +336,7 @@ def _launch(conv_kernel, X, W, B, geom: ConvGeometry, activation: str = "", alph
             Y,
             *geometry,
             np.int64(geom.group),
-            np.int32(B is not None),
-            np.int32(ACTIVATIONS[activation]),
-            np.float32(alpha),
+            *fused,
         )
     return Y.reshape(geom.y_shape)  # (N, C_out, *out_size)
 
@@ -138,27 +346,27 @@ def _check_float32(op_type: str, X, W, B) -> None:
         as_float32(t, op_type)
 
 
-def _run(op_type: str, conv_kernel, X, W, B, attrs: dict, activation: str = "", alpha: float = LEAKY_RELU_ALPHA):
+def _run(op_type: str, X, W, B, attrs: dict, activation: str = "", alpha: float = LEAKY_RELU_ALPHA):
     _check_float32(op_type, X, W, B)
     geom = cached_conv_geometry(op_type, X.shape, W.shape, None if B is None else B.shape, **attrs)
-    return _launch(conv_kernel, X, W, B, geom, activation, alpha)
+    return _launch(op_type, X, W, B, geom, activation, alpha)
 
 
 @OPS[("", "Conv")].cuda
 def Conv(X, W, B=None, **attrs):  # attributes: conv.CONV_SPECS
-    return _run("Conv", _conv_kernel, X, W, B, attrs)
+    return _run("Conv", X, W, B, attrs)
 
 
 @OPS[("", "ConvTranspose")].cuda
 def ConvTranspose(X, W, B=None, **attrs):
-    return _run("ConvTranspose", _conv_transpose_kernel, X, W, B, attrs)
+    return _run("ConvTranspose", X, W, B, attrs)
 
 
 @OPS[(FUSED_DOMAIN, "FusedConv")].cuda
 def FusedConv(X, W, B=None, *, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
-    return _run("Conv", _conv_kernel, X, W, B, attrs, activation, activation_alpha)
+    return _run("Conv", X, W, B, attrs, activation, activation_alpha)
 
 
 @OPS[(FUSED_DOMAIN, "FusedConvTranspose")].cuda
 def FusedConvTranspose(X, W, B=None, *, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
-    return _run("ConvTranspose", _conv_transpose_kernel, X, W, B, attrs, activation, activation_alpha)
+    return _run("ConvTranspose", X, W, B, attrs, activation, activation_alpha)

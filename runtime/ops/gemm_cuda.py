@@ -85,23 +85,31 @@ def _gemm_skinny_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activ
     _store(Y, row, col, acc, C, alpha, beta, has_bias, activation)
 
 
+# A grid's y extent is at most 65,535 blocks: the tiled kernel runs taller products in slabs of this many rows.
+MAX_GRID_Y = 65535
+_no_bias = None
+
+
+def _dummy_bias():
+    """The (1, 1) array passed as C when there is none (kernels cannot take None); allocated once, since a device
+    allocation (and its free) per call would synchronise the device."""
+    global _no_bias
+    if _no_bias is None:
+        _no_bias = cuda.to_device(np.zeros((1, 1), np.float32))
+    return _no_bias
+
+
 def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation=0, out=None):
     """Y = act(alpha * op(A) @ op(B) + beta * C) on the device; A, B, C are float32 device arrays; ``out``, a
     preallocated (M, N) device array (a slice of a batched result) to write into."""
     as_float32(A, "Gemm")
     as_float32(B, "Gemm")
     M, N, _ = gemm_shapes(A.shape, B.shape, transA, transB)
+    C2 = bias_2d(C, M, N) if C is not None else _dummy_bias()
     Y = cuda.device_array((M, N), dtype=np.float32) if out is None else out
-    C2 = bias_2d(C, M, N) if C is not None else cuda.device_array((1, 1), dtype=np.float32)
-    if M <= SKINNY_MAX_ROWS:
-        launch = _gemm_skinny_kernel[(math.ceil(N / THREADS_PER_BLOCK), M), THREADS_PER_BLOCK]
-    else:
-        launch = _gemm_kernel[(math.ceil(N / TILE), math.ceil(M / TILE)), (TILE, TILE)]
-    launch(
-        A,
-        B,
-        C2,
-        Y,
+    if M == 0 or N == 0:  # nothing to compute, and a grid of zero blocks is an error on a GPU
+        return Y
+    scalars = (
         np.float32(alpha),
         np.float32(beta),
         np.int32(transA),
@@ -109,6 +117,16 @@ def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation
         np.int32(C is not None and beta != 0.0),  # beta = 0: C unread, as in onnxruntime (0·inf would be NaN)
         np.int32(activation),
     )
+    if M <= SKINNY_MAX_ROWS:
+        _gemm_skinny_kernel[(math.ceil(N / THREADS_PER_BLOCK), M), THREADS_PER_BLOCK](A, B, C2, Y, *scalars)
+        return Y
+    slab = MAX_GRID_Y * TILE
+    for r in range(0, M, slab):  # one launch unless M exceeds the grid's y extent
+        rows = slice(r, min(r + slab, M))
+        a = A if M <= slab else (A[:, rows] if transA else A[rows])
+        c = C2 if M <= slab or C2.shape[0] == 1 else C2[rows]
+        y = Y if M <= slab else Y[rows]
+        _gemm_kernel[(math.ceil(N / TILE), math.ceil(y.shape[0] / TILE)), (TILE, TILE)](a, B, c, y, *scalars)
     return Y
 
 
