@@ -7,6 +7,7 @@ refused with the field's name, the value and what was expected. No torch here.""
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -108,11 +109,14 @@ class TrainConfig(Config):
     lr_schedule: str = setting("constant", choices=("constant", "cosine"))
     seed: int = setting(0, lo=0, hi=2**63 - 1)  # initialisation and data order: same seed, same weights
     limit: int | None = setting(None, lo=1)  # train on the first N examples only (and hold out N // 4)
+    device: str = "auto"  # auto (a GPU if one is usable), cpu, cuda or cuda:N
 
     def __post_init__(self):
         super().__post_init__()
         if not self.data:
             raise ZooError("data='': expected a bundled data set, a folder of images or an .npy file")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?", self.device):
+            raise ZooError(f"device={self.device!r}: expected auto, cpu, cuda or cuda:N")
 
     def lr_factor(self, epoch: int) -> float:
         if self.lr_schedule == "constant":

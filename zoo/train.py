@@ -77,28 +77,69 @@ class _World:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def start(self, model) -> None:
-        """Join the process group: NCCL when the model's parameters live on a GPU, gloo on the CPU."""
+    def device(self, spec: str):
+        """The torch device ``spec`` names for this process ("auto": this rank's GPU if one is usable, else the
+        CPU; "cuda" under torchrun: the GPU of this rank's LOCAL_RANK), checked to exist."""
+        import torch
+
+        if spec == "cpu" or spec == "auto" and not torch.cuda.is_available():
+            self.on = torch.device("cpu")
+            return self.on
+        if not torch.cuda.is_available():
+            raise ZooError(
+                f"device '{spec}': no CUDA device is usable here (torch {torch.__version__}, "
+                f"torch.cuda.is_available() is False); use --device cpu or auto"
+            )
+        index = int(spec.partition(":")[2]) if ":" in spec else self.local_rank
+        if index >= torch.cuda.device_count():
+            raise ZooError(f"device '{spec}': this machine has {torch.cuda.device_count()} CUDA devices (0-based)")
+        if self.distributed and ":" in spec:
+            raise ZooError(f"device '{spec}' under torchrun: give 'cuda' and each rank takes its LOCAL_RANK's GPU")
+        torch.cuda.set_device(index)
+        # fp32 means fp32: no TF32 in matmuls and convolutions, so a GPU run computes what a CPU run does
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        self.on = torch.device("cuda", index)
+        return self.on
+
+    def start(self) -> None:
+        """Join the process group: NCCL when this rank trains on a GPU, gloo on the CPU."""
         if not self.distributed:
             return
         import torch.distributed as dist
 
-        on_gpu = any(p.is_cuda for p in model.parameters())
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if on_gpu else "gloo")
+            dist.init_process_group("nccl" if self.on.type == "cuda" else "gloo")
 
-    def gather_rng(self):
-        """Every rank's torch RNG state (uint8 tensors of one size), rank by rank."""
-        import torch
-
-        state = torch.get_rng_state()
+    def _gather(self, t):
+        """Every rank's copy of ``t`` (a CPU tensor of one size on every rank), rank by rank, on the CPU."""
         if not self.distributed:
-            return [state]
+            return [t]
+        import torch
         import torch.distributed as dist
 
-        states = [torch.empty_like(state) for _ in range(self.size)]
-        dist.all_gather(states, state)
+        t = t.to(self.on)  # NCCL's collectives take device tensors
+        parts = [torch.empty_like(t) for _ in range(self.size)]
+        dist.all_gather(parts, t)
+        return [p.cpu() for p in parts]
+
+    def gather_rng(self) -> dict:
+        """Every rank's torch RNG states (CPU, and CUDA when training on a GPU) by name."""
+        import torch
+
+        states = {f"torch/{r}": s for r, s in enumerate(self._gather(torch.get_rng_state()))}
+        if self.on.type == "cuda":
+            cuda = torch.cuda.get_rng_state(self.on)
+            states.update({f"cuda/{r}": s for r, s in enumerate(self._gather(cuda))})
         return states
+
+    def set_rng(self, saved: dict) -> None:
+        import torch
+
+        own = f"torch/{self.rank}" if f"torch/{self.rank}" in saved else "torch/0"
+        torch.set_rng_state(saved[own])
+        if self.on.type == "cuda" and f"cuda/{self.rank}" in saved:
+            torch.cuda.set_rng_state(saved[f"cuda/{self.rank}"], self.on)
 
     def sum(self, values: list[float]) -> list[float]:
         if not self.distributed or not values:
@@ -106,9 +147,9 @@ class _World:
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.on)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t.tolist()
+        return t.cpu().tolist()
 
     def finish(self) -> None:
         """Wait for rank 0's writing, then leave the process group."""
@@ -123,7 +164,7 @@ def _resume_settings(run: dict) -> dict:
     """What must be the same for a checkpoint to be continued: the model, its config and the data stream (the
     epoch count may grow)."""
     keys = ("model", "config", "data", "seed", "batch_size", "lr", "train_examples", "val_examples", "limit")
-    training = {k: v for k, v in run["train"].items() if k not in ("epochs",)}
+    training = {k: v for k, v in run["train"].items() if k not in ("epochs", "device")}
     return {**{k: run[k] for k in keys}, "train": training}
 
 
@@ -212,8 +253,9 @@ def train(
             raise ZooError(f"cannot resume '{checkpoint}': it holds a '{saved_model}' run, not '{name}'")
     if world.is_main:
         check_out_dir(out_dir, name, force=force, resume=resume)
+    device = world.device(train_cfg.device)
     torch.manual_seed(train_cfg.seed)
-    model = build_model(name, **model_settings)
+    model = build_model(name, **model_settings).to(device)
     cfg = model.config
     data, epochs, batch_size, limit = train_cfg.data, train_cfg.epochs, train_cfg.batch_size, train_cfg.limit
     size = tuple(cfg.image_size)
@@ -230,9 +272,9 @@ def train(
             f"data '{data}' has {len(X)} training and {len(X_val)} held-out examples; need at least one of each"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    world.start(model)
-    x_all = torch.from_numpy(X)
-    y_all = None if y is None else torch.from_numpy(y)
+    world.start()
+    x_all = torch.from_numpy(X).to(device)  # the whole set on the training device, once
+    y_all = None if y is None else torch.from_numpy(y).to(device)
     generator = torch.Generator().manual_seed(train_cfg.seed)
     optimizers = model.configure_optimizers(train_cfg)
     run = {
@@ -250,6 +292,7 @@ def train(
         "command": command or "zoo " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": str(device),
         "world_size": world.size,
         "history": [],
     }
@@ -264,8 +307,7 @@ def train(
         saved = load_resume_state(checkpoint, model, optimizers)
         state = saved["state"]
         rng = saved["rng"]
-        own = f"torch/{world.rank}" if f"torch/{world.rank}" in rng else "torch/0"
-        torch.set_rng_state(rng[own])
+        world.set_rng(rng)
         generator.set_state(rng["data_order"])
         for key in ("history", "train_history", "epoch_pictures"):
             run[key] = state["run"].get(key, [])
@@ -278,7 +320,7 @@ def train(
     start = time.perf_counter() - seconds_before
     for epoch in range(first_epoch, epochs + 1):
         model.train()
-        order = torch.randperm(len(X), generator=generator)  # the same global order on every rank
+        order = torch.randperm(len(X), generator=generator, device="cpu")  # one global order on every rank
         batches = range(0, len(X), batch_size)
         bar = tqdm(batches, desc=f"{name} epoch {epoch}/{epochs}", disable=not progress, leave=False, file=sys.stderr)
         for optimizer in optimizers.values():  # the schedule: each epoch's step size from the run's first
@@ -287,7 +329,7 @@ def train(
                 group["lr"] = group["initial_lr"] * train_cfg.lr_factor(epoch)
         sums: dict[str, float] = {}
         for b, i in enumerate(bar):
-            idx = order[i : i + batch_size]
+            idx = order[i : i + batch_size].to(device)
             share = 1.0
             if world.distributed:  # this rank's slice of the global batch
                 shard = idx.tensor_split(world.size)[world.rank]
@@ -314,7 +356,7 @@ def train(
         run.setdefault("epoch_pictures", []).extend(pictures)
         resume_state = {
             "optimizers": optimizers,
-            "rng": {"data_order": generator.get_state(), **{f"torch/{r}": s for r, s in enumerate(rng_states)}},
+            "rng": {"data_order": generator.get_state(), **rng_states},
             "state": {
                 "epoch": epoch,
                 "settings": _resume_settings(run),

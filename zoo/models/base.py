@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -69,6 +70,17 @@ class ZooModel(nn.Module):
     # exported in parts) its "range", "meaning", optional "classes", and "kind": "image" for tensors whose
     # polarity the card states from the training data.
     card_notes: dict = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters (or buffers) live; tensors it creates go there too."""
+        for t in (*self.parameters(), *self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    def as_tensor(self, a) -> torch.Tensor:
+        """A NumPy array as a tensor on the model's device."""
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
     @property
     def image_channels(self) -> int:

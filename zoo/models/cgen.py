@@ -74,7 +74,7 @@ class ClassConditionalGenerator(ZooModel):
 
     @torch.no_grad()
     def typical_digits(self) -> np.ndarray:
-        return self(torch.eye(self.config.classes))[:, 0].numpy()  # (classes, H, W)
+        return self(torch.eye(self.config.classes, device=self.device))[:, 0].cpu().numpy()  # (classes, H, W)
 
     @torch.no_grad()
     def evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -82,7 +82,7 @@ class ClassConditionalGenerator(ZooModel):
 
         generated = self.typical_digits()
         means = np.stack([images[labels == c].mean(0) for c in range(self.config.classes)])
-        out = self(self.codes(torch.from_numpy(labels)))[:, 0].numpy()
+        out = self(self.codes(self.as_tensor(labels)))[:, 0].cpu().numpy()
         metrics = {
             "val_mse": float(((out - images) ** 2).mean()),
             "mse_to_class_mean": float(((generated - means) ** 2).mean()),

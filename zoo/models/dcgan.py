@@ -241,7 +241,7 @@ class DCGAN(ZooModel):
 
     def training_step(self, x: torch.Tensor, y, optimizers: dict, epoch: int) -> dict:
         real = self.to_model_space(x)  # (M, C, S, S)
-        z = torch.randn(len(real), self.config.nz)
+        z = torch.randn(len(real), self.config.nz, device=real.device)
         phase = self.phase(epoch)
         logs = {"phase": float(phase)}
         if phase in (1, 3):
@@ -263,8 +263,10 @@ class DCGAN(ZooModel):
         from zoo.evaluate import gan_metrics, real_data_floor
 
         self.eval()
-        real = self.to_model_space(torch.from_numpy(images))
-        z = torch.randn(len(real), self.config.nz, generator=torch.Generator().manual_seed(0))
+        real = self.to_model_space(self.as_tensor(images))
+        # the same z on every device: drawn on the CPU, then moved
+        seeded = torch.Generator(device="cpu").manual_seed(0)
+        z = torch.randn(len(real), self.config.nz, generator=seeded, device="cpu").to(self.device)
         fake = self.generator(z)
         d_real = self.discriminator(real)
         d_fake = self.discriminator(fake)
@@ -273,7 +275,7 @@ class DCGAN(ZooModel):
             "d_fake_mean": float(d_fake.mean()),
             "d_accuracy": float(((d_real > 0.5).float().mean() + (d_fake < 0.5).float().mean()) / 2),
         }
-        generated = ((fake + 1) / 2).squeeze(1).numpy()  # (M, S, S) in [0, 1] for grey digits
+        generated = ((fake + 1) / 2).squeeze(1).cpu().numpy()  # (M, S, S) in [0, 1] for grey digits
         metrics.update(gan_metrics(generated, images))
         if "fid" in metrics:  # what real digits score: the floor of the FID, the ceiling of the score
             floor = real_data_floor()
@@ -288,7 +290,7 @@ class DCGAN(ZooModel):
         self.eval()
         g = (self.generator(self.fixed_z) + 1) / 2  # (n, C, S, S) in [0, 1]
         g = g[:, 0] if self.config.channels == 1 else g.permute(0, 2, 3, 1)
-        return tile_grid(g.numpy(), cols=int(math.sqrt(len(g))))
+        return tile_grid(g.cpu().numpy(), cols=int(math.sqrt(len(g))))
 
     def on_epoch_end(self, out_dir, epoch: int) -> list:
         from zoo.pictures import save_png

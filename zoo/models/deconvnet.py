@@ -178,8 +178,8 @@ class DeconvNet(ZooModel):
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch: int = 100) -> np.ndarray:
         """(N, H, W) images in [0, 1] -> (N, H, W) int64 classes."""
-        out = [self(torch.from_numpy(images[i : i + batch])[:, None]).argmax(1) for i in range(0, len(images), batch)]
-        return torch.cat(out).numpy()
+        out = [self(self.as_tensor(images[i : i + batch])[:, None]).argmax(1) for i in range(0, len(images), batch)]
+        return torch.cat(out).cpu().numpy()
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict:
         from zoo.evaluate import segmentation_scores
@@ -236,9 +236,9 @@ class DeconvNet(ZooModel):
         """The lecture's figure for one (H, W) image: the decoder's activations, coarse to fine."""
         from zoo.pictures import decoder_stages_panel
 
-        scores, seen = self.stages(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None])
-        stages = [(name, a[0].numpy()) for name, a in seen]
-        return decoder_stages_panel(image, stages, scores[0].argmax(0).numpy(), self.config.classes)
+        scores, seen = self.stages(self.as_tensor(np.asarray(image, np.float32))[None, None])
+        stages = [(name, a[0].cpu().numpy()) for name, a in seen]
+        return decoder_stages_panel(image, stages, scores[0].argmax(0).cpu().numpy(), self.config.classes)
 
 
 @register_model(

@@ -67,8 +67,8 @@ class LeNet(ZooModel):
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         """Random small shifts and rotations, one per image: 4,500 digits are few for a classifier."""
         c, n = self.config, len(x)
-        angle = (torch.rand(n) * 2 - 1) * c.augment_rotate * torch.pi / 180
-        shift = (torch.rand(n, 2) * 2 - 1) * c.augment_shift * 2 / x.shape[-1]  # in [-1, 1] grid units
+        angle = (torch.rand(n, device=x.device) * 2 - 1) * c.augment_rotate * torch.pi / 180
+        shift = (torch.rand(n, 2, device=x.device) * 2 - 1) * c.augment_shift * 2 / x.shape[-1]  # grid units
         theta = torch.stack(
             [
                 torch.stack([angle.cos(), -angle.sin(), shift[:, 0]], dim=1),
@@ -87,8 +87,8 @@ class LeNet(ZooModel):
 
     @torch.no_grad()
     def evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict:
-        logits, _ = self(torch.from_numpy(images)[:, None])
-        y = torch.from_numpy(labels)
+        logits, _ = self(self.as_tensor(images)[:, None])
+        y = self.as_tensor(labels)
         return {
             "val_accuracy": float((logits.argmax(1) == y).float().mean()),
             "val_loss": float(F.cross_entropy(logits, y)),
@@ -107,7 +107,7 @@ class LeNet(ZooModel):
         from zoo.pictures import save_png, tile_grid
 
         with torch.no_grad():
-            predicted = self(torch.from_numpy(images[:64])[:, None])[0].argmax(1).numpy()
+            predicted = self(self.as_tensor(images[:64])[:, None])[0].argmax(1).cpu().numpy()
         wrong = images[:64][predicted != labels[:64]] if labels is not None else images[:0]
         pictures = [save_png(f"{out_dir}/inputs.png", tile_grid(images[:64], cols=8))]
         if len(wrong):

@@ -103,7 +103,7 @@ class SparseAutoencoder(ZooModel):
     @torch.no_grad()
     def evaluate(self, X: np.ndarray, labels=None) -> dict:
         """Held-out figures on X: (M, D). rho_hat and the KL term are over the whole set."""
-        x = torch.from_numpy(X.reshape(len(X), -1))
+        x = self.as_tensor(X.reshape(len(X), -1))
         total, p = self.loss(x)
         return {
             "val_mse": float(((p["a2"] - x) ** 2).mean()),
@@ -137,7 +137,7 @@ class SparseAutoencoder(ZooModel):
             first = sorted(np.unique(labels, return_index=True)[1])[:16]
             X = X[first]
         X = X[:16].reshape(min(16, len(X)), -1)  # (n, D)
-        recon = self(torch.from_numpy(X))[0].detach().numpy()
+        recon = self(self.as_tensor(X))[0].detach().cpu().numpy()
         return sparse_ae_figures(sd, self.config.image_size, X, recon, out_dir)
 
 
