@@ -429,9 +429,17 @@ def _threading_layer() -> str:
 
 
 def run_bench(
-    cases: list[Case], backend: str = "cpu", threads: int | None = None, cold: bool = True, log=print
+    cases: list[Case],
+    backend: str = "cpu",
+    threads: int | None = None,
+    cold: bool = True,
+    log=print,
+    progress: bool = False,
 ) -> dict:
+    """Time every case; ``log`` gets the header and one table row per case as it is measured, ``progress`` shows
+    a bar over the cases on stderr (the rows are written above it)."""
     import numba
+    from tqdm.auto import tqdm
 
     threads = threads or os.cpu_count() or 1
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -453,7 +461,11 @@ def run_bench(
     )
     log(_HEADER)
     macs = {}
-    for case in cases:
+    bar = tqdm(cases, desc="bench", unit="case", file=sys.stderr, disable=not progress, leave=False)
+    if progress:
+        log = tqdm.write  # rows above the bar, not through it
+    for case in bar:
+        bar.set_postfix_str(f"{case.name} b{case.batch}", refresh=True)
         runners = runners_for(case, backend, threads)
         times = time_alternating(runners)
         times["onnxruntime-spinning"] = time_spinning_onnxruntime(case, backend, threads)
