@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `zoo warmup` first: the runtime's kernels compiled and cached once (about a minute on 2 cores), so that the
+# demo's and every later process's first inference loads them (seconds when already cached).
 demo: $(STAMP)
+	$(BIN)/zoo warmup
 	$(BIN)/zoo demo --out runs/demo
 
 # Two pytest processes: the CUDA simulator is chosen when numba is first imported, so the tests that run the

@@ -15,6 +15,8 @@ import inspect
 import pkgutil
 from collections.abc import Callable
 
+from runtime.ops._kernel_cache import KERNEL_CACHE_DIR  # noqa: F401  (before any kernel: see the module)
+
 BACKENDS = ("cpu", "cuda")
 
 # Element types (NumPy names) for ``onnx_op(dtypes=...)``.

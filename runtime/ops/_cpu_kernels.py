@@ -198,7 +198,8 @@ def _bias_activation(y, bias, has_bias, beta, activation, alpha, tasks):
     # y: (M, N) in place, in `tasks` bands of rows
     M = y.shape[0]
     for t in numba.prange(tasks):
-        bias_activation_rows(y, bias, has_bias, beta, activation, alpha, t * M // tasks, (t + 1) * M // tasks)
+        i = np.int64(t)  # (prange's index is unsigned: the called kernel would be compiled for it apart)
+        bias_activation_rows(y, bias, has_bias, beta, activation, alpha, i * M // tasks, (i + 1) * M // tasks)
 
 
 _bias_activation_serial, _bias_activation_parallel = serial_and_parallel(_bias_activation)
@@ -211,12 +212,24 @@ def no_bias(dtype) -> np.ndarray:
     return _NO_BIAS[dtype] if dtype in _NO_BIAS else np.zeros((1, 1), dtype)
 
 
+def kernel_operand(a: np.ndarray) -> np.ndarray:
+    """``a`` as the kernels take their operands: writable. Numba types a read-only array apart from a writable
+    one and compiles every kernel that receives it once more (with an empty cache 2-13 s per kernel, and the
+    kernels it calls: a session weight as a bias made the GEMM, the convolutions and col2im compile twice). The
+    kernels never write these operands; a session weight's writable copy is made once, another read-only array
+    (a feed from ``np.frombuffer`` or onnx's ``numpy_helper``, or a view of one) is copied on every call."""
+    if a.flags.writeable:
+        return a
+    copy = packed_weight(a, "writable", np.array)
+    return np.array(a) if copy is None else copy
+
+
 def bias_operand(bias: np.ndarray | None, dtype) -> tuple[np.ndarray, bool]:
     """(the 2-D bias in the output's dtype, or the unread placeholder; whether there is one), as the epilogue
     kernels take them."""
     if bias is None:
         return no_bias(dtype), False
-    return bias.astype(dtype, copy=False), True
+    return kernel_operand(bias.astype(dtype, copy=False)), True
 
 
 def bias_activation_(

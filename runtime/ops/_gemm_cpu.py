@@ -26,7 +26,14 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from runtime.ops._cpu_kernels import JIT, LEAKY_RELU_ALPHA, activate_alpha, bias_operand, serial_and_parallel
+from runtime.ops._cpu_kernels import (
+    JIT,
+    LEAKY_RELU_ALPHA,
+    activate_alpha,
+    bias_operand,
+    kernel_operand,
+    serial_and_parallel,
+)
 
 MR = 8  # rows of a panel of a (the micro-kernel's height); the last panel may be 4, 2 or 1 high
 VECTORS = 2  # vectors per row of the micro-kernel: NR = VECTORS · (64 bytes / itemsize)
@@ -323,11 +330,13 @@ def _gemm(a, ap, a_packed, b, bp, b_packed, K, c, bias, has_bias, beta, activati
     if not a_packed:
         ap = np.empty(npan * MR * K, c.dtype)
         for p in numba.prange(npan):
-            pack_a_panels(a, ap, p, p + 1)
+            i = np.int64(p)  # (prange's index is unsigned: pack_a_panels would be compiled for it apart)
+            pack_a_panels(a, ap, i, i + 1)
     if not b_packed:
         bp = np.empty(nq * nr * K, c.dtype)
         for q in numba.prange(nq):
-            pack_b_panels(b, bp, q, q + 1, nr)
+            j = np.int64(q)
+            pack_b_panels(b, bp, j, j + 1, nr)
     per_block = max(1, block_flops // (2 * MR * nr * max(K, 1)))  # micro-kernel calls per task
     rows_per = min(npan, per_block)
     cols_per = max(1, per_block // rows_per)
@@ -368,6 +377,8 @@ def gemm(
         raise ValueError(f"gemm: c of shape {c.shape} and strides {c.strides} needs contiguous rows, in order")
     if K is None:
         K = a.shape[1] if a is not None else b.shape[0]
+    a = None if a is None else kernel_operand(a)  # a read-only feed: see kernel_operand
+    b = None if b is None else kernel_operand(b)
     unused = UNUSED[dtype]
     bias2, has_bias = bias_operand(bias, dtype)
     if has_bias:

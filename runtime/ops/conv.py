@@ -49,6 +49,7 @@ from runtime.ops._cpu_kernels import (
     LEAKY_RELU_ALPHA,
     PARALLEL_MIN_ELEMENTS,
     activate_alpha,
+    kernel_operand,
     packed,
     packed_weight,
     serial_and_parallel,
@@ -276,6 +277,10 @@ def _check_inputs(op_type: str, X, W, B) -> None:
 
 U = numba.uint64
 
+# A kernel called from another is compiled for the argument types at the call: a constant argument (0, False)
+# is a literal type there, and the callee (the GEMM's gemm_panels, ~3 s with an empty cache) would be compiled
+# for it once more beside the GEMM's own signature. Such arguments are passed as np.int64(0), np.bool_(False).
+
 
 @numba.njit(**JIT)
 def _tap_table(out_size, in_size, k, s, d, pad):
@@ -385,10 +390,11 @@ def _conv_tile(x, w_panels, Cg_out, CKg, bias, y, strides, dilations, pads, kern
     col_panels = np.empty(nq * nr * CKg, x.dtype)  # col_g packed: (T/nr, C_in/g·K, nr)
     tile = np.empty(MR * nr, x.dtype)
     unused = np.zeros((1, 1), x.dtype)
+    zero, no = np.int64(0), np.bool_(False)  # typed, not literals (see above the kernels)
     for g in range(G):
-        pack_b_panels(col[g], col_panels, 0, nq, nr)
-        gemm_panels(w_panels[g], Cg_out, col_panels, T, CKg, prod, nr, 0, nq, 0, (Cg_out + MR - 1) // MR, tile,
-                    unused, False, alpha, 0, alpha)  # fmt: skip
+        pack_b_panels(col[g], col_panels, zero, nq, nr)
+        gemm_panels(w_panels[g], Cg_out, col_panels, T, CKg, prod, nr, zero, nq, zero, (Cg_out + MR - 1) // MR,
+                    tile, unused, no, alpha, zero, alpha)  # fmt: skip
         for o in range(Cg_out):
             co = g * Cg_out + o
             b = bias[co]
@@ -484,8 +490,9 @@ def _col2im(col, bias, y, d_count, d_taps, d_sources, h_count, h_taps, h_sources
     rows = y.shape[0] * y.shape[1] * y.shape[2]
     tasks = min(rows, 64)
     for t in numba.prange(tasks):
+        i = np.int64(t)  # (prange's index is unsigned: _col2im_planes would be compiled for it apart)
         _col2im_planes(col, bias, y, d_count, d_taps, d_sources, h_count, h_taps, h_sources, w_lo, w_hi, w_phase,
-                       w_shift, sW, activation, alpha, t * rows // tasks, (t + 1) * rows // tasks)  # fmt: skip
+                       w_shift, sW, activation, alpha, i * rows // tasks, (i + 1) * rows // tasks)  # fmt: skip
 
 
 _IM2COL_SAMPLE = serial_and_parallel(_im2col_sample)
@@ -507,10 +514,11 @@ def _conv_transpose_samples(x, wt_panels, CK, bias, y, in3, k3, tables, sW, acti
         x_panels = np.empty(nq * nr * Cg_in, x.dtype)
         tile = np.empty(MR * nr, x.dtype)
         unused = np.zeros((1, 1), x.dtype)
+        zero, no = np.int64(0), np.bool_(False)  # typed, not literals (see above the kernels)
         for g in range(G):
-            pack_b_panels(x[n, g], x_panels, 0, nq, nr)
-            gemm_panels(wt_panels[g], CK, x_panels, P_in, Cg_in, col[g], nr, 0, nq, 0, (CK + MR - 1) // MR, tile,
-                        unused, False, alpha, 0, alpha)  # fmt: skip
+            pack_b_panels(x[n, g], x_panels, zero, nq, nr)
+            gemm_panels(wt_panels[g], CK, x_panels, P_in, Cg_in, col[g], nr, zero, nq, zero, (CK + MR - 1) // MR,
+                        tile, unused, no, alpha, zero, alpha)  # fmt: skip
         col8 = col.reshape(C_out, k3[0], k3[1], k3[2], 1, in3[0], in3[1], in3[2])  # (C_out, kD, kH, kW, 1, D, H, W)
         _col2im_planes(col8, bias, y[n : n + 1], *tables, sW, activation, alpha, 0, y.shape[1] * y.shape[2])
 
@@ -539,7 +547,7 @@ def _variant(kernels, chunks: int, work: int):
 
 
 def _bias_or_zeros(B, C_out: int, dtype):
-    return np.zeros(C_out, dtype) if B is None else B
+    return np.zeros(C_out, dtype) if B is None else kernel_operand(B)
 
 
 # --- the ops ----------------------------------------------------------------------------------------------
@@ -623,6 +631,7 @@ def conv(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_
     per-group GEMM panels (``_group_panels``) when the caller has them."""
     N, C_out, g = geom.N, geom.C_out, geom.group
     path, rows, parallel, kernel, OH, OW, P = _conv_plan(geom, X.itemsize)
+    X, B = kernel_operand(X), None if B is None else kernel_operand(B)  # writable (see kernel_operand)
     x5 = X.reshape(geom.x5_shape)  # (N, C_in, D, H, W)
     y = np.empty(geom.y5_shape, X.dtype)  # (N, C_out, OD, OH, OW)
     if y.size == 0:
@@ -726,6 +735,7 @@ def _flipped_transposed(W: np.ndarray, geom: ConvGeometry) -> np.ndarray:
 
 def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_RELU_ALPHA) -> np.ndarray:
     N, C_in, C_out, g = geom.N, geom.C_in, geom.C_out, geom.group
+    X = kernel_operand(X)  # a read-only feed copied (see kernel_operand)
     x5 = X.reshape(geom.x5_shape)  # (N, C_in, D, H, W)
     w5 = W.reshape(geom.w5_shape(W.shape))  # (C_in, C_out/g, kD, kH, kW)
     _, _, KD, KH, KW = w5.shape

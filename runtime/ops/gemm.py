@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.errors import InvalidFeed
 from runtime.ops import ABSENT, FLOATS, INTEGERS, _gemm_cpu, onnx_op
-from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA, bias_activation_, packed_weight
+from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA, bias_activation_, kernel_operand, packed_weight
 from runtime.ops._gemm_cpu import GEMM_KERNELS, UNUSED, UNUSED_2D, gemm, packed_b
 
 FUSED_DOMAIN = "ai.deconvzoo"
@@ -154,7 +154,7 @@ def _prepare_gemm(constants, *, alpha=1.0, beta=1.0, transA=0, transB=0, activat
     bias, has_bias = UNUSED_2D[B.dtype], False
     if C is not ABSENT and beta != 0.0:
         try:
-            bias, has_bias = np.ascontiguousarray(bias_2d(C, 1, N)), True  # (1, 1|N)
+            bias, has_bias = kernel_operand(np.ascontiguousarray(bias_2d(C, 1, N))), True  # (1, 1|N)
         except InvalidFeed:
             return None  # a per-row bias: the op function checks it against each run's rows
     panels = weight_panels(B, transB)
@@ -162,7 +162,7 @@ def _prepare_gemm(constants, *, alpha=1.0, beta=1.0, transA=0, transB=0, activat
     beta_, alpha_ = dtype.type(beta), dtype.type(LEAKY_RELU_ALPHA)
 
     def run(A, B_=None, C_=None):
-        a = A.T if transA else A  # (M, K)
+        a = kernel_operand(A.T if transA else A)  # (M, K); a read-only feed copied (see kernel_operand)
         if A.dtype != dtype or a.ndim != 2 or a.shape[1] != K:
             return _fused_gemm(A, B_, C_, alpha, beta, transA, transB, code)
         y = np.empty((a.shape[0], N), dtype)  # (M, N)
