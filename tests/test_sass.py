@@ -9,7 +9,8 @@ is 8, which this asserts).
 
 Finding the hot loop: a loop in SASS is the instructions from a backward branch's target to the branch
 (``BRA`` whose target address is at most its own). Of the loops containing at least one FFMA, the innermost
-ones (containing no other such loop) are candidates, and the hot loop is the candidate with the most FFMAs.
+ones (containing no other such loop) are candidates, and the hot loop is the candidate with the most FFMAs
+(of several with as many, as when the compiler duplicates a loop for two paths, the one with most instructions).
 Its cost is a static count: every non-NOP instruction between target and branch inclusive, divided by its
 FFMAs (the compiler's unrolling scales both alike). A loop body with forward branches inside (a skipped tap)
 counts all its paths, so the figure is an upper bound on what one iteration issues.
@@ -144,9 +145,12 @@ def hot_loop(instructions) -> dict | None:
     innermost = [s for s in candidates if not any(o != s and s[0] <= o[0] and o[1] <= s[1] for o in candidates)]
     if not innermost:
         return None
-    span = max(innermost, key=ffmas)
-    count = sum(not op.startswith("NOP") for _, op, _ in body(span))
-    return {"span": [hex(span[0]), hex(span[1])], "ffma": ffmas(span), "instructions": count}
+
+    def count(span):
+        return sum(not op.startswith("NOP") for _, op, _ in body(span))
+
+    span = max(innermost, key=lambda s: (ffmas(s), count(s)))  # of equals (a loop duplicated), the costlier
+    return {"span": [hex(span[0]), hex(span[1])], "ffma": ffmas(span), "instructions": count(span)}
 
 
 def parse_ptxas(text: str) -> dict:
