@@ -125,3 +125,17 @@ def test_export_names_the_parts_when_none_is_chosen():
     model = zoo.create_model("dcgan-mnist", ngf=8, ndf=8)
     with pytest.raises(zoo.ZooError, match="generator, discriminator"):
         export_onnx(model, "unused.onnx")
+
+
+def test_export_tolerance_is_absolute_plus_relative():
+    """The export's check against torch is the runtime's contract, 1e-5 absolute plus 1e-6 of the value: large
+    logits may drift a few ulps (float32 sums in another order), small ones may not."""
+    import numpy as np
+
+    from zoo.export import excess
+
+    big = np.array([16.0], np.float32)
+    assert excess([big + 2.4e-5], [big]) <= 0  # 13 ulps of 16: within 1e-5 + 1.6e-5
+    assert excess([big + 3e-5], [big]) > 0
+    small = np.array([0.01], np.float32)
+    assert excess([small + 9e-6], [small]) <= 0 and excess([small + 1.2e-5], [small]) > 0

@@ -26,7 +26,15 @@ from zoo.io import atomic_write, check_folder_replaceable, check_writable
 
 OPSET = 18
 IR_VERSION = 10  # onnxruntime-gpu 1.31 reads IR <= 13; onnx 1.23 would write 14
-TOLERANCE = 1e-5  # max abs difference allowed between torch and the exported graph (float32)
+# Allowed difference between torch and the exported graph (float32): |got - torch| <= ATOL + RTOL * |torch| per
+# element, the runtime's own contract (float32 sums in another order: DeconvNet's logits near 16 drift ~5 ulps).
+TOLERANCE = 1e-5
+RTOL = 1e-6
+
+
+def excess(got: list, expected: list) -> float:
+    """How far the worst element is beyond ``TOLERANCE + RTOL * |expected|`` (<= 0: within)."""
+    return max(float((np.abs(g - e) - TOLERANCE - RTOL * np.abs(e)).max()) for g, e in zip(got, expected))
 # Weights above this size go to a ``<name>.onnx.data`` file beside the graph (protobuf caps a file at 2 GiB, and
 # a graph that loads without its weights is quick to inspect): deconvnet-vgg16 (~1 GB) does, the others do not.
 EXTERNAL_DATA_BYTES = 256 * 2**20
@@ -256,6 +264,7 @@ def export_onnx(
         }
         got = runtime.InferenceSession(source, backend="cpu").run(None, feed)
         report["max_abs_err_runtime_vs_torch"] = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
+        beyond = excess(got, expected)
         del got
         try:
             import onnxruntime as ort
@@ -265,10 +274,14 @@ def export_onnx(
             sess = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
             got = sess.run(None, feed)
             report["max_abs_err_onnxruntime_vs_torch"] = max(float(np.abs(g - e).max()) for g, e in zip(got, expected))
+            beyond = max(beyond, excess(got, expected))
             del sess, got
         worst = max(v for k, v in report.items() if k.startswith("max_abs_err"))
-        if not worst <= TOLERANCE:
-            raise ZooError(f"the exported graph differs from torch by {worst:.3g} (tolerance {TOLERANCE}); not written")
+        if not beyond <= 0:
+            raise ZooError(
+                f"the exported graph differs from torch by {worst:.3g} (tolerance {TOLERANCE} + {RTOL} x |torch|); "
+                "not written"
+            )
 
         # The test data set is written whole in the staging folder and swapped in as a folder, so no stale
         # output_k.pb of an earlier export survives beside the new graph.
