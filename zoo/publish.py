@@ -490,6 +490,8 @@ def _upgraded_card(card: dict, weights_dir: Path, license: str | None) -> dict:
             card["config"] = asdict(build_model(card["model"], **config).config)
         card["train"] = asdict(TrainConfig.build("training", **train))
         card["train_note"] = LEGACY_TRAIN_NOTE
+    if "device" not in card["train"]:  # runs from before the trainer placed anything on a GPU: all on the CPU
+        card["train"] = {**card["train"], "device": "cpu"}
     with torch.device("meta"):
         notes = type(build_model(card["model"], **card["config"])).card_notes
     repo = is_repo_weights(weights_dir)
