@@ -189,6 +189,12 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
 @click.option("--data", default=None, help="mnist, digits8, a folder of images or an .npy file (default: the model's).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training examples.")
 @click.option(
+    "--device",
+    default=None,
+    metavar="auto|cpu|cuda[:N]",
+    help="Where to train: auto takes a GPU when one is usable (fp32, TF32 off) [auto].",
+)
+@click.option(
     "--set",
     "overrides",
     multiple=True,
@@ -207,12 +213,12 @@ def _parse_overrides(items: tuple[str, ...]) -> dict:
     is_flag=True,
     help="Continue an interrupted run from OUT/checkpoint.safetensors (same model, config, data and seed).",
 )
-def train(model, epochs, batch_size, lr, seed, data, limit, overrides, out_dir, force, quiet, resume):
+def train(model, epochs, batch_size, lr, seed, data, limit, device, overrides, out_dir, force, quiet, resume):
     """Train MODEL; writes a checkpoint every epoch, metrics.json and the pictures. Under torchrun
     (--nproc_per_node=N) each process trains on 1/N of every batch; rank 0 writes the files."""
     from zoo.train import train as run_training
 
-    options = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, data=data, limit=limit)
+    options = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, data=data, limit=limit, device=device)
     settings = _parse_overrides(overrides)
     twice = sorted(k for k, v in options.items() if v is not None and k in settings)
     if twice:
@@ -816,7 +822,9 @@ def bench(models, batches, backend, threads, json_path, markdown, cold, weights_
             cases += random_weight_cases(Path(tmp), sizes, names)
         if not cases:
             raise click.BadParameter(f"no shipped or benchmarked model matches {models!r}", param_hint="--models")
-        report = run_bench(cases, backend=backend, threads=threads, cold=cold, log=click.echo)
+        report = run_bench(
+            cases, backend=backend, threads=threads, cold=cold, log=click.echo, progress=sys.stderr.isatty()
+        )
     if markdown:
         click.echo(markdown_table(report))
     if json_path:
@@ -834,6 +842,22 @@ def demo(out_dir, epochs, seed, force):
     from cli.demo import run_demo
 
     run_demo(Path(out_dir), epochs=epochs, seed=seed, force=force)
+
+
+@cli.command()
+@click.option("--weights-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Where the ONNX files are [the shipped weights].")  # fmt: skip
+def warmup(weights_dir):
+    """Compile the CPU kernels the shipped models use into the kernel cache, so that a fresh process's first
+    inference loads them (about a minute once; seconds when they are already cached)."""
+    from cli import warmup as kernels
+
+    folder = Path(weights_dir) if weights_dir else weights_dir_default()
+    models = sorted(folder.glob("*.onnx"))
+    if not models:
+        raise click.BadParameter(f"no ONNX files in {folder}", param_hint="--weights-dir")
+    seconds = kernels.warmup(models, report=click.echo)
+    click.echo(f"{len(models)} models in {seconds:.1f} s; kernels cached in {kernels.cache_dir()}")
 
 
 def main():
