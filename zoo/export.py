@@ -35,6 +35,8 @@ RTOL = 1e-6
 def excess(got: list, expected: list) -> float:
     """How far the worst element is beyond ``TOLERANCE + RTOL * |expected|`` (<= 0: within)."""
     return max(float((np.abs(g - e) - TOLERANCE - RTOL * np.abs(e)).max()) for g, e in zip(got, expected))
+
+
 # Weights above this size go to a ``<name>.onnx.data`` file beside the graph (protobuf caps a file at 2 GiB, and
 # a graph that loads without its weights is quick to inspect): deconvnet-vgg16 (~1 GB) does, the others do not.
 EXTERNAL_DATA_BYTES = 256 * 2**20
