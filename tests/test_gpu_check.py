@@ -76,3 +76,29 @@ def test_gpu_check_dry_run_records_every_step(tmp_path):
     assert steps["launch_overhead"]["result"]["runtime_host_us_per_node"] > 0
     train = steps["train"]["result"]["comparisons"]
     assert train and all(c["ok"] for c in train.values())
+
+
+@pytest.mark.cuda
+def test_cuda_bench_labels_onnxruntime_by_the_provider_it_got(tmp_path):
+    """``zoo bench --backend cuda``: this runtime's session truly on CUDA (the simulator here), onnxruntime named
+    after the provider its session got; onnxruntime-CPU is timed beside it but never counted as a CUDA peer."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from tests.conftest import WEIGHTS
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "--backend", "cuda", "--models", "sparse-ae-digits8", "--batch", "1", "--threads", "1"]
+    args += ["--no-cold", "--no-random-weights", "--weights-dir", str(WEIGHTS), "--json", str(out), "--markdown"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())["results"]
+    ort = row["onnxruntime_runner"]
+    assert ort in ("onnxruntime-CPU", "onnxruntime-CUDA") and ort in row["median_ms"]
+    assert "runtime-cuda" in row["median_ms"] and "onnxruntime" not in row["median_ms"]
+    assert "onnxruntime-spinning" not in row["median_ms"]
+    if ort == "onnxruntime-CPU":
+        assert row["best_peer"] is None and row["ratio_to_best_peer"] is None
+        assert "n/a (no CUDA peer)" in result.output
+    else:
+        assert row["best_peer"] == "onnxruntime-CUDA"

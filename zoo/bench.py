@@ -168,8 +168,19 @@ def onnxruntime_session(case: Case, backend: str, threads: int, spinning: bool):
     so.inter_op_num_threads = 1
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CUDAExecutionProvider"] if backend == "cuda" else ["CPUExecutionProvider"]
+    providers = ["CPUExecutionProvider"]
+    if backend == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")  # onnxruntime-gpu: it may still fall back (no device)
     return ort.InferenceSession(str(case.onnx_path), so, providers=providers)
+
+
+def onnxruntime_label(sess, backend: str) -> str:
+    """The onnxruntime runner's name: "onnxruntime" in the CPU bench; in the cuda bench the provider its session
+    actually got ("onnxruntime-CUDA", or "onnxruntime-CPU" where onnxruntime has no usable CUDA provider: then
+    it is no CUDA peer, and the cuda bench has none)."""
+    if backend == "cpu":
+        return "onnxruntime"
+    return "onnxruntime-CUDA" if sess.get_providers()[0] == "CUDAExecutionProvider" else "onnxruntime-CPU"
 
 
 def macs_per_sample(onnx_path) -> int:
@@ -235,8 +246,10 @@ def runners_for(case: Case, backend: str, threads: int) -> dict:
     # (``time_spinning_onnxruntime``) and reported beside it.
     ort_sess = onnxruntime_session(case, backend, threads, spinning=False)
     ours = runtime.InferenceSession(str(case.onnx_path), backend=backend)
+    if backend == "cuda" and ours.get_providers()[0] != "CUDAExecutionProvider":
+        raise runtime.BackendUnavailable(f"the cuda bench's session runs on {ours.get_providers()}, not on CUDA")
     out = {
-        "onnxruntime": lambda: ort_sess.run(None, case.feed),
+        onnxruntime_label(ort_sess, backend): lambda: ort_sess.run(None, case.feed),
         f"runtime-{backend}": lambda: ours.run(None, case.feed),
     }
     if backend == "cpu":
@@ -245,7 +258,7 @@ def runners_for(case: Case, backend: str, threads: int) -> dict:
             out["openvino"] = run
     if case.torch_module is not None or (case.checkpoint is not None and case.checkpoint.is_file()):
         try:
-            out["torch"] = _torch_runner(case, threads)
+            out["torch" if backend == "cpu" else "torch-cpu"] = _torch_runner(case, threads)  # eager, CPU
         except ImportError:
             pass
     if case.batch == 1 and _param_count(case.onnx_path) <= REFERENCE_MAX_PARAMS:
@@ -468,13 +481,15 @@ def run_bench(
         bar.set_postfix_str(f"{case.name} b{case.batch}", refresh=True)
         runners = runners_for(case, backend, threads)
         times = time_alternating(runners)
-        times["onnxruntime-spinning"] = time_spinning_onnxruntime(case, backend, threads)
+        if backend == "cpu":  # spinning workers are a CPU matter
+            times["onnxruntime-spinning"] = time_spinning_onnxruntime(case, backend, threads)
         medians = {k: statistics.median(v) for k, v in times.items()}
         if case.onnx_path not in macs:
             macs[case.onnx_path] = macs_per_sample(case.onnx_path)
         flops = 2 * macs[case.onnx_path] * case.batch
-        peers = {k: v for k, v in medians.items() if k in PEERS}
-        best_peer = min(peers, key=peers.get)
+        ort = _onnxruntime_key(medians)
+        peers = {k: v for k, v in medians.items() if k in (PEERS if backend == "cpu" else CUDA_PEERS)}
+        best_peer = min(peers, key=peers.get) if peers else None  # the cuda bench without onnxruntime-CUDA: none
         _, openvino_missing = openvino_runner(case, threads) if "openvino" not in medians else (None, None)
         row = {
             "model": case.name,
@@ -482,9 +497,9 @@ def run_bench(
             "runs": len(times[ours]),
             "median_ms": {k: v * 1e3 for k, v in medians.items()},
             "quartiles_ms": {k: [q * 1e3 for q in statistics.quantiles(v, n=4)[::2]] for k, v in times.items()},
-            "ratio_to_onnxruntime": {k: v / medians["onnxruntime"] for k, v in medians.items()},
+            "ratio_to_onnxruntime": {k: v / medians[ort] for k, v in medians.items()},
             "best_peer": best_peer,
-            "ratio_to_best_peer": medians[ours] / peers[best_peer],
+            "ratio_to_best_peer": medians[ours] / peers[best_peer] if best_peer else None,
             "gflop": flops / 1e9,
             "gflops": {k: flops / v / 1e9 for k, v in medians.items()},
             "percent_of_peak": 100 * flops / medians[ours] / 1e9 / peak if peak else None,
@@ -492,6 +507,8 @@ def run_bench(
         }
         if openvino_missing:
             row["openvino_na"] = openvino_missing
+        if backend != "cpu":
+            row["onnxruntime_runner"] = ort  # the provider its session got: onnxruntime-CPU is no CUDA peer
         if cold and case.batch == min(c.batch for c in cases if c.name == case.name):
             row["cold_start"] = cold_start(case, backend, threads)
         report["results"].append(row)
@@ -501,6 +518,14 @@ def run_bench(
 
 
 PEERS = ("onnxruntime", "onnxruntime-spinning", "openvino")
+CUDA_PEERS = ("onnxruntime-CUDA",)  # the cuda bench's: onnxruntime-CPU is timed beside it but is no CUDA peer
+
+
+def _onnxruntime_key(medians: dict) -> str:
+    """The onnxruntime runner's name in a row (``onnxruntime_label``): plain in the CPU bench."""
+    return next(k for k in ("onnxruntime", "onnxruntime-CUDA", "onnxruntime-CPU") if k in medians)
+
+
 _HEADER = (
     f"{'model':<34} {'batch':>5} {'runtime ms':>11} {'ort ms':>9} {'ort-spin ms':>11} {'openvino ms':>11} "
     f"{'vs best':>7} {'GFLOP/s':>8} {'% peak':>6}  cold (empty/warm cache)"
@@ -511,13 +536,17 @@ def _format_row(row: dict, ours: str) -> str:
     """One line of the table: times in ms, this runtime's ratio to the best peer, its GFLOP/s and % of peak."""
     m = row["median_ms"]
     ov = f"{m['openvino']:11.3f}" if "openvino" in m else f"{'n/a':>11}"
+    spin = f"{m['onnxruntime-spinning']:11.3f}" if "onnxruntime-spinning" in m else f"{'n/a':>11}"
+    ratio = f"{row['ratio_to_best_peer']:7.2f}" if row["best_peer"] else f"{'n/a':>7}"
     pct = row.get("percent_of_peak")
     cold = row.get("cold_start")
     cold_text = f"  {cold['empty_cache_s']:.2f}/{cold['warm_cache_s']:.2f} s" if cold else ""
+    ort = _onnxruntime_key(m)
+    label = "" if ort == "onnxruntime" else f"  ({ort})"
     return (
-        f"{row['model']:<34} {row['batch']:>5} {m[ours]:11.3f} {m['onnxruntime']:9.3f} "
-        f"{m['onnxruntime-spinning']:11.3f} {ov} {row['ratio_to_best_peer']:7.2f} {row['gflops'][ours]:8.1f} "
-        f"{'' if pct is None else f'{pct:6.1f}'}{cold_text}"
+        f"{row['model']:<34} {row['batch']:>5} {m[ours]:11.3f} {m[ort]:9.3f} "
+        f"{spin} {ov} {ratio} {row['gflops'][ours]:8.1f} "
+        f"{'' if pct is None else f'{pct:6.1f}'}{cold_text}{label}"
     )
 
 
@@ -525,18 +554,24 @@ def markdown_table(report: dict) -> str:
     """The report as BENCHMARKS.md's table: per case the medians of this runtime and each peer (ms), the ratio
     to the best peer, this runtime's GFLOP/s and share of the measured peak."""
     ours = f"runtime-{report['backend']}"
+    first = _onnxruntime_key(report["results"][0]["median_ms"]) if report["results"] else "onnxruntime"
+    ort_head = "onnxruntime ms (no spinning, alternating)" if first == "onnxruntime" else f"{first} ms"
     lines = [
-        "| model | batch | GFLOP | this runtime ms | onnxruntime ms (no spinning, alternating) | onnxruntime ms "
+        f"| model | batch | GFLOP | this runtime ms | {ort_head} | onnxruntime ms "
         "(default spinning, alone) | OpenVINO ms (f32) | ratio to the best peer | GFLOP/s | % of peak |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["results"]:
         m = row["median_ms"]
         ov = f"{m['openvino']:.3f}" if "openvino" in m else f"n/a ({row.get('openvino_na', 'not run')})"
+        spin = f"{m['onnxruntime-spinning']:.3f}" if "onnxruntime-spinning" in m else "n/a"
+        best = (f"**{row['ratio_to_best_peer']:.2f}** ({row['best_peer']})" if row["best_peer"]
+                else "n/a (no CUDA peer)")  # fmt: skip
+        ort = _onnxruntime_key(m)
         pct = row.get("percent_of_peak")
         lines.append(
-            f"| {row['model']} | {row['batch']} | {row['gflop']:.4f} | {m[ours]:.3f} | {m['onnxruntime']:.3f} | "
-            f"{m['onnxruntime-spinning']:.3f} | {ov} | **{row['ratio_to_best_peer']:.2f}** ({row['best_peer']}) | "
+            f"| {row['model']} | {row['batch']} | {row['gflop']:.4f} | {m[ours]:.3f} | {m[ort]:.3f} | "
+            f"{spin} | {ov} | {best} | "
             f"{row['gflops'][ours]:.1f} | {'' if pct is None else f'{pct:.1f}'} |"
         )
     return "\n".join(lines) + "\n"
