@@ -61,7 +61,8 @@ class Sizes:
     big_oracle_rows: int = 2
     min_runs: int = 3
     max_runs: int = 30
-    run_seconds: float = 1.0  # per timed figure, after min_runs
+    run_seconds: float = 0.3  # per timed figure, after min_runs
+    big_case_s: float = 60.0  # what a large model's batch-64 case needs left in the step to start
     copy_bytes: int = 1 << 28  # pinned host <-> device copies
     device_copy_bytes: int = 1 << 30
     matmul_n: int = 8192
@@ -175,13 +176,16 @@ class Context:
 
 
 # --- timing -----------------------------------------------------------------------------------------------------
-def measure(fn, sizes: Sizes, timer) -> dict:
+def measure(fn, sizes: Sizes, timer, deadline: float | None = None) -> dict:
     """Median and quartiles (ms) of ``fn`` timed by ``timer(fn) -> seconds``: at least ``min_runs``, at most
-    ``max_runs``, stopping once ``run_seconds`` have passed. ``fn`` has been warmed up by the caller."""
+    ``max_runs``, stopping once ``run_seconds`` have passed, or after one run once past ``deadline`` (monotonic
+    clock). ``fn`` has been warmed up by the caller."""
     times, start = [], time.perf_counter()
     while len(times) < sizes.max_runs:
         times.append(timer(fn))
         if len(times) >= sizes.min_runs and time.perf_counter() - start >= sizes.run_seconds:
+            break
+        if deadline is not None and time.monotonic() > deadline:
             break
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {"median_ms": statistics.median(times) * 1e3, "q1_ms": q[0] * 1e3, "q3_ms": q[2] * 1e3, "runs": len(times)}
@@ -539,12 +543,13 @@ def run_model_case(ctx: Context, case: ModelCase, batch: int, torch_device: str)
     del oracle
 
     times = entry["times"] = {}
-    times["runtime-cuda host"] = measure(lambda: ours.run(None, feed), s, wall_timer)
+    until = ctx.step_deadline
+    times["runtime-cuda host"] = measure(lambda: ours.run(None, feed), s, wall_timer, until)
     # A run copies its feed in and its outputs out (pageable NumPy memory, as a caller hands them): those copies
     # alone, so that the device's share of a run can be read off (a difference, not a measurement of it).
     copies = runtime_copies(feed, got)
     copies()
-    times["runtime-cuda copies in+out"] = measure(copies, s, wall_timer)
+    times["runtime-cuda copies in+out"] = measure(copies, s, wall_timer, until)
     del got, copies
 
     if case.module_factory is not None:
@@ -563,8 +568,8 @@ def run_model_case(ctx: Context, case: ModelCase, batch: int, torch_device: str)
                 set_tf32(tf32)
                 name = f"{label} tf32" if tf32 else label
                 module(*tensors)
-                times[f"{name} device"] = measure(lambda: module(*tensors), s, torch_timer(torch_device))
-                times[f"{name} host"] = measure(host_to_host, s, wall_timer)
+                times[f"{name} device"] = measure(lambda: module(*tensors), s, torch_timer(torch_device), until)
+                times[f"{name} host"] = measure(host_to_host, s, wall_timer, until)
             set_tf32(False)
             torch_out = host_to_host()
         entry["torch_vs_onnxruntime"] = compare([y[:rows] for y in torch_out], expected, names)
@@ -597,6 +602,8 @@ def onnxruntime_cuda_figure(ctx: Context, case: ModelCase, batch: int, feed: dic
             return {"label": "onnxruntime-CUDA", "provider": provider, **measure(lambda: sess.run(None, feed),
                                                                                   ctx.sizes, wall_timer)}  # fmt: skip
     base = times.get("torch-cuda host")
+    if ctx.left() < 20:
+        return {"label": "modelled onnxruntime-CUDA", "median_ms": None, "reason": f"budget: {ctx.left():.0f} s left"}
     unpools = maxunpool_costs(ctx, case.path, batch)
     if base is None or any(u.get("transfer_ms") is None for u in unpools):
         reason = "dry run: no device copies to measure" if ctx.dry_run else "no torch-CUDA time to build on"
@@ -646,7 +653,8 @@ def maxunpool_costs(ctx: Context, path: Path, batch: int) -> list[dict]:
         )  # fmt: skip
         unpool = ort_cpu(_model_bytes(unpool_graph))
         unpool.run(None, {"y": y, "i": i})
-        t = measure(lambda unpool=unpool, y=y, i=i: unpool.run(None, {"y": y, "i": i}), ctx.sizes, wall_timer)
+        t = measure(lambda unpool=unpool, y=y, i=i: unpool.run(None, {"y": y, "i": i}), ctx.sizes, wall_timer,
+                    ctx.step_deadline)  # fmt: skip
         cost = {"node": node.name, "x": list(y.shape), "output": x_shape, "onnxruntime_cpu_ms": t["median_ms"],
                 "transfer_ms": None if ctx.dry_run else _transfer_ms(ctx, y.nbytes + i.nbytes, x.nbytes)}  # fmt: skip
         costs.append(cost)
@@ -667,7 +675,7 @@ def _transfer_ms(ctx: Context, to_host_bytes: int, to_device_bytes: int) -> floa
         up.copy_(up_host, non_blocking=True)
 
     copies()
-    return measure(copies, ctx.sizes, timer)["median_ms"]
+    return measure(copies, ctx.sizes, timer, ctx.step_deadline)["median_ms"]
 
 
 def _model_bytes(graph, opset: int = 18) -> bytes:
@@ -690,9 +698,10 @@ def step_models(ctx: Context) -> dict:
 
     def run_cases(case: ModelCase, batches: tuple[int, ...]):
         for batch in batches:
-            if ctx.left() < 10:
-                result["cases"].append({"model": case.label, "batch": batch, "status": "skipped",
-                                        "reason": f"budget: {ctx.left():.0f} s left in the step"})  # fmt: skip
+            need = s.big_case_s if case.params >= s.big_params and batch > 1 else 10
+            if ctx.left() < need:
+                reason = f"budget: {ctx.left():.0f} s left in the step, needs {need:.0f}"
+                result["cases"].append({"model": case.label, "batch": batch, "status": "skipped", "reason": reason})
                 continue
             try:
                 entry = run_model_case(ctx, case, batch, torch_device)
@@ -815,7 +824,7 @@ def step_kernels(ctx: Context) -> dict:
             expected = oracle.run(None, k["feed"])
             names = [o.name for o in oracle.get_outputs()]
             entry["agreement"] = compare(to_host(call()), expected, names)
-            entry["device"] = t = measure(call, ctx.sizes, numba_timer(ctx.dry_run))
+            entry["device"] = t = measure(call, ctx.sizes, numba_timer(ctx.dry_run), ctx.step_deadline)
             seconds = t["median_ms"] / 1e3
             if "flops" in k:
                 entry["gflops"] = k["flops"] / seconds / 1e9
@@ -1043,15 +1052,19 @@ def run_check(args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
             ctx = Context(sizes, args.dry_run, report, Path(tmp), deadline=start + args.budget_s)
             for k, (name, fn, need_s, max_s) in enumerate(steps):
+                # A step may run to its own cap, less what the later steps need at least, but never below its
+                # own need; it is skipped only when the whole check has less left than that need.
                 later = 0 if args.dry_run else sum(s[2] for s in steps[k + 1 :])
                 now = time.monotonic()
-                ctx.step_deadline = min(now + max_s if not args.dry_run else ctx.deadline, ctx.deadline - later)
+                cap = ctx.deadline if args.dry_run else now + max_s
+                ctx.step_deadline = min(ctx.deadline, max(now + need_s, min(cap, ctx.deadline - later)))
                 record = {"name": name, "status": "running", "started_s": round(now - start, 2)}
                 report.data["steps"].append(record)
-                budget = ctx.step_deadline - now
+                budget = ctx.deadline - now
                 if not args.dry_run and budget < need_s:
-                    record.update(status="skipped", reason=f"budget: {budget:.0f} s left for it, needs {need_s} s")
+                    record.update(status="skipped", reason=f"budget: {budget:.0f} s left, it needs {need_s} s")
                     report.save()
+                    print(f"[gpu-check] {name}: skipped ({record['reason']})", flush=True)
                     continue
                 report.save()
                 try:
