@@ -92,6 +92,8 @@ class _CUDA:
                 "or set NUMBA_ENABLE_CUDASIM=1 before numba is imported to run the kernels in the simulator"
             )
         self.cuda = cuda
+        # Every launch and copy of the session's runs goes to this stream; a run synchronises it once, at the end.
+        self.stream = cuda.stream()
 
     def to_device(self, a: np.ndarray):
         # Shape tensors (integers) stay on the host: the ops that read them need their values there.
@@ -99,8 +101,9 @@ class _CUDA:
             return self.cuda.to_device(np.asarray(a, order="C"))
         return a
 
-    def to_host(self, a) -> np.ndarray:
-        return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+
+# Memory plans a cuda session keeps (one per feed shape key, the least recently run dropped first).
+PLANS_PER_SESSION = 8
 
 
 class InferenceSession:
@@ -157,6 +160,8 @@ class InferenceSession:
                 warnings.warn(f"Failed to create {CUDA_PROVIDER}: {e}. Falling back to {CPU_PROVIDER}.", stacklevel=3)
                 backend, device = "cpu", _CPU()
         self._device, self.backend = device, backend
+        self._plans: dict = {}  # cuda: feed key -> DevicePlan, least recently run first
+        self._plans_lock = threading.Lock()  # a plan's buffers serve one run at a time
         self._provider_options = {CPU_PROVIDER: {}}
         if backend == "cuda":
             self._provider_options = {CUDA_PROVIDER: (options or {}).get(CUDA_PROVIDER, {"device_id": "0"})}
@@ -259,18 +264,18 @@ class InferenceSession:
     def _run(self, output_names, input_feed) -> list[np.ndarray]:
         wanted = self._declared_outputs if output_names is None else self._check_output_names(output_names)
         feed = input_feed if self._is_accepted_feed(input_feed) else self._check_feed(input_feed)
-        on_cuda = self.backend == "cuda"
+        if self.backend == "cuda":
+            with self._plans_lock:
+                return self._run_cuda(wanted, feed)
         slot = self._slot
         values = self._weight_slots.copy()  # [slot] -> value; slot 0 is an omitted input, always None
         for name, value in feed.items():
-            values[slot[name]] = self._device.to_device(value) if on_cuda else value
+            values[slot[name]] = value
         timed = self._trace or self._profile is not None
         run_start = time.perf_counter() if timed else 0.0
         for node, impl, attrs, inputs, outputs, freed in self._steps:
             args = [values[i] for i in inputs]
             start = time.perf_counter() if timed else 0.0
-            if on_cuda and all(a is None or isinstance(a, np.ndarray) for a in args):
-                impl = node.op.impl["cpu"]  # host-resident tensors (integers, shapes, empties) stay on the host
             try:
                 result = impl(*args, **attrs)
             except ZooRuntimeError as e:
@@ -301,6 +306,97 @@ class InferenceSession:
         return [
             y.copy() if not y.flags.owndata or not y.flags.writeable or self._aliases(y, feed) else y for y in outputs
         ]
+
+    def _run_cuda(self, wanted, feed) -> list[np.ndarray]:
+        """``_run`` on the device: every launch and copy on the session's stream, every device buffer from the
+        memory plan of the feed's shapes (recorded on its first run, replayed after: no allocation), one
+        synchronisation after the copies of the outputs and of the ops' deferred checks."""
+        from runtime.ops._cuda_launch import DevicePlan, running
+
+        key = tuple(
+            (name, v.dtype.str, v.shape, None if v.dtype.kind == "f" or v.size > 64 else v.tobytes())
+            for name, v in feed.items()
+        )  # integer feeds are shape tensors on the host: their values can set the shapes
+        plan = self._plans.pop(key, None)
+        if plan is None or plan.stale:
+            plan = DevicePlan(self._device.stream)
+        self._plans[key] = plan
+        while len(self._plans) > PLANS_PER_SESSION:
+            del self._plans[next(iter(self._plans))]
+        plan.begin_run()
+        recording = plan.recording
+        try:
+            with running(plan):
+                outputs = self._run_planned(plan, wanted, feed)
+            plan.end_run()
+        except BaseException:
+            if recording:  # a record cut short is no plan
+                self._plans.pop(key, None)
+            raise
+        return [
+            y.copy() if not y.flags.owndata or not y.flags.writeable or self._aliases(y, feed) else y for y in outputs
+        ]
+
+    def _run_planned(self, plan, wanted, feed) -> list[np.ndarray]:
+        """The steps of ``_run`` on the device, with ``plan`` (recording: told what each step holds and frees)."""
+        stream, recording = plan.stream, plan.recording
+        slot = self._slot
+        values = self._weight_slots.copy()  # [slot] -> value; slot 0 is an omitted input, always None
+        for name, value in feed.items():
+            if value.dtype.kind == "f" and value.size:  # shape tensors (integers) and empties stay on the host
+                device_value = plan.device_array(value.shape, value.dtype)
+                device_value.copy_to_device(value, stream=stream)
+                value = device_value
+                if recording:
+                    plan.hold(value)
+            values[slot[name]] = value
+        if recording:
+            plan.end_step()
+        timed = self._trace or self._profile is not None
+        run_start = time.perf_counter() if timed else 0.0
+        for node, impl, attrs, inputs, outputs, freed in self._steps:
+            args = [values[i] for i in inputs]
+            start = time.perf_counter() if timed else 0.0
+            if all(a is None or isinstance(a, np.ndarray) for a in args):
+                impl = node.op.impl["cpu"]  # host-resident tensors (integers, shapes, empties) stay on the host
+            plan.node = node
+            try:
+                result = impl(*args, **attrs)
+            except ZooRuntimeError as e:
+                raise type(e)(f"{node.describe()}: {e}") from None
+            except (ValueError, TypeError, IndexError, ArithmeticError, MemoryError) as e:
+                shapes = [None if a is None else tuple(a.shape) for a in args]
+                raise InvalidFeed(
+                    f"{node.describe()} cannot run on inputs of shapes {shapes} ({type(e).__name__}: {e}); "
+                    "expected inputs that fit the op and its attributes"
+                ) from None
+            results = result if type(result) is tuple else (result,)
+            for i, value in zip(outputs, results):
+                values[i] = value
+                if recording and i:
+                    plan.hold(value)
+            values[0] = None  # where an unused output ("") went
+            if timed:
+                self._record(node, results, start)
+            if recording:
+                plan.end_step()
+                for i in freed:
+                    plan.release(values[i])
+            for i in freed:
+                values[i] = None
+        device_outputs = [values[slot[name]] for name in wanted]
+        outputs = [
+            y.copy_to_host(stream=stream) if hasattr(y, "copy_to_host") else np.asarray(y) for y in device_outputs
+        ]
+        flags = [(node, flag.copy_to_host(stream=stream), error) for node, flag, error in plan.checks]
+        stream.synchronize()  # the run's one synchronisation
+        for node, (found, value), error in flags:
+            if found:
+                e = error(int(value))
+                raise type(e)(f"{node.describe()}: {e}")
+        if self._profile is not None:
+            self._profile.append(self._event("model_run", "Session", run_start, {}))
+        return outputs
 
     def _aliases(self, y: np.ndarray, feed: dict) -> bool:
         return any(y is f for f in feed.values()) or any(y is d for d in self._defaults.values())

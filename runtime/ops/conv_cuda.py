@@ -26,7 +26,15 @@ from numba import cuda, float32, int32, uint32
 
 from runtime.ops import OPS
 from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA
-from runtime.ops._cuda_launch import THREADS_PER_BLOCK, activate_alpha, as_float32, grid_1d, kernel
+from runtime.ops._cuda_launch import (
+    THREADS_PER_BLOCK,
+    activate_alpha,
+    as_float32,
+    current_stream,
+    device_array,
+    grid_1d,
+    kernel,
+)
 from runtime.ops.conv import ConvGeometry, cached_conv_geometry
 from runtime.ops.gemm import FUSED_DOMAIN
 
@@ -309,7 +317,7 @@ def _dummy_bias():
 
 def _launch(op_type: str, X, W, B, geom: ConvGeometry, activation: str = "", alpha: float = LEAKY_RELU_ALPHA):
     """Allocate Y, launch the op's kernel over every output element, and return Y in the op's rank."""
-    Y = cuda.device_array(geom.y5_shape, dtype=np.float32)  # (N, C_out, D_out, H_out, W_out)
+    Y = device_array(geom.y5_shape, dtype=np.float32)  # (N, C_out, D_out, H_out, W_out)
     if Y.size == 0:  # no output, no launch (a grid of zero blocks is an error on a GPU)
         return Y.reshape(geom.y_shape)
     bias = B if B is not None else _dummy_bias()
@@ -322,14 +330,14 @@ def _launch(op_type: str, X, W, B, geom: ConvGeometry, activation: str = "", alp
         geometry = [np.int32(v) for v in (*geom.x5_shape[1:], *geom.y5_shape[1:], *geom.w5_shape(W.shape)[2:])]
         geometry += [np.int32(v) for a in geom.kernel_arguments() for v in a]  # strides, dilations, begin pads
         conv_kernel = _conv_kernel if op_type == "Conv" else _conv_transpose_kernel
-        conv_kernel[blocks_per_grid, THREADS_PER_BLOCK](
+        conv_kernel[blocks_per_grid, THREADS_PER_BLOCK, current_stream()](
             X.reshape(X.size), W.reshape(W.size), bias, Y.reshape(Y.size), np.int32(N), *geometry,
             np.int32(geom.group), *fused,
         )  # fmt: skip
     else:
         geometry = [np.int64(v) for a in geom.kernel_arguments() for v in a]
         conv_kernel = _conv_kernel_wide if op_type == "Conv" else _conv_transpose_kernel_wide
-        conv_kernel[grid_1d(Y.size), THREADS_PER_BLOCK](
+        conv_kernel[grid_1d(Y.size), THREADS_PER_BLOCK, current_stream()](
             X.reshape(geom.x5_shape),  # (N, C_in, D, H, W)
             W.reshape(geom.w5_shape(W.shape)),  # (W0, W1, kD, kH, kW)
             bias,

@@ -1,5 +1,6 @@
 """CUDA element-wise ops: activations with a grid-stride loop over the flat tensor, and broadcasting
-arithmetic with the broadcast resolved on the host into per-dimension element strides (0 where broadcast).
+arithmetic with the broadcast resolved on the host into per-dimension element strides (0 where broadcast), kept
+on the device per node and shape key (``_cuda_launch.constant``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,16 @@ from numba import cuda
 from runtime.errors import InvalidFeed
 from runtime.ops import OPS
 from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA
-from runtime.ops._cuda_launch import THREADS_PER_BLOCK, activate_alpha, as_float32, grid_1d, kernel
+from runtime.ops._cuda_launch import (
+    THREADS_PER_BLOCK,
+    activate_alpha,
+    as_float32,
+    constant,
+    current_stream,
+    device_array,
+    grid_1d,
+    kernel,
+)
 
 MAX_RANK = 6
 BINARY_CODES = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3}
@@ -54,9 +64,13 @@ def _binary_kernel(a, a_strides, b, b_strides, y, y_shape, op):
 
 def _unary(X, activation: int, alpha: float = LEAKY_RELU_ALPHA):
     as_float32(X, "activation")
-    Y = cuda.device_array(X.shape, dtype=np.float32)
+    Y = device_array(X.shape, dtype=np.float32)
     n = X.size
-    _unary_kernel[grid_1d(n), THREADS_PER_BLOCK](X.reshape(n), Y.reshape(n), np.int32(activation), np.float32(alpha))
+    if n == 0:  # a grid of zero blocks is an error on a GPU
+        return Y
+    _unary_kernel[grid_1d(n), THREADS_PER_BLOCK, current_stream()](
+        X.reshape(n), Y.reshape(n), np.int32(activation), np.float32(alpha)
+    )
     return Y
 
 
@@ -78,18 +92,18 @@ def _binary(A, B, op_type: str):
         raise InvalidFeed(f"{op_type}: shapes {A.shape} and {B.shape} do not broadcast") from None
     if len(out_shape) > MAX_RANK:
         raise InvalidFeed(f"the cuda {op_type} takes tensors of rank <= {MAX_RANK}, got {len(out_shape)}")
-    Y = cuda.device_array(out_shape, dtype=np.float32)
+    Y = device_array(out_shape, dtype=np.float32)
     n = Y.size
     if n == 0:
         return Y
     index_shape = out_shape or (1,)  # a 0-d result is indexed as one element of rank 1
-    _binary_kernel[grid_1d(n), THREADS_PER_BLOCK](
+    _binary_kernel[grid_1d(n), THREADS_PER_BLOCK, current_stream()](
         A.reshape(A.size),
-        cuda.to_device(_broadcast_strides(A.shape, index_shape)),
+        constant(_broadcast_strides(A.shape, index_shape)),
         B.reshape(B.size),
-        cuda.to_device(_broadcast_strides(B.shape, index_shape)),
+        constant(_broadcast_strides(B.shape, index_shape)),
         Y.reshape(n),
-        cuda.to_device(np.array(index_shape, dtype=np.int64)),
+        constant(np.array(index_shape, dtype=np.int64)),
         np.int32(BINARY_CODES[op_type]),
     )
     return Y

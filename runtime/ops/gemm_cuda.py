@@ -16,7 +16,16 @@ from numba import cuda, float32
 from runtime.errors import InvalidFeed
 from runtime.ops import OPS
 from runtime.ops._cpu_kernels import ACTIVATIONS
-from runtime.ops._cuda_launch import SKINNY_MAX_ROWS, THREADS_PER_BLOCK, TILE, activate, as_float32, kernel
+from runtime.ops._cuda_launch import (
+    SKINNY_MAX_ROWS,
+    THREADS_PER_BLOCK,
+    TILE,
+    activate,
+    as_float32,
+    current_stream,
+    device_array,
+    kernel,
+)
 from runtime.ops.gemm import FUSED_DOMAIN, bias_2d, gemm_shapes
 
 _SIG = "void(float32[:, :], float32[:, :], float32[:, :], float32[:, :], float32, float32, int32, int32, int32, int32)"
@@ -106,7 +115,7 @@ def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation
     as_float32(B, "Gemm")
     M, N, _ = gemm_shapes(A.shape, B.shape, transA, transB)
     C2 = bias_2d(C, M, N) if C is not None else _dummy_bias()
-    Y = cuda.device_array((M, N), dtype=np.float32) if out is None else out
+    Y = device_array((M, N), dtype=np.float32) if out is None else out
     if M == 0 or N == 0:  # nothing to compute, and a grid of zero blocks is an error on a GPU
         return Y
     scalars = (
@@ -118,7 +127,9 @@ def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation
         np.int32(activation),
     )
     if M <= SKINNY_MAX_ROWS:
-        _gemm_skinny_kernel[(math.ceil(N / THREADS_PER_BLOCK), M), THREADS_PER_BLOCK](A, B, C2, Y, *scalars)
+        _gemm_skinny_kernel[(math.ceil(N / THREADS_PER_BLOCK), M), THREADS_PER_BLOCK, current_stream()](
+            A, B, C2, Y, *scalars
+        )
         return Y
     slab = MAX_GRID_Y * TILE
     for r in range(0, M, slab):  # one launch unless M exceeds the grid's y extent
@@ -126,7 +137,9 @@ def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation
         a = A if M <= slab else (A[:, rows] if transA else A[rows])
         c = C2 if M <= slab or C2.shape[0] == 1 else C2[rows]
         y = Y if M <= slab else Y[rows]
-        _gemm_kernel[(math.ceil(N / TILE), math.ceil(y.shape[0] / TILE)), (TILE, TILE)](a, B, c, y, *scalars)
+        _gemm_kernel[(math.ceil(N / TILE), math.ceil(y.shape[0] / TILE)), (TILE, TILE), current_stream()](
+            a, B, c, y, *scalars
+        )
     return Y
 
 
@@ -156,7 +169,7 @@ def MatMul(A, B):
             batch = np.broadcast_shapes(sa[:-2], sb[:-2])
         except ValueError:
             raise InvalidFeed(f"MatMul batch dimensions of {sa} and {sb} do not broadcast") from None
-        Y = cuda.device_array((*batch, M, N), dtype=np.float32)
+        Y = device_array((*batch, M, N), dtype=np.float32)
         a_batch = (1,) * (len(batch) - (len(sa) - 2)) + sa[:-2]
         b_batch = (1,) * (len(batch) - (len(sb) - 2)) + sb[:-2]
         a3 = a.reshape(*a_batch, M, K)

@@ -10,7 +10,7 @@ import numpy as np
 from numba import cuda, float32
 
 from runtime.ops import OPS
-from runtime.ops._cuda_launch import THREADS_PER_BLOCK, as_float32, grid_1d, kernel
+from runtime.ops._cuda_launch import THREADS_PER_BLOCK, as_float32, current_stream, device_array, grid_1d, kernel
 from runtime.ops.normalization import check_batch_norm
 
 _VEC = "float32[::1]"
@@ -33,14 +33,14 @@ def _batch_norm_kernel(x, y, scale, B, mean, var, C, S, epsilon):
 def BatchNormalization(X, scale, B, input_mean, input_var, *, epsilon=1e-5, momentum=0.9, training_mode=0):
     params = {"scale": scale, "B": B, "input_mean": input_mean, "input_var": input_var}
     C = check_batch_norm(X.shape, params, training_mode)
-    Y = cuda.device_array(X.shape, dtype=np.float32)
+    Y = device_array(X.shape, dtype=np.float32)
     n = Y.size
     if n == 0:
         return Y
     for name, value in {"X": X, **params}.items():
         as_float32(value, f"BatchNormalization ({name})")
     S = n // (X.shape[0] * C)
-    _batch_norm_kernel[grid_1d(n), THREADS_PER_BLOCK](
+    _batch_norm_kernel[grid_1d(n), THREADS_PER_BLOCK, current_stream()](
         X.reshape(n), Y.reshape(n), scale, B, input_mean, input_var, np.int64(C), np.int64(S), np.float32(epsilon)
     )
     return Y

@@ -2,7 +2,8 @@
 the flat (N·C, OH, OW) output, so consecutive threads write consecutive addresses; window geometry and semantics
 as in ``runtime/ops/pool.py`` (which computes the geometry on the host). Integer tensors stay on the host in the
 CUDA backend: MaxPool pools them with the CPU kernel. MaxUnpool (1-D to 3-D) is a deterministic scatter in three
-grid-stride passes, described at its kernels."""
+grid-stride passes, described at its kernels; an index out of range raises at the end of the session's run,
+when the flag its kernel set is read with the outputs (``_cuda_launch.check_later``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from numba import cuda, float32, int32, int64
 
 from runtime.errors import InvalidFeed, UnsupportedOp
 from runtime.ops import OPS
-from runtime.ops._cuda_launch import THREADS_PER_BLOCK, as_float32, grid_1d, kernel
+from runtime.ops._cuda_launch import (
+    THREADS_PER_BLOCK,
+    as_float32,
+    check_later,
+    constant,
+    current_stream,
+    device_array,
+    grid_1d,
+    kernel,
+)
 from runtime.ops.pool import check_storage_order, out_of_range, pool_geometry, unpool_shape
 
 FLOAT32_LOWEST = float32(np.finfo(np.float32).min)
@@ -141,12 +151,12 @@ def MaxPool(
                       kernel_shape=kernel_shape, pads=pads, strides=strides)  # fmt: skip
     column_major = check_storage_order(storage_order)
     with_indices = len(_outputs) > 1 and _outputs[1]
-    Y = cuda.device_array(g.out_shape, dtype=np.float32)
-    indices = cuda.device_array(g.out_shape if with_indices else (1,), dtype=np.int64)
+    Y = device_array(g.out_shape, dtype=np.float32)
+    indices = device_array(g.out_shape if with_indices else (1,), dtype=np.int64)
     n = Y.size
     if n:
         out_planes = (g.planes[0], g.out_h, g.out_w)
-        _max_pool_kernel[grid_1d(n), THREADS_PER_BLOCK](
+        _max_pool_kernel[grid_1d(n), THREADS_PER_BLOCK, current_stream()](
             as_float32(X, "MaxPool").reshape(g.planes),
             Y.reshape(out_planes),
             indices.reshape(out_planes if with_indices else (1, 1, 1)),
@@ -171,10 +181,10 @@ def AveragePool(
 ):
     g = pool_geometry("AveragePool", X.shape, auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
                       kernel_shape=kernel_shape, pads=pads, strides=strides)  # fmt: skip
-    Y = cuda.device_array(g.out_shape, dtype=np.float32)
+    Y = device_array(g.out_shape, dtype=np.float32)
     n = Y.size
     if n:
-        _average_pool_kernel[grid_1d(n), THREADS_PER_BLOCK](
+        _average_pool_kernel[grid_1d(n), THREADS_PER_BLOCK, current_stream()](
             as_float32(X, "AveragePool").reshape(g.planes),
             Y.reshape(g.planes[0], g.out_h, g.out_w),
             *g.kernel_args(),
@@ -195,15 +205,14 @@ def MaxUnpool(X, I, output_shape=None, *, kernel_shape=None, pads=None, strides=
         raise InvalidFeed(f"MaxUnpool takes int64 indices I; got {I.dtype}")
     if x.size >= 2**31:
         raise UnsupportedOp(f"the cuda backend's MaxUnpool takes fewer than 2**31 input elements; got {x.size}")
-    indices = cuda.to_device(np.ascontiguousarray(I).reshape(-1)) if isinstance(I, np.ndarray) else I.reshape(-1)
-    Y = cuda.device_array(shape, dtype=np.float32)
+    indices = constant(np.ascontiguousarray(I).reshape(-1)) if isinstance(I, np.ndarray) else I.reshape(-1)
+    Y = device_array(shape, dtype=np.float32)
     y = Y.reshape(-1)
-    winner = cuda.device_array(y.size, dtype=np.int32)
-    bad = cuda.device_array(2, dtype=np.int64)
-    _unpool_reset_kernel[grid_1d(y.size), THREADS_PER_BLOCK](winner, bad)
-    _unpool_claim_kernel[grid_1d(x.size), THREADS_PER_BLOCK](indices, winner, bad)
-    _unpool_gather_kernel[grid_1d(y.size), THREADS_PER_BLOCK](x, winner, y)
-    found, index = bad.copy_to_host()
-    if found:
-        raise out_of_range(int(index), shape)
+    winner = device_array(y.size, dtype=np.int32)
+    bad = device_array((2,), dtype=np.int64, persistent=True)  # read once, with the outputs: no sync here
+    stream = current_stream()
+    _unpool_reset_kernel[grid_1d(y.size), THREADS_PER_BLOCK, stream](winner, bad)
+    _unpool_claim_kernel[grid_1d(x.size), THREADS_PER_BLOCK, stream](indices, winner, bad)
+    _unpool_gather_kernel[grid_1d(y.size), THREADS_PER_BLOCK, stream](x, winner, y)
+    check_later(bad, lambda index: out_of_range(index, shape))
     return Y

@@ -15,7 +15,7 @@ import numpy as np
 from numba import cuda, float32
 
 from runtime.ops import OPS
-from runtime.ops._cuda_launch import THREADS_PER_BLOCK, as_float32, grid_1d, kernel
+from runtime.ops._cuda_launch import THREADS_PER_BLOCK, as_float32, current_stream, device_array, grid_1d, kernel
 from runtime.ops.softmax import lines_shape
 
 ROW_THREADS = 32  # threads per row for last-axis softmax: one warp
@@ -93,17 +93,19 @@ def _softmax_rows_kernel(x, y, log):
 
 def _softmax(X, axis: int, log: bool, op_type: str):
     outer, L, inner = lines_shape(X.shape, axis, op_type)
-    Y = cuda.device_array(X.shape, dtype=np.float32)
+    Y = device_array(X.shape, dtype=np.float32)
     if Y.size == 0:
         return Y
     as_float32(X, op_type)
     if inner == 1:
         rows = outer
         blocks = min(rows, MAX_BLOCKS)
-        _softmax_rows_kernel[blocks, ROW_THREADS](X.reshape(rows, L), Y.reshape(rows, L), np.int32(log))
+        _softmax_rows_kernel[blocks, ROW_THREADS, current_stream()](
+            X.reshape(rows, L), Y.reshape(rows, L), np.int32(log)
+        )
     else:
         n = outer * inner
-        _softmax_lines_kernel[grid_1d(n), THREADS_PER_BLOCK](
+        _softmax_lines_kernel[grid_1d(n), THREADS_PER_BLOCK, current_stream()](
             X.reshape(outer, L, inner), Y.reshape(outer, L, inner), np.int32(log)
         )
     return Y

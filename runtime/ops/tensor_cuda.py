@@ -3,7 +3,8 @@
 Integer tensors (shape arithmetic) stay on the host in the CUDA backend, and so do empty ones: an op whose data
 input is a NumPy array runs the CPU implementation. Float tensors are device arrays; Concat, Gather, Transpose and
 Clip copy them with grid-stride kernels in which consecutive threads write consecutive output elements, and
-Unsqueeze, Squeeze and Shape only look at the shape.
+Unsqueeze, Squeeze and Shape only look at the shape. Their small index and shape arrays are ``constant``s: on
+the device once per node and shape key, not uploaded per call.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from numba import cuda
 
 from runtime.errors import InvalidFeed
 from runtime.ops import OPS
-from runtime.ops._cuda_launch import THREADS_PER_BLOCK, as_float32, grid_1d, kernel
+from runtime.ops._cuda_launch import (
+    THREADS_PER_BLOCK,
+    as_float32,
+    constant,
+    current_stream,
+    device_array,
+    grid_1d,
+    kernel,
+)
 from runtime.ops.tensor import (
     axes_list,
     clip_bound,
@@ -57,13 +66,13 @@ def Concat(*inputs, axis=None):
             raise InvalidFeed(f"Concat mixes host {a.dtype} tensors with device float32 tensors")
         if not isinstance(a, np.ndarray):
             as_float32(a, "Concat")
-    Y = cuda.device_array(out_shape, dtype=np.float32)
+    Y = device_array(out_shape, dtype=np.float32)
     dst_len = math.prod(out_shape[axis:])
     offset = 0
     for a in inputs:
         src_len = math.prod(a.shape[axis:])
         if a.size:
-            _concat_copy_kernel[grid_1d(a.size), THREADS_PER_BLOCK](
+            _concat_copy_kernel[grid_1d(a.size), THREADS_PER_BLOCK, current_stream()](
                 a.reshape(a.size), Y.reshape(Y.size), src_len, dst_len, offset
             )
         offset += src_len
@@ -108,11 +117,11 @@ def Gather(data, indices, *, axis=0):
         return _cpu("Gather")(data, indices, axis=axis)
     as_float32(data, "Gather")
     indices, axis, out_shape = gather_indices(data.shape, indices, axis)
-    Y = cuda.device_array(out_shape, dtype=np.float32)
+    Y = device_array(out_shape, dtype=np.float32)
     if Y.size:
         inner = math.prod(data.shape[axis + 1 :])
-        _gather_kernel[grid_1d(Y.size), THREADS_PER_BLOCK](
-            data.reshape(data.size), cuda.to_device(indices.reshape(-1)), Y.reshape(Y.size),
+        _gather_kernel[grid_1d(Y.size), THREADS_PER_BLOCK, current_stream()](
+            data.reshape(data.size), constant(indices.reshape(-1)), Y.reshape(Y.size),
             data.shape[axis], indices.size, inner,
         )  # fmt: skip
     return Y
@@ -144,12 +153,14 @@ def Transpose(data, *, perm=None):
         return data
     strides = [math.prod(data.shape[d + 1 :]) for d in range(data.ndim)]  # C-order element strides
     out_shape = tuple(data.shape[p] for p in perm)
-    Y = cuda.device_array(out_shape, dtype=np.float32)
-    _transpose_kernel[grid_1d(Y.size), THREADS_PER_BLOCK](
+    Y = device_array(out_shape, dtype=np.float32)
+    if Y.size == 0:
+        return Y
+    _transpose_kernel[grid_1d(Y.size), THREADS_PER_BLOCK, current_stream()](
         data.reshape(data.size),
         Y.reshape(Y.size),
-        cuda.to_device(np.array(out_shape, dtype=np.int64)),
-        cuda.to_device(np.array([strides[p] for p in perm], dtype=np.int64)),
+        constant(np.array(out_shape, dtype=np.int64)),
+        constant(np.array([strides[p] for p in perm], dtype=np.int64)),
     )
     return Y
 
@@ -172,9 +183,9 @@ def _device_bound(bound, default: float, name: str):
     """A bound as a (1,) device array: the given one-element tensor (read on the device: no synchronisation),
     or the dtype's limit."""
     if bound is None:
-        return cuda.to_device(np.array([default], dtype=np.float32))
+        return constant(np.array([default], dtype=np.float32))
     if isinstance(bound, np.ndarray):
-        return cuda.to_device(np.array([clip_bound(bound, default, np.dtype(np.float32), name)], dtype=np.float32))
+        return constant(np.array([clip_bound(bound, default, np.dtype(np.float32), name)], dtype=np.float32))
     as_float32(bound, f"Clip {name}")
     if bound.size != 1:
         raise InvalidFeed(f"Clip {name} must be a scalar, got shape {bound.shape}")
@@ -188,9 +199,11 @@ def Clip(input, min=None, max=None):
         return _cpu("Clip")(input, *host)
     as_float32(input, "Clip")
     lowest, highest = dtype_limits(np.dtype(np.float32))
-    Y = cuda.device_array(input.shape, dtype=np.float32)
+    Y = device_array(input.shape, dtype=np.float32)
     n = Y.size
-    _clip_kernel[grid_1d(n), THREADS_PER_BLOCK](
+    if n == 0:
+        return Y
+    _clip_kernel[grid_1d(n), THREADS_PER_BLOCK, current_stream()](
         input.reshape(n), Y.reshape(n), _device_bound(min, lowest, "min"), _device_bound(max, highest, "max")
     )
     return Y
