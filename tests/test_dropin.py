@@ -366,6 +366,8 @@ def test_intra_op_num_threads_sets_numbas_threads_for_each_run(monkeypatch):
     sess = runtime.InferenceSession(LENET, so, providers=[CPU])
     seen = []
     real = runtime.session.numba.set_num_threads
+    outside = numba.get_num_threads()
+    real(2)  # an earlier test may have left this thread at 1, which would make the session's setting a no-op
     monkeypatch.setattr(runtime.session.numba, "set_num_threads", lambda n: (seen.append(n), real(n))[1])
     before = numba.get_num_threads()
     sess.run(None, {"image": np.zeros((1, 1, 28, 28), np.float32)})
@@ -373,6 +375,7 @@ def test_intra_op_num_threads_sets_numbas_threads_for_each_run(monkeypatch):
     seen.clear()
     runtime.InferenceSession(LENET, providers=[CPU]).run(None, {"image": np.zeros((1, 1, 28, 28), np.float32)})
     assert seen == []  # 0: numba's own count, untouched
+    real(outside)
 
 
 def test_graph_optimization_level_disable_all_is_optimize_graph_false():
