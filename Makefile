@@ -44,8 +44,8 @@ bench: $(STAMP)
 	$(BIN)/zoo bench --batch 1,64 --json runs/bench.json
 
 lint: $(STAMP)
-	$(BIN)/ruff check zoo runtime cli tests
-	$(BIN)/ruff format --check zoo runtime cli tests
+	$(BIN)/ruff check zoo runtime cli tests tools
+	$(BIN)/ruff format --check zoo runtime cli tests tools
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["zoo", "runtime", "cli", "tests"]
+PACKAGES = ["zoo", "runtime", "cli", "tests", "tools"]
 
 
 @pytest.mark.parametrize("args", [["check"], ["format", "--check"]], ids=["check", "format"])
