@@ -106,6 +106,22 @@ class _CUDA:
 PLANS_PER_SESSION = 8
 
 
+def _call(node, impl, args: list, attrs: dict):
+    """One node's kernel on its inputs, any failure named after the node."""
+    try:
+        return impl(*args, **attrs)
+    except ZooRuntimeError as e:
+        raise type(e)(f"{node.describe()}: {e}") from None
+    except (ValueError, TypeError, IndexError, ArithmeticError, MemoryError) as e:
+        # Shapes no load-time check can see (the runtime infers none): an Add whose declared input does not
+        # broadcast with its initializer, pads too large to allocate. Found by tests/test_fuzz.py.
+        shapes = [None if a is None else tuple(a.shape) for a in args]
+        raise InvalidFeed(
+            f"{node.describe()} cannot run on inputs of shapes {shapes} ({type(e).__name__}: {e}); "
+            "expected inputs that fit the op and its attributes"
+        ) from None
+
+
 class InferenceSession:
     """Runs an ONNX model on the ``cpu`` (Numba) or ``cuda`` (Numba-CUDA) backend, with onnxruntime's signature.
 
@@ -276,18 +292,7 @@ class InferenceSession:
         for node, impl, attrs, inputs, outputs, freed in self._steps:
             args = [values[i] for i in inputs]
             start = time.perf_counter() if timed else 0.0
-            try:
-                result = impl(*args, **attrs)
-            except ZooRuntimeError as e:
-                raise type(e)(f"{node.describe()}: {e}") from None
-            except (ValueError, TypeError, IndexError, ArithmeticError, MemoryError) as e:
-                # Shapes no load-time check can see (the runtime infers none): an Add whose declared input
-                # does not broadcast with its initializer, pads too large to allocate. Found by tests/test_fuzz.py.
-                shapes = [None if a is None else tuple(a.shape) for a in args]
-                raise InvalidFeed(
-                    f"{node.describe()} cannot run on inputs of shapes {shapes} ({type(e).__name__}: {e}); "
-                    "expected inputs that fit the op and its attributes"
-                ) from None
+            result = _call(node, impl, args, attrs)
             if type(result) is tuple:
                 for i, value in zip(outputs, result):
                     values[i] = value
@@ -360,16 +365,7 @@ class InferenceSession:
             if all(a is None or isinstance(a, np.ndarray) for a in args):
                 impl = node.op.impl["cpu"]  # host-resident tensors (integers, shapes, empties) stay on the host
             plan.node = node
-            try:
-                result = impl(*args, **attrs)
-            except ZooRuntimeError as e:
-                raise type(e)(f"{node.describe()}: {e}") from None
-            except (ValueError, TypeError, IndexError, ArithmeticError, MemoryError) as e:
-                shapes = [None if a is None else tuple(a.shape) for a in args]
-                raise InvalidFeed(
-                    f"{node.describe()} cannot run on inputs of shapes {shapes} ({type(e).__name__}: {e}); "
-                    "expected inputs that fit the op and its attributes"
-                ) from None
+            result = _call(node, impl, args, attrs)
             results = result if type(result) is tuple else (result,)
             for i, value in zip(outputs, results):
                 values[i] = value

@@ -190,8 +190,8 @@ def label_colours(classes: int) -> np.ndarray:
 
 
 def class_names(classes: int, meta: dict | None = None) -> list[str]:
-    """Names for a segmenter's classes: its metadata's ``class_names`` (JSON list), DeconvNet-digits' background
-    and digits, else "class k"."""
+    """Names for a segmenter's classes: its metadata's ``class_names`` (a JSON list; the model names them, see
+    ``DeconvNet.class_names``), else background and "class k"."""
     import json
 
     meta = meta or {}
@@ -201,8 +201,6 @@ def class_names(classes: int, meta: dict | None = None) -> list[str]:
         names = None
     if isinstance(names, list) and len(names) == classes and all(isinstance(n, str) for n in names):
         return names
-    if classes == 11 and str(meta.get("model", "deconvnet-digits")).startswith("deconvnet-digits"):
-        return ["background"] + [f"digit {d}" for d in range(10)]
     return ["background"] + [f"class {k}" for k in range(1, classes)]
 
 
@@ -237,9 +235,9 @@ def overlay(image: np.ndarray, labels: np.ndarray, classes: int, alpha: float = 
     return np.where(painted, (1 - alpha) * grey + alpha * colour, grey)
 
 
-def segmentation_panel(images: np.ndarray, pred: np.ndarray, truth: np.ndarray, classes: int = 11) -> Image.Image:
-    """Rows of inputs, predictions and truths, and the key of the class colours (digit d is class d + 1)."""
-    k = len(images)
+def segmentation_panel(images: np.ndarray, pred: np.ndarray, truth: np.ndarray, names: list[str]) -> Image.Image:
+    """Rows of inputs, predictions and truths, and the key of the class colours, one per name."""
+    k, classes = len(images), len(names)
     rows = np.concatenate(
         [
             np.repeat(images[:, :, :, None], 3, axis=3),
@@ -248,7 +246,7 @@ def segmentation_panel(images: np.ndarray, pred: np.ndarray, truth: np.ndarray, 
         ]
     )  # (3k, H, W, 3)
     grid = panels([("rows: input, prediction, truth", tile_grid(rows, cols=k))], scale=3)
-    return beside(grid, legend(class_names(classes), label_colours(classes)))
+    return beside(grid, legend(names, label_colours(classes)))
 
 
 def segmentation_overlays(images: np.ndarray, pred: np.ndarray, names: list[str], captions: list[str]) -> Image.Image:

@@ -225,7 +225,7 @@ class DeconvNet(ZooModel):
         pred = self.predict(images[:n])
         paths = [
             save_png(
-                out_dir / "segmentations.png", segmentation_panel(images[:n], pred, labels[:n], self.config.classes)
+                out_dir / "segmentations.png", segmentation_panel(images[:n], pred, labels[:n], self.class_names())
             )
         ]
         paths.append(save_png(out_dir / "decoder_stages.png", self.decoder_stages_picture(images[0])))
