@@ -88,6 +88,33 @@ def assert_close(got, expected, atol: float = ATOL, switch_flips: float = 0.0, r
             np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, equal_nan=True)
 
 
+def near_tie_samples(model: str, feed: dict, rel: float = 1e-6) -> np.ndarray:
+    """(batch,) bool: the samples in which some MaxPool window's two largest values (positive, as onnxruntime
+    computes them) are apart by less than ``rel`` of the largest but not equal: a few ulps, so that a summation
+    order other than onnxruntime's (another runtime's, or onnxruntime's own on another instruction set) may
+    pick the other one as the maximum, and DeconvNet's unpooling then sends it to a neighbouring pixel. Exact
+    ties (ReLU's zeros) are not near ties: every implementation resolves them to the first index."""
+    import onnxruntime as ort
+
+    proto = onnx.load(model)
+    pools = [n for n in proto.graph.node if n.op_type == "MaxPool"]
+    for n in pools:
+        proto.graph.output.append(helper.make_tensor_value_info(n.input[0], TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    batch = len(next(iter(feed.values())))
+    tied = np.zeros(batch, bool)
+    for n, x in zip(pools, sess.run([n.input[0] for n in pools], feed)):
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        kernel, strides = attrs["kernel_shape"], attrs.get("strides", [1] * len(attrs["kernel_shape"]))
+        assert not any(attrs.get("pads", [])) and len(kernel) == 2, f"{n.name}: only unpadded 2-d pools here"
+        windows = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(2, 3))[:, :, :: strides[0], :: strides[1]]
+        top = np.sort(windows.reshape(*windows.shape[:4], -1), axis=-1)[..., -2:]  # (N, C, h, w, 2)
+        gap = top[..., 1] - top[..., 0]
+        near = (top[..., 1] > 0) & (gap > 0) & (gap < rel * top[..., 1])  # (N, C, h, w)
+        tied |= near.reshape(batch, -1).any(1)
+    return tied
+
+
 def case_rng(case_id: str) -> np.random.Generator:
     """One fixed generator per test case, seeded from its id."""
     return np.random.default_rng(zlib.crc32(case_id.encode()))

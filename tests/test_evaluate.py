@@ -32,3 +32,41 @@ def test_inception_score_bounds():
     assert inception_score(one_class) == pytest.approx(1.0, abs=1e-6)
     uniform = np.zeros((1000, classes))
     assert inception_score(uniform) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_pixel_pca_matches_scikit_learn():
+    """The second instrument's axes: the training digits' principal components, as scikit-learn finds them
+    (up to each axis's sign); projections of the same digits then agree."""
+    from sklearn.decomposition import PCA
+
+    from zoo.data import load_dataset
+    from zoo.evaluate import PCA_COMPONENTS, pca_features, pixel_pca
+
+    train = load_dataset("mnist", "train", size=(28, 28)).images  # (N, 28, 28)
+    oracle = PCA(n_components=PCA_COMPONENTS, svd_solver="full").fit(train.reshape(len(train), -1))
+    mean, axes = pixel_pca()
+    np.testing.assert_allclose(mean, oracle.mean_, atol=1e-5)  # scikit-learn sums in float32
+    signs = np.sign((axes * oracle.components_).sum(1))[:, None]  # (k, 1)
+    np.testing.assert_allclose(axes * signs, oracle.components_, atol=2e-4)
+    mine = pca_features(train[:100]) * signs.T
+    np.testing.assert_allclose(mine, oracle.transform(train[:100].reshape(100, -1)), atol=1e-3)
+
+
+def test_real_digits_score_at_their_floor():
+    """Held-out-sized draws of real training digits, fed as if generated, score what the floor says: the floor
+    is the same computation on the same kind of draws."""
+    from zoo.data import load_dataset
+    from zoo.evaluate import DRAWS, generative_figures, real_data_floor
+
+    train = load_dataset("mnist", "train", size=(28, 28)).images
+    val = load_dataset("mnist", "val", size=(28, 28)).images
+    draws = [train[np.random.default_rng(s).choice(len(train), len(val), replace=False)] for s in range(DRAWS)]
+    got, floor = generative_figures(draws, val), real_data_floor()
+    for key in ("fid", "inception_score", "pca_fd", "confident"):
+        assert got[f"{key}_mean"] == pytest.approx(floor[f"floor_{key}_mean"], rel=1e-6), key
+        assert got[f"{key}_sd"] == pytest.approx(floor[f"floor_{key}_sd"], rel=1e-6), key
+    assert 0.05 < floor["floor_class_share_min"] <= 0.1 <= floor["floor_class_share_max"] < 0.15
+    assert floor["floor_inception_score_mean"] > 9 and floor["floor_confident_mean"] > 0.9
+    blurred = [(d + np.roll(d, 1, axis=1) + np.roll(d, 1, axis=2)) / 3 for d in draws]  # worse digits
+    worse = generative_figures(blurred, val)
+    assert worse["fid_mean"] > floor["floor_fid_mean"] and worse["pca_fd_mean"] > floor["floor_pca_fd_mean"]

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import SIMULATED, WEIGHTS, assert_close, ort_run, runtime_run
+from tests.conftest import SIMULATED, WEIGHTS, assert_close, near_tie_samples, ort_run, runtime_run
 from zoo.bench import _feed_for, macs_per_sample
 from zoo.cards import MANIFEST, load_cards, load_manifest, verify_file
 from zoo.data import load_dataset
@@ -160,9 +160,19 @@ def _cases():
 def test_shipped_onnx_matches_onnxruntime(file, backend, batch):
     path = str(WEIGHTS / file)
     feed = _feed_for(WEIGHTS / file, batch, seed=batch)
+    got, expected = runtime_run(path, feed, backend), ort_run(path, feed)
+    # Random inputs put a few max-pool windows within an ulp or two of a tie; which value wins then follows the
+    # summation order, which differs between this runtime and onnxruntime, and between onnxruntime's AVX2 and
+    # AVX-512 kernels. Those samples (found in onnxruntime's own activations) may differ where the switch sent
+    # the value; every other sample agrees to rounding. Real images have no such near ties (tests below).
+    unpools = any(n.op_type == "MaxUnpool" for n in onnx.load(path, load_external_data=False).graph.node)
+    excused = near_tie_samples(path, feed) if unpools else np.zeros(batch, bool)
+    assert excused.mean() <= 0.05, f"{excused.sum()} of {batch} random samples hold a near tie"
     # rtol: a deep model's float32 sums, taken in another order than onnxruntime's, drift by a few ulps of the
     # output (DeconvNet-digits after 26 convolutions: 1.0e-5 on a logit of ~16, 5 ulps)
-    assert_close(runtime_run(path, feed, backend), ort_run(path, feed), rtol=1e-6)
+    assert_close([g[~excused] for g in got], [e[~excused] for e in expected], rtol=1e-6)
+    if excused.any():  # a flipped switch moves one value: the rest of the sample still agrees
+        assert_close([g[excused] for g in got], [e[excused] for e in expected], rtol=1e-6, switch_flips=0.01)
 
 
 def _data_set_cases():

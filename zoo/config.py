@@ -109,6 +109,7 @@ class TrainConfig(Config):
     lr_schedule: str = setting("constant", choices=("constant", "cosine"))
     seed: int = setting(0, lo=0, hi=2**63 - 1)  # initialisation and data order: same seed, same weights
     limit: int | None = setting(None, lo=1)  # train on the first N examples only (and hold out N // 4)
+    eval_every: int = setting(1, lo=1, hi=1_000_000)  # held-out figures every N epochs (and after the last)
     device: str = "auto"  # auto (a GPU if one is usable), cpu, cuda or cuda:N
 
     def __post_init__(self):
@@ -117,6 +118,10 @@ class TrainConfig(Config):
             raise ZooError("data='': expected a bundled data set, a folder of images or an .npy file")
         if not re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?", self.device):
             raise ZooError(f"device={self.device!r}: expected auto, cpu, cuda or cuda:N")
+
+    def evaluates(self, epoch: int) -> bool:
+        """Whether the held-out figures are computed after ``epoch`` (1-based): every ``eval_every``-th and the last."""
+        return epoch % self.eval_every == 0 or epoch == self.epochs
 
     def lr_factor(self, epoch: int) -> float:
         if self.lr_schedule == "constant":

@@ -3,6 +3,12 @@ downloads): the Fréchet distance between its penultimate features of generated 
 al. 2017's FID, on 84-d LeNet features), a classifier-based Inception score (Salimans et al. 2016: 10 is the
 ceiling for 10 classes), and per-class accuracy for class-conditional generators.
 
+A second instrument that owes nothing to LeNet stands beside it: the Fréchet distance between the digits'
+projections on the leading principal components of the training digits' pixels (``pixel_pca``). One FID draw
+moves by several units, so the generative figures are means and standard deviations over ``DRAWS`` draws of
+``len(held-out)`` images, and the real-data floor is measured the same way: ``DRAWS`` random subsets of the
+training digits of that size against the same held-out digits (``real_data_floor``).
+
 The classifier runs from the shipped ``lenet-mnist.onnx`` through this runtime, so these figures can be
 recomputed on a machine without torch. No torch here.
 """
@@ -17,6 +23,9 @@ import numpy as np
 
 CLASSIFIER = "lenet-mnist"
 IMAGE_SIZE = (28, 28)
+DRAWS = 5  # generative figures: mean and sd over this many draws
+PCA_COMPONENTS = 50  # the pixel instrument: principal components of the training digits
+CONFIDENT = 0.9  # a generated digit "is one digit" when LeNet gives one class at least this probability
 
 
 @functools.lru_cache(maxsize=4)
@@ -94,9 +103,66 @@ def class_accuracy(generated: np.ndarray, classes: np.ndarray, weights_dir=None)
     return {"class_accuracy": float((predicted == classes).mean())}
 
 
+@functools.lru_cache(maxsize=1)
+def pixel_pca() -> tuple[np.ndarray, np.ndarray]:
+    """(mean (784,), components (PCA_COMPONENTS, 784)): the principal axes of the bundled training digits'
+    pixels, from an SVD in float64 (signs do not matter to a Fréchet distance)."""
+    from zoo.data import load_dataset
+
+    train = load_dataset("mnist", "train", size=IMAGE_SIZE).images.reshape(-1, IMAGE_SIZE[0] * IMAGE_SIZE[1])
+    mean = train.mean(0, dtype=np.float64)  # (784,)
+    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)  # vt: (784, 784), rows by variance
+    return mean, vt[:PCA_COMPONENTS]
+
+
+def pca_features(images: np.ndarray) -> np.ndarray:
+    """(N, PCA_COMPONENTS) projections of digits (N, 28, 28) in [0, 1] on ``pixel_pca``'s axes."""
+    mean, axes = pixel_pca()
+    return (images.reshape(len(images), -1).astype(np.float64) - mean) @ axes.T
+
+
+def _spread(name: str, values: list[float]) -> dict:
+    return {f"{name}_mean": float(np.mean(values)), f"{name}_sd": float(np.std(values, ddof=1))}
+
+
+def _draw_figures(logits, features, pca, real_features, real_pca) -> dict:
+    p = softmax(logits)  # (n, 10)
+    return {
+        "fid": frechet_distance(features, real_features),
+        "inception_score": inception_score(logits),
+        "pca_fd": frechet_distance(pca, real_pca),
+        "shares": np.bincount(p.argmax(1), minlength=p.shape[1]) / len(p),  # (10,)
+        "confident": float((p.max(1) >= CONFIDENT).mean()),
+    }
+
+
+def _summarise(draws: list[dict], prefix: str = "") -> dict:
+    out = {}
+    for key in ("fid", "inception_score", "pca_fd", "confident"):
+        out |= _spread(prefix + key, [d[key] for d in draws])
+    shares = np.mean([d["shares"] for d in draws], axis=0)  # (10,): each class's share, mean over the draws
+    out[prefix + "class_share_min"] = float(shares.min())
+    out[prefix + "class_share_max"] = float(shares.max())
+    return out
+
+
+def generative_figures(draws: list[np.ndarray], real: np.ndarray, weights_dir=None) -> dict:
+    """Mean and sd over ``draws`` (each (n, 28, 28) in [0, 1], n = len(real)) of: LeNet's FID against
+    ``real`` (the held-out digits), its Inception-style score, the pixel-PCA Fréchet distance, the share of
+    confidently classified digits; and the smallest and largest class share (LeNet's argmax, mean over the
+    draws). Empty when the classifier is not shipped or the images are not 28x28."""
+    if not draws or draws[0].shape[1:] != IMAGE_SIZE or not available(weights_dir):
+        return {}
+    _, real_features = classify(real, weights_dir)
+    real_pca = pca_features(real)
+    figures = [_draw_figures(*classify(g, weights_dir), pca_features(g), real_features, real_pca) for g in draws]
+    return _summarise(figures)
+
+
 @functools.lru_cache(maxsize=2)
 def real_data_floor(weights_dir=None) -> dict:
-    """What real digits score: FID between the training and held-out split, held-out Inception score."""
+    """What real digits score, at the generators' sample sizes: FID between the training and held-out split
+    (one subset, and ``DRAWS`` subsets as ``floor_*_mean``/``_sd``), held-out Inception score."""
     from zoo.data import load_dataset
 
     train = load_dataset("mnist", "train", size=IMAGE_SIZE).images
@@ -106,11 +172,15 @@ def real_data_floor(weights_dir=None) -> dict:
     # as many training digits as held-out ones, drawn at random (the data are ordered by class): the same
     # sample sizes as the generators' figures, 500 generated against the 500 held-out
     subset = np.random.default_rng(0).choice(len(train), len(val), replace=False)
+    t_pca, v_pca = pca_features(train), pca_features(val)
+    subsets = [np.random.default_rng(seed).choice(len(train), len(val), replace=False) for seed in range(DRAWS)]
+    draws = [_draw_figures(t_logits[s], t_features[s], t_pca[s], v_features, v_pca) for s in subsets]
     return {
         "fid_train_vs_val": frechet_distance(t_features[subset], v_features),
         "fid_all_train_vs_val": frechet_distance(t_features, v_features),
         "inception_score_val": inception_score(v_logits),
         "inception_score_train": inception_score(t_logits),
+        **_summarise(draws, prefix="floor_"),
     }
 
 

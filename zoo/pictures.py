@@ -74,7 +74,9 @@ def training_curves_figure(run: dict, references: dict[str, str] | None = None):
     def keys(rows):
         return sorted({k for r in rows for k, v in r.items() if k not in bookkeeping and isinstance(v, (int, float))})
 
-    train_keys, val_keys = keys(train_rows), [k for k in keys(val_rows) if k not in references]
+    # a figure's spread over draws and the real-data floors of figures without a panel of their own are not drawn
+    drawn = [k for k in keys(val_rows) if k not in references and not k.endswith("_sd") and not k.startswith("floor_")]
+    train_keys, val_keys = keys(train_rows), drawn
     losses = [k for k in val_keys if k in ("val_loss", "val_objective")]
     panels_ = (
         [
@@ -94,7 +96,10 @@ def training_curves_figure(run: dict, references: dict[str, str] | None = None):
     phases = column(train_rows, "phase")
     for ax, (title, lines) in zip(axes, panels_):
         for label, source, key in lines:
-            ax.plot(epochs, column(source, key), marker="." if len(epochs) <= 60 else None, label=label)
+            x, y = np.array(epochs, dtype=np.float64), column(source, key)
+            if source is val_rows:  # held-out figures of a run evaluated every few epochs: joined across the gaps
+                x, y = x[np.isfinite(y)], y[np.isfinite(y)]
+            ax.plot(x, y, marker="." if len(x) <= 60 else None, label=label)
         for constant, target in references.items():
             if target == title:
                 value = column(val_rows, constant)

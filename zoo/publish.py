@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from zoo.cards import MANIFEST, load_manifest
+from zoo.cards import MANIFEST, load_manifest, verify_file
 from zoo.errors import ZooError
 from zoo.io import check_folder_replaceable, check_writable, folder_lock, sha256_of, staged_set
 
@@ -191,6 +191,39 @@ def _shape(shape: list) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
+GENERATIVE_ROWS = (
+    ("fid", "Fréchet distance, LeNet features (FID; lower is better)"),
+    ("pca_fd", "Fréchet distance, 50 pixel principal components (lower is better)"),
+    ("inception_score", "Inception-style score, LeNet (10 is the ceiling)"),
+    ("confident", "share of images LeNet calls one digit with p >= 0.9"),
+)
+
+
+def _generative_table(m: dict) -> list[str]:
+    """Generated against real digits, each figure as mean ± sd over draws of held-out size (``zoo.evaluate``)."""
+    if "fid_mean" not in m:
+        return []
+    lines = [
+        "Generated digits beside real ones: mean ± sd over 5 draws of as many images as held-out digits, each "
+        "against the held-out digits; the real row's draws are training digits of the same size (the floor).",
+        "",
+        "| figure | generated | real digits | ratio |",
+        "|---|---|---|---|",
+    ]
+    for key, label in GENERATIVE_ROWS:
+        g, r = (m.get(f"{key}_mean"), m.get(f"{key}_sd")), (m.get(f"floor_{key}_mean"), m.get(f"floor_{key}_sd"))
+        if None in (*g, *r):
+            continue
+        lines.append(f"| {label} | {g[0]:.4g} ± {g[1]:.2g} | {r[0]:.4g} ± {r[1]:.2g} | {g[0] / r[0]:.2f} |")
+    if "class_share_min" in m and "floor_class_share_min" in m:
+        lines.append(
+            f"| class shares, smallest to largest (LeNet's argmax; 0.1 each when balanced) | "
+            f"{m['class_share_min']:.3f} – {m['class_share_max']:.3f} | "
+            f"{m['floor_class_share_min']:.3f} – {m['floor_class_share_max']:.3f} | |"
+        )
+    return [*lines, ""]
+
+
 def render_card(card: dict) -> str:
     """The human-readable model card (Markdown) for a card's data."""
     m = card["metrics"]
@@ -247,6 +280,8 @@ def render_card(card: dict) -> str:
         "|---|---|",
         *[f"| {k} | {v:.6g} |" for k, v in sorted(m.items()) if isinstance(v, (int, float))],
         "",
+        *([f"({card['metrics_note']})", ""] if card.get("metrics_note") else []),
+        *_generative_table(m),
     ]
     snippet = card.get("snippets", {})
     if snippet:
@@ -492,6 +527,8 @@ def _upgraded_card(card: dict, weights_dir: Path, license: str | None) -> dict:
         card["train_note"] = LEGACY_TRAIN_NOTE
     if "device" not in card["train"]:  # runs from before the trainer placed anything on a GPU: all on the CPU
         card["train"] = {**card["train"], "device": "cpu"}
+    if "eval_every" not in card["train"]:  # runs from before eval_every: evaluated after every epoch
+        card["train"] = {**card["train"], "eval_every": 1}
     with torch.device("meta"):
         notes = type(build_model(card["model"], **card["config"])).card_notes
     repo = is_repo_weights(weights_dir)
@@ -503,12 +540,27 @@ def _upgraded_card(card: dict, weights_dir: Path, license: str | None) -> dict:
     return card | documentation(card, notes, protos, repo=repo, license=license)
 
 
-def refresh_cards(weights_dir=None, *, license: str | None = None) -> list[str]:
+def reevaluated_metrics(card: dict, weights_dir: Path) -> dict:
+    """``card``'s metrics with the figures its model's evaluation gives now and the card lacks, computed from
+    the shipped checkpoint on the held-out split (the figures the run recorded are kept as they are)."""
+    from zoo.checkpoint import load_checkpoint
+    from zoo.data import load_dataset
+
+    model, _ = load_checkpoint(verify_file(weights_dir / f"{card['name']}.safetensors"))
+    c = model.config
+    val = load_dataset(card["data"], "val", size=tuple(c.image_size), channels=model.image_channels)
+    now = model.evaluate(val.images, val.labels)
+    return card["metrics"] | {k: v for k, v in now.items() if k not in card["metrics"]}
+
+
+def refresh_cards(weights_dir=None, *, license: str | None = None, reevaluate: bool = False) -> list[str]:
     """Bring every ``*.card.json`` in ``weights_dir`` (this repository's weights/ by default) to the fields of
     this version and re-render its ``.md``, without touching a weights file; the manifest's sha256 of a card
     or page it lists are updated. All rewritten files are committed as one set. Returns the paths rewritten.
     Run by hand after a change to the cards' fields (``python -c "import zoo.publish as p;
-    p.refresh_cards()"``); ``tests/test_cards.py`` checks that the shipped cards need none."""
+    p.refresh_cards()"``); ``tests/test_cards.py`` checks that the shipped cards need none. ``reevaluate``:
+    also add the figures a model's evaluation has gained since its card was written (``reevaluated_metrics``),
+    noted on the card; ``tests/test_weights.py`` recomputes them like every other figure."""
     weights_dir = Path(weights_dir) if weights_dir is not None else repo_weights_dir()
     if weights_dir is None or not weights_dir.is_dir():
         raise ZooError(f"'{weights_dir}' is not a weights folder")
@@ -516,6 +568,15 @@ def refresh_cards(weights_dir=None, *, license: str | None = None) -> list[str]:
         pages = {}
         for path in sorted(weights_dir.glob("*.card.json")):
             card = _upgraded_card(json.loads(path.read_text()), weights_dir, license)
+            if reevaluate:
+                metrics = reevaluated_metrics(card, weights_dir)
+                added = sorted(set(metrics) - set(card["metrics"]))
+                if added:
+                    card["metrics"] = metrics
+                    card["metrics_note"] = (
+                        f"{', '.join(added)}: computed after training from the shipped checkpoint on the same "
+                        "held-out split, by the evaluation of a later version of the zoo"
+                    )
             check_name(card["name"])
             pages[path.name] = json.dumps(card, indent=2, sort_keys=True) + "\n"
             pages[f"{card['name']}.md"] = render_card(card)

@@ -164,7 +164,7 @@ def _resume_settings(run: dict) -> dict:
     """What must be the same for a checkpoint to be continued: the model, its config and the data stream (the
     epoch count may grow)."""
     keys = ("model", "config", "data", "seed", "batch_size", "lr", "train_examples", "val_examples", "limit")
-    training = {k: v for k, v in run["train"].items() if k not in ("epochs", "device")}
+    training = {k: v for k, v in run["train"].items() if k not in ("epochs", "device", "eval_every")}
     return {**{k: run[k] for k in keys}, "train": training}
 
 
@@ -349,7 +349,7 @@ def train(
         _check_finite({n: v for n, v in weights.items() if not math.isfinite(v)}, f"epoch {epoch}", checkpoint, epoch)
         model.eval()
         with torch.random.fork_rng(devices=[]):  # evaluation and pictures leave the training RNG alone
-            metrics = model.evaluate(X_val, y_val)
+            metrics = model.evaluate(X_val, y_val) if train_cfg.evaluates(epoch) else {}
             pictures = [str(p) for p in model.on_epoch_end(out_dir, epoch)]
         run["history"].append({"epoch": epoch, "seconds": round(time.perf_counter() - start, 3), **metrics})
         run.setdefault("train_history", []).append({"epoch": epoch, **{k: v / len(batches) for k, v in sums.items()}})
@@ -370,7 +370,7 @@ def train(
         if time.perf_counter() - curves_written > CURVES_EVERY_SECONDS or epoch == epochs:
             training_curves(run, out_dir / "training_curves.png", model.curve_references)
             curves_written = time.perf_counter()
-        if progress:
+        if progress and metrics:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
             print(f"epoch {epoch}/{epochs}: {shown}", file=sys.stderr)
     run["train_seconds"] = round(time.perf_counter() - start, 3)

@@ -8,10 +8,17 @@ input) down to one probability.
 
 The projection of z is a transposed convolution from 1x1 to the first stage's size (the same linear map as
 "project and reshape", kept as a convolution so the graph is convolutions throughout).
+
+Two options for small training sets, off by default: ``augment``, differentiable augmentation of everything the
+discriminator sees (Zhao et al. 2020, DiffAugment: the same kind of random translation or cutout applied to real
+and generated images, so the generator is not taught to produce them), and ``ema``, an exponential moving average
+of the generator's weights (Karras et al. 2018; Yazıcı et al. 2019), which is then the generator evaluated,
+sampled and exported.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -26,6 +33,7 @@ from zoo.models.base import ZooModel
 from zoo.registry import register_model
 
 G_LOSSES = ("non-saturating", "minimax")
+AUGMENTS = ("none", "translation", "cutout", "translation,cutout")
 
 
 @dataclass
@@ -42,6 +50,11 @@ class DCGANConfig(Config):
     g_loss: str = setting("non-saturating", choices=G_LOSSES)
     phase1_epochs: int = setting(1, lo=0, hi=1_000_000)  # phase 1: D against the untrained G
     phase2_epochs: int = setting(1, lo=0, hi=1_000_000)  # phase 2: G against the frozen D
+    # DiffAugment of the discriminator's inputs, real and generated alike: a random shift by up to 1/8 of the
+    # size ("translation", the background filling in), a blanked square of half the size ("cutout")
+    augment: str = setting("none", choices=AUGMENTS)
+    # decay of the moving average of G's weights that is shipped as the generator; 0: G itself is shipped
+    ema: float = setting(0.0, lo=0.0, hi=0.99999)
     samples_per_epoch_grid: int = setting(64, lo=1, hi=1024)
 
     def __post_init__(self):
@@ -73,6 +86,30 @@ def _up(c_in: int, c_out: int, k: int) -> nn.ConvTranspose2d:
 def _down(c_in: int, c_out: int, k: int) -> nn.Conv2d:
     # halves H and W (no bias, as in the PyTorch reference: BatchNorm or the next layer absorbs it)
     return nn.Conv2d(c_in, c_out, k, stride=2, padding=2 if k == 5 else 1, bias=False)
+
+
+def diff_augment(x: torch.Tensor, kinds: str) -> torch.Tensor:
+    """x (N, C, H, W) in [-1, 1], transformed per image by ``kinds`` (see ``DCGANConfig.augment``) with the
+    torch RNG; differentiable in x (only gathers and selects), so G's gradient flows through it."""
+    n, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device)[None, :, None]  # (1, H, 1)
+    cols = torch.arange(w, device=x.device)[None, None, :]  # (1, 1, W)
+    background = torch.full_like(x, -1.0)  # (N, C, H, W)
+    if "translation" in kinds:
+        sy, sx = max(1, round(h / 8)), max(1, round(w / 8))
+        dy = torch.randint(-sy, sy + 1, (n, 1, 1), device="cpu").to(x.device)  # (N, 1, 1)
+        dx = torch.randint(-sx, sx + 1, (n, 1, 1), device="cpu").to(x.device)
+        src_r, src_c = rows + dy, cols + dx  # (N, H, 1), (N, 1, W): where each output pixel comes from
+        inside = ((src_r >= 0) & (src_r < h)) & ((src_c >= 0) & (src_c < w))  # (N, H, W)
+        picked = x[torch.arange(n, device=x.device)[:, None, None], :, src_r.clamp(0, h - 1), src_c.clamp(0, w - 1)]
+        x = torch.where(inside[:, None], picked.permute(0, 3, 1, 2), background)  # (N, C, H, W)
+    if "cutout" in kinds:
+        ch, cw = h // 2, w // 2
+        top = torch.randint(0, h - ch + 1, (n, 1, 1), device="cpu").to(x.device)  # (N, 1, 1)
+        left = torch.randint(0, w - cw + 1, (n, 1, 1), device="cpu").to(x.device)
+        hole = (rows >= top) & (rows < top + ch) & (cols >= left) & (cols < left + cw)  # (N, H, W)
+        x = torch.where(hole[:, None], background, x)
+    return x
 
 
 def dcgan_init(m: nn.Module) -> None:
@@ -194,18 +231,39 @@ class DCGAN(ZooModel):
             "probability": {"range": "[0, 1] (sigmoid)", "meaning": "the discriminator's probability that it is real"},
         },
     }
-    curve_references = {"floor_fid_train_vs_val": "fid", "floor_inception_score_val": "inception_score"}
+    curve_references = {
+        "floor_fid_train_vs_val": "fid",
+        "floor_inception_score_val": "inception_score",
+        **{f"floor_{k}_mean": f"{k}_mean" for k in ("fid", "inception_score", "pca_fd", "confident")},
+    }
 
     def __init__(self, config: DCGANConfig):
         super().__init__()
         self.config = config
         self.generator = Generator(config)
         self.discriminator = Discriminator(config)
+        if config.ema > 0:  # the average starts at G's initial weights and is never trained directly
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         fixed = torch.Generator().manual_seed(1234)  # the same z every epoch, so the grids show G's progress
         self.register_buffer("fixed_z", torch.randn(config.samples_per_epoch_grid, config.nz, generator=fixed))
 
+    @property
+    def sampler(self) -> Generator:
+        """The generator that is evaluated, sampled and exported: the moving average when there is one."""
+        return self.generator_ema if self.config.ema > 0 else self.generator
+
+    @torch.no_grad()
+    def update_average(self) -> None:
+        """ema <- decay * ema + (1 - decay) * G for the weights; BatchNorm's running statistics copied from G."""
+        if self.config.ema <= 0:
+            return
+        for averaged, trained in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            averaged.lerp_(trained, 1.0 - self.config.ema)
+        for averaged, trained in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            averaged.copy_(trained)
+
     def export_parts(self) -> dict[str, ZooModel]:
-        return {"generator": self.generator, "discriminator": self.discriminator}
+        return {"generator": self.sampler, "discriminator": self.discriminator}
 
     def configure_optimizers(self, train: TrainConfig) -> dict[str, torch.optim.Optimizer]:
         betas = (train.beta1, 0.999)
@@ -223,16 +281,22 @@ class DCGAN(ZooModel):
         c = self.config
         return 1 if epoch <= c.phase1_epochs else 2 if epoch <= c.phase1_epochs + c.phase2_epochs else 3
 
+    def seen_by_d(self, x: torch.Tensor) -> torch.Tensor:
+        """What the discriminator is shown of images x (N, C, S, S): x, or x augmented while training."""
+        if self.config.augment == "none" or not self.training:
+            return x
+        return diff_augment(x, self.config.augment)
+
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         # max_D  E[log D(x)] + E[log(1 - D(G(z)))], as a loss to minimise
-        real_logits = self.discriminator.logits(real)
-        fake_logits = self.discriminator.logits(fake)
+        real_logits = self.discriminator.logits(self.seen_by_d(real))
+        fake_logits = self.discriminator.logits(self.seen_by_d(fake))
         return F.binary_cross_entropy_with_logits(
             real_logits, torch.ones_like(real_logits)
         ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
     def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
-        logits = self.discriminator.logits(fake)
+        logits = self.discriminator.logits(self.seen_by_d(fake))
         if self.config.g_loss == "minimax":
             # min_G E[log(1 - D(G(z)))] = -BCE(D(G(z)), 0); saturates while D rejects the fakes
             return -F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
@@ -255,19 +319,23 @@ class DCGAN(ZooModel):
             g_loss = self.g_loss(self.generator(z))
             self.step(optimizers["generator"], g_loss)
             optimizers["discriminator"].zero_grad(set_to_none=True)
+            self.update_average()
             logs["g_loss"] = g_loss.item()
         return logs
 
     @torch.no_grad()
     def evaluate(self, images: np.ndarray, labels=None) -> dict:
-        from zoo.evaluate import gan_metrics, real_data_floor
+        from zoo.evaluate import DRAWS, gan_metrics, generative_figures, real_data_floor
 
         self.eval()
         real = self.to_model_space(self.as_tensor(images))
-        # the same z on every device: drawn on the CPU, then moved
-        seeded = torch.Generator(device="cpu").manual_seed(0)
-        z = torch.randn(len(real), self.config.nz, generator=seeded, device="cpu").to(self.device)
-        fake = self.generator(z)
+
+        def draw(seed: int) -> torch.Tensor:  # the same z on every device: drawn on the CPU, then moved
+            seeded = torch.Generator(device="cpu").manual_seed(seed)
+            z = torch.randn(len(real), self.config.nz, generator=seeded, device="cpu").to(self.device)
+            return self.sampler(z)  # (M, C, S, S) in [-1, 1]
+
+        fake = draw(0)
         d_real = self.discriminator(real)
         d_fake = self.discriminator(fake)
         metrics = {
@@ -281,6 +349,11 @@ class DCGAN(ZooModel):
             floor = real_data_floor()
             metrics["floor_fid_train_vs_val"] = floor["fid_train_vs_val"]
             metrics["floor_inception_score_val"] = floor["inception_score_val"]
+            # DRAWS draws of z (the first is the one above), each as many images as held-out digits, beside
+            # the floor measured the same way: DRAWS training subsets of that size against the same digits
+            draws = [generated] + [((draw(s) + 1) / 2).squeeze(1).cpu().numpy() for s in range(1, DRAWS)]
+            metrics.update(generative_figures(draws, images))
+            metrics.update({k: v for k, v in floor.items() if k.startswith("floor_")})
         return metrics
 
     @torch.no_grad()
@@ -288,7 +361,7 @@ class DCGAN(ZooModel):
         from zoo.pictures import tile_grid
 
         self.eval()
-        g = (self.generator(self.fixed_z) + 1) / 2  # (n, C, S, S) in [0, 1]
+        g = (self.sampler(self.fixed_z) + 1) / 2  # (n, C, S, S) in [0, 1]
         g = g[:, 0] if self.config.channels == 1 else g.permute(0, 2, 3, 1)
         return tile_grid(g.cpu().numpy(), cols=int(math.sqrt(len(g))))
 

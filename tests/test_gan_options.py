@@ -1,0 +1,114 @@
+"""DCGAN's options for small data sets against their definitions: DiffAugment's translation and cutout
+(against a pixel-loop oracle), the moving average of the generator's weights (against the recursion written
+out), and the trainer's evaluation every N epochs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from zoo.models.dcgan import diff_augment
+
+
+def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """image (C, H, W) moved so that output[r, c] = image[r + dy, c + dx], the background (-1) filling in."""
+    _, h, w = image.shape
+    out = np.full_like(image, -1.0)
+    for r in range(h):
+        for c in range(w):
+            if 0 <= r + dy < h and 0 <= c + dx < w:
+                out[:, r, c] = image[:, r + dy, c + dx]
+    return out
+
+
+def test_translation_moves_each_image_by_at_most_an_eighth():
+    torch.manual_seed(0)
+    x = torch.rand(16, 2, 16, 16) * 2 - 1  # (N, C, H, W)
+    y = diff_augment(x, "translation").numpy()
+    seen = set()
+    for i in range(len(x)):
+        shifts = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                  if np.array_equal(_shifted(x[i].numpy(), dy, dx), y[i])]  # fmt: skip
+        assert shifts, f"image {i} is not a shift of at most 2 pixels of its input"
+        seen.add(shifts[0])
+    assert len(seen) > 1  # the shifts are drawn per image
+
+
+def test_cutout_blanks_one_square_of_half_the_size():
+    torch.manual_seed(1)
+    x = torch.rand(8, 1, 12, 12) + 0.5  # strictly above the background
+    y = diff_augment(x, "cutout")
+    for i in range(len(x)):
+        blank = (y[i, 0] == -1).numpy()
+        rows, cols = np.nonzero(blank)
+        assert blank.sum() == 36 and np.ptp(rows) == 5 and np.ptp(cols) == 5  # one 6x6 square
+        np.testing.assert_array_equal(y[i, 0].numpy()[~blank], x[i, 0].numpy()[~blank])
+
+
+@pytest.mark.parametrize("kinds", ["translation", "cutout", "translation,cutout"])
+def test_augmentation_passes_the_gradient_to_what_it_keeps(kinds):
+    x = (torch.rand(4, 1, 8, 8) * 2 - 1).requires_grad_(True)
+    weights = torch.randn(4, 1, 8, 8)
+    torch.manual_seed(2)
+    (diff_augment(x, kinds) * weights).sum().backward()
+    # finite difference in one kept pixel of each image: the gradient the gather carries is the weight there
+    torch.manual_seed(2)
+    y = diff_augment(x.detach(), kinds)
+    for i in range(4):
+        kept = torch.nonzero(x.grad[i, 0])
+        assert len(kept) > 0
+        r, c = kept[0].tolist()
+        bumped = x.detach().clone()
+        bumped[i, 0, r, c] += 0.5
+        torch.manual_seed(2)
+        delta = ((diff_augment(bumped, kinds) - y) * weights).sum().item() / 0.5
+        assert delta == pytest.approx(x.grad[i, 0, r, c].item(), rel=1e-5)
+
+
+def test_the_discriminator_sees_augmented_images_only_while_training():
+    m = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, augment="translation")
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    m.eval()
+    assert m.seen_by_d(x) is x
+    m.train()
+    torch.manual_seed(3)
+    assert not torch.equal(m.seen_by_d(x), x)
+    assert zoo.create_model("dcgan-mnist", ngf=4, ndf=4).train().seen_by_d(x) is x  # "none" by default
+
+
+def test_the_moving_average_follows_its_recursion_and_is_what_ships():
+    torch.manual_seed(4)
+    m = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, nz=8, ema=0.9, samples_per_epoch_grid=4)
+    opt = m.configure_optimizers(zoo.get_model_entry("dcgan-mnist").train)
+    expected = {k: v.clone() for k, v in m.generator.named_parameters()}
+    for epoch in (3, 3, 3):  # phase 3: both players step
+        m.training_step(torch.rand(8, 28, 28), None, opt, epoch)
+        for k, v in m.generator.named_parameters():
+            expected[k] = 0.9 * expected[k] + 0.1 * v.detach()
+    for k, v in m.generator_ema.named_parameters():
+        torch.testing.assert_close(v, expected[k], rtol=1e-6, atol=1e-7)
+        assert not v.requires_grad
+    for averaged, trained in zip(m.generator_ema.buffers(), m.generator.buffers()):
+        assert torch.equal(averaged, trained)  # BatchNorm's running statistics: G's own
+    assert m.sampler is m.generator_ema and m.export_parts()["generator"] is m.generator_ema
+    plain = zoo.create_model("dcgan-mnist", ngf=4, ndf=4)
+    assert plain.sampler is plain.generator and not hasattr(plain, "generator_ema")
+
+
+def test_evaluation_every_n_epochs(tmp_path, monkeypatch):
+    import zoo.evaluate
+    from zoo.train import train
+
+    monkeypatch.setattr(zoo.evaluate, "gan_metrics", lambda generated, images: {})
+    kw = dict(batch_size=8, seed=0, limit=16, progress=False, ngf=4, ndf=4, nz=8, samples_per_epoch_grid=4)
+    run = train("dcgan-mnist", tmp_path / "run", epochs=5, eval_every=2, **kw)
+    evaluated = [h["epoch"] for h in run["history"] if "d_accuracy" in h]
+    assert evaluated == [2, 4, 5]  # every second epoch and the last
+    assert [h["epoch"] for h in run["history"]] == [1, 2, 3, 4, 5]  # time is kept for every epoch
+    assert run["final"]["epoch"] == 5 and "d_accuracy" in run["final"]
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["train"]["eval_every"] == 2
