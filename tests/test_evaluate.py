@@ -70,3 +70,30 @@ def test_real_digits_score_at_their_floor():
     blurred = [(d + np.roll(d, 1, axis=1) + np.roll(d, 1, axis=2)) / 3 for d in draws]  # worse digits
     worse = generative_figures(blurred, val)
     assert worse["fid_mean"] > floor["floor_fid_mean"] and worse["pca_fd_mean"] > floor["floor_pca_fd_mean"]
+
+
+def test_digit_groups_join_a_broken_stroke_but_not_two_digits():
+    from zoo.evaluate import _digit_groups
+
+    mask = np.zeros((48, 48), bool)
+    mask[5:10, 5:8] = mask[13:18, 5:8] = True  # one digit broken in two: joint box 13x3
+    mask[30:45, 30:40] = True  # another digit far away: the joint box would be 40 pixels tall
+    blobs, groups = _digit_groups(mask, side=20)
+    assert sorted(len(g) for g in groups) == [1, 2]
+    joined = next(g for g in groups if len(g) == 2)
+    assert set(np.unique(blobs[5:18, 5:8])) - {0} == set(joined)
+
+
+def test_threshold_baseline_finds_exactly_the_labelled_ink():
+    """The labels mark a digit where its stroke is at least SEG_STROKE: the baseline's ink is the truth's
+    (background IoU 1), and LeNet names most digits; its figures go on DeconvNet's card beside the net's."""
+    from zoo.data import SEG_DIGIT, SEG_STROKE, load_dataset
+    from zoo.evaluate import segmentation_scores, threshold_and_classify
+
+    val = load_dataset("mnist-seg", "val", size=(48, 48))
+    images, labels = val.images[:100], val.labels[:100]
+    pred = threshold_and_classify(images, SEG_STROKE, SEG_DIGIT)
+    np.testing.assert_array_equal(pred > 0, labels > 0)
+    scores = segmentation_scores(pred, labels, 11)
+    assert scores["val_iou_background"] == 1.0 and scores["val_miou_digits"] > 0.85
+    assert {f"val_iou_class_{k}" for k in range(1, 11)} <= set(scores)

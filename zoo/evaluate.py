@@ -184,6 +184,60 @@ def real_data_floor(weights_dir=None) -> dict:
     }
 
 
+def _digit_groups(mask: np.ndarray, side: int) -> tuple[np.ndarray, list[list[int]]]:
+    """(component labels (H, W), groups of component ids): the 8-connected ink components of ``mask``, joined
+    greedily (the pair whose joint bounding box is smallest first) while the joint box fits ``side`` x ``side``,
+    so that a digit whose stroke breaks below the threshold is read whole."""
+    from scipy import ndimage
+
+    blobs, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    boxes = [[s[0].start, s[0].stop, s[1].start, s[1].stop] for s in ndimage.find_objects(blobs)]
+    groups = [[k + 1] for k in range(count)]
+    while True:
+        best = None
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                u = [min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])]
+                if u[1] - u[0] <= side and u[3] - u[2] <= side:
+                    area = (u[1] - u[0]) * (u[3] - u[2])
+                    if best is None or area < best[0]:
+                        best = (area, i, j, u)
+        if best is None:
+            return blobs, groups
+        _, i, j, boxes[i] = best
+        groups[i] += groups.pop(j)
+        boxes.pop(j)
+
+
+def threshold_and_classify(canvases: np.ndarray, stroke: float, digit_side: int = 20, weights_dir=None) -> np.ndarray:
+    """A segmentation without training, the baseline a segmentation network must beat on digit canvases:
+    every pixel at least ``stroke`` is ink; ink components are grouped into digits no larger than
+    ``digit_side`` (``_digit_groups``), each cut out with its soft edges, fitted into 28x28 by MNIST's recipe
+    and classified by LeNet; a digit's ink pixels get 1 + its class.
+    canvases (N, H, W) in [0, 1] -> label maps (N, H, W) int64."""
+    from scipy import ndimage
+
+    from zoo.images import fit_digit
+
+    pred = np.zeros(canvases.shape, np.int64)
+    crops, where = [], []
+    for n, canvas in enumerate(canvases):
+        blobs, groups = _digit_groups(canvas >= stroke, digit_side)
+        for group in groups:
+            member = np.isin(blobs, group)  # (H, W): this digit's ink
+            rows, cols = np.flatnonzero(member.any(1)), np.flatnonzero(member.any(0))
+            box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            edges = ndimage.binary_dilation(member)[box]  # the ink and the pixels around it
+            crops.append(fit_digit(np.where(edges, canvas[box], 0.0), 20, 28))
+            where.append((n, member))
+    if crops:
+        classes = classify(np.stack(crops), weights_dir)[0].argmax(1)
+        for (n, member), c in zip(where, classes):
+            pred[n][member] = c + 1
+    return pred
+
+
 def segmentation_scores(pred: np.ndarray, truth: np.ndarray, classes: int) -> dict:
     """Pixel accuracy and mean intersection over union (the PASCAL VOC measure: per class, |P ∩ T| / |P ∪ T|
     over the whole set, averaged over the classes present in the truth or the prediction).
@@ -202,4 +256,5 @@ def segmentation_scores(pred: np.ndarray, truth: np.ndarray, classes: int) -> di
         "val_miou": float(np.nanmean(iou)) if present.any() else float("nan"),
         "val_iou_background": float(iou[0]),
         "val_miou_digits": float(np.nanmean(iou[1:])) if present[1:].any() else float("nan"),
+        **{f"val_iou_class_{k}": float(iou[k]) for k in range(1, classes) if present[k]},
     }

@@ -224,6 +224,26 @@ def _generative_table(m: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _segmentation_table(m: dict, config: dict) -> list[str]:
+    """The network's IoU beside the training-free baseline's, overall and class by class."""
+    if "baseline_val_miou" not in m:
+        return []
+    lines = [
+        "The network beside a baseline without training (`zoo.evaluate.threshold_and_classify`: threshold the "
+        "canvas at the labels' stroke level, group the ink into digit-sized blobs, classify each with LeNet):",
+        "",
+        "| IoU on held-out canvases | network | threshold + LeNet |",
+        "|---|---|---|",
+    ]
+    rows = [("mean over the classes (mIoU)", "val_miou"), ("background", "val_iou_background"),
+            ("mean over the digits", "val_miou_digits")]  # fmt: skip
+    rows += [(f"digit {k - 1}", f"val_iou_class_{k}") for k in range(1, config.get("classes", 11))]
+    for label, key in rows:
+        if key in m and f"baseline_{key}" in m:
+            lines.append(f"| {label} | {m[key]:.3f} | {m[f'baseline_{key}']:.3f} |")
+    return [*lines, ""]
+
+
 def render_card(card: dict) -> str:
     """The human-readable model card (Markdown) for a card's data."""
     m = card["metrics"]
@@ -282,6 +302,7 @@ def render_card(card: dict) -> str:
         "",
         *([f"({card['metrics_note']})", ""] if card.get("metrics_note") else []),
         *_generative_table(m),
+        *_segmentation_table(m, card.get("config", {})),
     ]
     snippet = card.get("snippets", {})
     if snippet:

@@ -182,9 +182,16 @@ class DeconvNet(ZooModel):
         return torch.cat(out).cpu().numpy()
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict:
-        from zoo.evaluate import segmentation_scores
+        from zoo.data import SEG_DIGIT, SEG_STROKE
+        from zoo.evaluate import available, segmentation_scores, threshold_and_classify
 
-        return segmentation_scores(self.predict(images), labels, self.config.classes)
+        scores = segmentation_scores(self.predict(images), labels, self.config.classes)
+        if self.config.classes == 11 and self.config.channels == 1 and available():  # digit canvases
+            # the training-free baseline beside it: threshold at the labels' stroke level, classify each blob
+            baseline = threshold_and_classify(images, SEG_STROKE, SEG_DIGIT)  # (N, H, W) label maps
+            baseline = segmentation_scores(baseline, labels, self.config.classes)
+            scores |= {f"baseline_{k}": v for k, v in baseline.items()}
+        return scores
 
     def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
         return (torch.rand(batch, self.config.channels, *self.config.image_size),)
