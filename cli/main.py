@@ -597,7 +597,7 @@ def info(model_path):
 
 
 def _generator_path(model: str) -> Path:
-    """A shipped generator's ONNX file from its weights name (dcgan-mnist, cgen-mnist), or a path."""
+    """A shipped generator's ONNX file from its weights name (dcgan-mnist, cdcgan-mnist, cgen-mnist), or a path."""
     p = Path(model)
     if p.suffix == ".onnx":
         return p
@@ -619,19 +619,29 @@ MAX_LATENT_WIDTH = 1 << 16  # a generator's input (batch, width); more is no gen
     "count",
     type=click.IntRange(1, 1024),
     default=None,
-    help="Number of samples [64 latent points; for a class-code generator, one per class].",
+    help="Number of samples [64; with class codes and no --class: 8 rows of one per class].",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the latent points.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="cpu", help="cpu/cuda: this runtime; ort.")
+@click.option(
+    "--class",
+    "wanted",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Only this class (a generator with a class code: cdcgan-mnist, cgen-mnist).",
+)
 @click.option("--interpolate", is_flag=True, help="A row of images between two latent points (or two class codes).")
 @click.option("--steps", type=click.IntRange(2, 64), default=10, help="Images in the --interpolate row.")
-@click.option("--classes", nargs=2, type=int, default=(0, 9), help="Class codes to interpolate between (cgen).")
+@click.option(
+    "--classes", nargs=2, type=int, default=(0, 9), help="Class codes to interpolate between (without --class)."
+)
 @click.option(
     "--out", "out_path", type=click.Path(dir_okay=False), default=None, help="PNG to write [MODEL-samples.png]."
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing PNG.")
-def sample(model, count, seed, backend, interpolate, steps, classes, out_path, force):
-    """Draw samples from a generator (dcgan-mnist, cgen-mnist or an ONNX file) into a PNG grid (no torch)."""
+def sample(model, count, seed, backend, wanted, interpolate, steps, classes, out_path, force):
+    """Draw samples from a generator (dcgan-mnist, cdcgan-mnist, cgen-mnist or an ONNX file) into a PNG grid
+    (no torch)."""
     import math
 
     import numpy as np
@@ -645,21 +655,42 @@ def sample(model, count, seed, backend, interpolate, steps, classes, out_path, f
     with writing(out_path):
         out = check_writable(out_path, force)
     sess = open_session(str(path), backend)
-    arg = _latent_input(path, sess.get_inputs())
-    width = arg.shape[1]
+    latent, code = _generator_inputs(path, sess.get_inputs())
+    k = code.shape[1] if code is not None else 0  # classes
+    if wanted is not None and code is None:
+        raise click.BadParameter(
+            f"'{path}' takes no class code (inputs: {latent.name}); drop --class", param_hint="--class"
+        )
+    if wanted is not None and wanted >= k:
+        raise click.BadParameter(f"{wanted}: '{path}' has classes 0 to {k - 1}", param_hint="--class")
     rng = np.random.default_rng(seed)
+    by_column = code is not None and wanted is None and not interpolate  # one column per class
     if count is None:
-        count = width if arg.name == "class_code" else 64
-    if arg.name == "class_code":
-        a, b = (np.eye(width, dtype=np.float32)[c % width] for c in classes)
-        codes = np.eye(width, dtype=np.float32)[np.arange(count) % width]  # (count, classes), class by column
-    else:
-        a, b = rng.standard_normal((2, width)).astype(np.float32)
-        codes = rng.standard_normal((count, width)).astype(np.float32)  # (count, nz)
+        count = (k if latent is None else 8 * k) if by_column else 1 if latent is None and wanted is not None else 64
+    feed = {}
     if interpolate:
-        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
-        codes = (1 - t) * a + t * b  # (steps, width): straight line between the two points
-    images = sess.run(None, {arg.name: np.ascontiguousarray(codes)})[0]  # (n, C, H, W)
+        t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]  # (steps, 1)
+        if code is not None and wanted is None:  # between two class codes, the latent point held
+            a, b = (np.eye(k, dtype=np.float32)[c % k] for c in classes)
+            feed[code.name] = (1 - t) * a + t * b  # (steps, classes)
+            if latent is not None:
+                feed[latent.name] = np.repeat(rng.standard_normal((1, latent.shape[1])).astype(np.float32), steps, 0)
+        else:  # between two latent points, of one class when there is a class code
+            if latent is None:
+                raise click.BadParameter(f"'{path}' has no latent input to move along", param_hint="--interpolate")
+            a, b = rng.standard_normal((2, latent.shape[1])).astype(np.float32)
+            feed[latent.name] = (1 - t) * a + t * b  # (steps, nz): straight line between the two points
+            if code is not None:
+                feed[code.name] = np.repeat(np.eye(k, dtype=np.float32)[[wanted]], steps, 0)  # (steps, classes)
+    else:
+        if code is not None:
+            which = np.full(count, wanted) if wanted is not None else np.arange(count) % k  # (count,)
+            feed[code.name] = np.eye(k, dtype=np.float32)[which]  # (count, classes)
+        if latent is not None:
+            rows = math.ceil(count / k) if by_column else count
+            z = rng.standard_normal((rows, latent.shape[1])).astype(np.float32)  # (rows, nz)
+            feed[latent.name] = np.repeat(z, k, 0)[:count] if by_column else z  # a row shares its z
+    images = sess.run(None, {name: np.ascontiguousarray(v) for name, v in feed.items()})[0]  # (n, C, H, W)
     if images.ndim != 4 or images.shape[1] not in (1, 3) or 0 in images.shape or images.dtype.kind not in "fiu":
         raise click.BadParameter(
             f"'{path}' gives a {images.dtype} output of shape {images.shape}; expected images (n, 1 or 3, H, W)",
@@ -669,7 +700,7 @@ def sample(model, count, seed, backend, interpolate, steps, classes, out_path, f
     if meta.get("output_range") == "[-1, 1]":
         images = (images + 1) / 2
     images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
-    cols = len(images) if interpolate else (width if arg.name == "class_code" else int(math.ceil(math.sqrt(count))))
+    cols = len(images) if interpolate else (k if by_column else int(math.ceil(math.sqrt(count))))
     grid = tile_grid(np.clip(images, 0, 1), cols=min(cols, len(images)))
     scale = max(2, 56 // images.shape[1])  # a grid and a strip alike: tiles of at least 56 pixels
     from PIL import Image
@@ -677,22 +708,31 @@ def sample(model, count, seed, backend, interpolate, steps, classes, out_path, f
     picture = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
     with writing(out):
         save_png(out, picture)
-    click.echo(printable(f"wrote {out} ({len(images)} samples of {path.name}, {backend})"))
+    of_class = f" of class {wanted}" if wanted is not None else ""
+    click.echo(printable(f"wrote {out} ({len(images)} samples{of_class} of {path.name}, {backend})"))
 
 
-def _latent_input(path: Path, inputs: list):
-    """A generator's one input, (batch, width) floats: latent points or one-hot class codes."""
+def _generator_inputs(path: Path, inputs: list):
+    """(latent input or None, class-code input or None) of a generator: one tensor(float) input of shape
+    (batch, width), latent points unless it is named class_code, or the two inputs z and class_code."""
     shapes = ", ".join(f"{arg.name} {arg.type} {arg.shape}" for arg in inputs) or "none"
-    arg = inputs[0] if len(inputs) == 1 else None
-    shape = list(arg.shape or []) if arg is not None else []
-    width = shape[1] if len(shape) == 2 else None
-    if arg is None or arg.type != "tensor(float)" or not isinstance(width, int) or not 0 < width <= MAX_LATENT_WIDTH:
-        raise click.BadParameter(
-            f"'{path}' has inputs {shapes}; expected a generator: one tensor(float) input of shape (batch, width), "
-            f"width at most {MAX_LATENT_WIDTH}",
-            param_hint="MODEL",
-        )
-    return arg
+    names = [arg.name for arg in inputs]
+
+    def fits(arg) -> bool:
+        shape = list(arg.shape or [])
+        width = shape[1] if len(shape) == 2 else None
+        return arg.type == "tensor(float)" and isinstance(width, int) and 0 < width <= MAX_LATENT_WIDTH
+
+    if len(inputs) == 1 and fits(inputs[0]):
+        return (None, inputs[0]) if names == ["class_code"] else (inputs[0], None)
+    if sorted(names) == ["class_code", "z"] and all(fits(arg) for arg in inputs):
+        by_name = {arg.name: arg for arg in inputs}
+        return by_name["z"], by_name["class_code"]
+    raise click.BadParameter(
+        f"'{path}' has inputs {shapes}; expected a generator: one tensor(float) input of shape (batch, width), or "
+        f"two named z and class_code, width at most {MAX_LATENT_WIDTH}",
+        param_hint="MODEL",
+    )
 
 
 @cli.command()

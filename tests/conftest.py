@@ -71,6 +71,18 @@ def runtime_run(model: bytes | str, feed: dict, backend: str = "cpu") -> list[np
     return runtime.InferenceSession(model, backend=backend).run(None, feed)
 
 
+def read_test_data(folder: Path) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
+    """An ONNX Model Zoo ``test_data_set_k`` folder: (feed {input name: array} from input_0.pb, input_1.pb, ...,
+    the expected outputs from output_0.pb, ...)."""
+
+    def tensors(prefix: str) -> list:
+        files = sorted(folder.glob(f"{prefix}_*.pb"), key=lambda p: int(p.stem.split("_")[-1]))
+        return [onnx.load_tensor(str(p)) for p in files]
+
+    feed = {t.name: numpy_helper.to_array(t) for t in tensors("input")}
+    return feed, [numpy_helper.to_array(t) for t in tensors("output")]
+
+
 def assert_close(got, expected, atol: float = ATOL, switch_flips: float = 0.0, rtol: float = 0.0):
     """Elementwise agreement within ``atol + rtol·|expected|``. ``switch_flips``: the fraction of elements allowed
     to differ more, for graphs with max-pool switches (DeconvNet) fed random inputs, where two windows whose values

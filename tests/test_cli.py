@@ -247,7 +247,7 @@ def test_publish_writes_card_and_manifest(trained, tmp_path):
     assert result.exit_code == 1 and "already exists" in result.output
 
 
-@pytest.mark.parametrize("model", ["dcgan-mnist", "cgen-mnist"])
+@pytest.mark.parametrize("model", ["dcgan-mnist", "cdcgan-mnist", "cgen-mnist"])
 def test_sample_writes_a_grid_without_torch(model, tmp_path):
     """`zoo sample` on a shipped generator in a process where torch cannot be imported; same seed, same PNG,
     and the runtime's picture equals onnxruntime's to the last grey level."""

@@ -56,12 +56,13 @@ def test_real_digits_score_at_their_floor():
     """Held-out-sized draws of real training digits, fed as if generated, score what the floor says: the floor
     is the same computation on the same kind of draws."""
     from zoo.data import load_dataset
-    from zoo.evaluate import DRAWS, generative_figures, real_data_floor
+    from zoo.evaluate import DRAWS, classify, generative_figures, real_data_floor
 
     train = load_dataset("mnist", "train", size=(28, 28)).images
     val = load_dataset("mnist", "val", size=(28, 28)).images
     draws = [train[np.random.default_rng(s).choice(len(train), len(val), replace=False)] for s in range(DRAWS)]
     got, floor = generative_figures(draws, val), real_data_floor()
+    assert got["fid"] == frechet_distance(classify(draws[0])[1], classify(val)[1])  # the first draw's, alone
     for key in ("fid", "inception_score", "pca_fd", "confident"):
         assert got[f"{key}_mean"] == pytest.approx(floor[f"floor_{key}_mean"], rel=1e-6), key
         assert got[f"{key}_sd"] == pytest.approx(floor[f"floor_{key}_sd"], rel=1e-6), key
@@ -97,3 +98,32 @@ def test_threshold_baseline_finds_exactly_the_labelled_ink():
     scores = segmentation_scores(pred, labels, 11)
     assert scores["val_iou_background"] == 1.0 and scores["val_miou_digits"] > 0.85
     assert {f"val_iou_class_{k}" for k in range(1, 11)} <= set(scores)
+
+
+def test_per_class_figures_of_real_digits():
+    """Real training digits, asked for as their own classes, score as the instruments see real digits: LeNet's
+    and the SVM's accuracies are their accuracies on those digits (computed here directly), each class's FID
+    sits near its floor, and digits labelled with the wrong class fail that class."""
+    from sklearn.svm import SVC
+
+    from zoo.data import load_dataset
+    from zoo.evaluate import classify, per_class_figures
+
+    train = load_dataset("mnist", "train", size=(28, 28))
+    val = load_dataset("mnist", "val", size=(28, 28))
+    rng = np.random.default_rng(7)
+    picks = np.concatenate([rng.choice(np.flatnonzero(train.labels == k), 50, replace=False) for k in range(10)])
+    draws, intended = [train.images[picks]], train.labels[picks]
+    got = per_class_figures(draws, intended, val.images, val.labels)
+    lenet = classify(train.images[picks])[0].argmax(1)
+    assert got["class_accuracy"] == pytest.approx(float((lenet == intended).mean()), abs=1e-12)
+    svm = SVC(C=10.0, gamma=0.02).fit(train.images.reshape(len(train.images), -1), train.labels)
+    oracle = svm.predict(train.images[picks].reshape(len(picks), -1))  # on its own training digits
+    assert got["class_accuracy_svm"] == pytest.approx(float((oracle == intended).mean()), abs=1e-12)
+    assert 0.95 < got["real_class_accuracy_svm"] < got["real_class_accuracy"] + 0.02  # the ceilings
+    for k in range(10):
+        assert got[f"class_accuracy_{k}"] > 0.9
+        assert got[f"fid_class_{k}"] < 3 * got[f"floor_fid_class_{k}"], k
+    wrong = per_class_figures(draws, (intended + 1) % 10, val.images, val.labels)
+    assert wrong["class_accuracy_min"] < 0.1 and wrong["class_accuracy_svm"] < 0.1
+    assert all(wrong[f"fid_class_{k}"] > got[f"fid_class_{k}"] for k in range(10))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import zoo
-from tests.conftest import assert_close, ort_run, runtime_run
+from tests.conftest import assert_close, ort_run, read_test_data, runtime_run
 from zoo.export import IR_VERSION, export_onnx, model_part
 
 MODELS = zoo.list_models()
@@ -79,37 +79,40 @@ def test_export_is_clean_and_checked(exported):
     assert report["max_abs_err_onnxruntime_vs_torch"] <= ATOL.get(name, 1e-5)
 
 
-def _inputs(model, batch: int) -> np.ndarray:
-    shape = model.example_input(1)[0].shape[1:]
+def _inputs(model, batch: int) -> dict[str, np.ndarray]:
+    """A random feed for every input of ``model``: one-hot rows for class codes, N(0, 1) latent points, else
+    uniform [0, 1)."""
     rng = np.random.default_rng(batch)
-    if model.input_names == ("class_code",):
-        return np.eye(shape[0], dtype=np.float32)[rng.integers(0, shape[0], batch)]
-    return rng.random((batch, *shape), dtype=np.float32)
+    feed = {}
+    for name, example in zip(model.input_names, model.example_input(1), strict=True):
+        shape = example.shape[1:]
+        if name == "class_code":
+            feed[name] = np.eye(shape[0], dtype=np.float32)[rng.integers(0, shape[0], batch)]
+        elif name == "z":
+            feed[name] = rng.standard_normal((batch, *shape)).astype(np.float32)
+        else:
+            feed[name] = rng.random((batch, *shape), dtype=np.float32)
+    return feed
 
 
 @pytest.mark.parametrize("batch", [1, 7, 256])
 def test_runtime_matches_onnxruntime_and_torch(exported, batch):
     name, model, path, _ = exported
-    x = _inputs(model, batch)
-    feed = {model.input_names[0]: x}
+    feed = _inputs(model, batch)
     got = runtime_run(str(path), feed)
     flips = SWITCH_FLIPS.get(name, 0.0)
     assert_close(got, ort_run(str(path), feed), atol=ATOL.get(name, 1e-5), switch_flips=flips)
     with torch.no_grad():
-        reference = model(torch.from_numpy(x))
+        reference = model(*(torch.from_numpy(feed[n]) for n in model.input_names))
     reference = [t.numpy() for t in (reference if isinstance(reference, tuple) else (reference,))]
     assert_close(got, reference, atol=ATOL.get(name, 1e-5), switch_flips=flips)
 
 
 def test_test_data_set_beside_the_export(exported):
     name, model, path, _ = exported
-    folder = path.parent / path.stem / "test_data_set_0"
-    x = onnx.numpy_helper.to_array(onnx.load_tensor(str(folder / "input_0.pb")))
-    outputs = [
-        onnx.numpy_helper.to_array(onnx.load_tensor(str(folder / f"output_{k}.pb")))
-        for k in range(len(model.output_names))
-    ]
-    assert_close(runtime_run(str(path), {model.input_names[0]: x}), outputs, atol=ATOL.get(name, 1e-5))
+    feed, outputs = read_test_data(path.parent / path.stem / "test_data_set_0")
+    assert list(feed) == list(model.input_names) and len(outputs) == len(model.output_names)
+    assert_close(runtime_run(str(path), feed), outputs, atol=ATOL.get(name, 1e-5))
 
 
 def test_export_refuses_to_overwrite(exported, tmp_path):

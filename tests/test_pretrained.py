@@ -9,21 +9,13 @@ import shutil
 
 import numpy as np
 import pytest
-from onnx import numpy_helper
 
 import zoo
+from tests.conftest import read_test_data
 from zoo.cards import default_weights_dir, load_cards
 from zoo.errors import ZooError
 
 CARDS = {c["name"]: c for c in load_cards(default_weights_dir())}
-
-
-def _read(path):
-    from onnx import TensorProto
-
-    t = TensorProto()
-    t.ParseFromString(path.read_bytes())
-    return numpy_helper.to_array(t)
 
 
 @pytest.mark.parametrize("name", sorted(CARDS))
@@ -36,12 +28,12 @@ def test_pretrained_model_computes_its_shipped_test_data(name):
     parts = model.export_parts() or {None: model}
     for part, module in parts.items():
         folder = default_weights_dir() / (f"{name}.{part}" if part else name) / "test_data_set_0"
-        x = _read(folder / "input_0.pb")
+        feed, outputs = read_test_data(folder)
+        assert list(feed) == list(module.input_names) and len(outputs) == len(module.output_names)
         with torch.no_grad():
-            got = module(torch.from_numpy(x.copy()))
+            got = module(*(torch.from_numpy(feed[name].copy()) for name in module.input_names))
         got = got if isinstance(got, tuple) else (got,)
-        for k, y in enumerate(got):
-            expected = _read(folder / f"output_{k}.pb")
+        for y, expected in zip(got, outputs, strict=True):
             np.testing.assert_allclose(y.numpy(), expected, atol=1e-5, rtol=1e-6)
 
 

@@ -10,7 +10,15 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import SIMULATED, WEIGHTS, assert_close, near_tie_samples, ort_run, runtime_run
+from tests.conftest import (
+    SIMULATED,
+    WEIGHTS,
+    assert_close,
+    near_tie_samples,
+    ort_run,
+    read_test_data,
+    runtime_run,
+)
 from zoo.bench import _feed_for, macs_per_sample
 from zoo.cards import MANIFEST, load_cards, load_manifest, verify_file
 from zoo.data import load_dataset
@@ -19,7 +27,10 @@ from zoo.errors import ZooError
 CARDS = load_cards(WEIGHTS)
 CARD_IDS = [c["name"] for c in CARDS]
 ONNX_FILES = [f for c in CARDS for f in c["files"] if f.endswith(".onnx")]
-SHIPPED = ("sparse-ae-mnist", "sparse-ae-digits8", "lenet-mnist", "cgen-mnist", "dcgan-mnist", "deconvnet-digits")
+SHIPPED = (
+    "sparse-ae-mnist", "sparse-ae-digits8", "lenet-mnist", "cgen-mnist", "dcgan-mnist", "cdcgan-mnist",
+    "deconvnet-digits",
+)  # fmt: skip
 
 
 def _val(card):
@@ -97,6 +108,35 @@ def test_cgen_class_accuracy_recomputed_without_torch():
     card = next(c for c in CARDS if c["name"] == "cgen-mnist")
     (images,) = runtime_run(str(WEIGHTS / "cgen-mnist.onnx"), {"class_code": np.eye(10, dtype=np.float32)})
     assert class_accuracy(images[:, 0], np.arange(10)) == {"class_accuracy": card["metrics"]["class_accuracy"]}
+
+
+def test_cdcgan_class_figures_recomputed_through_the_onnx_files():
+    """The conditional generator's class accuracies from its shipped ONNX file on this runtime, fed the card's
+    own draws (z from torch's seeded generator, as ``CDCGAN.draw`` makes them; the network itself is not
+    run in torch): LeNet's and the SVM's accuracy, overall and class by class, within a handful of flipped
+    decisions of the card's (float32 sums in another order)."""
+    import torch
+
+    from zoo.evaluate import DRAWS, classify, svm_classify
+
+    card = next(c for c in CARDS if c["name"] == "cdcgan-mnist")
+    m, nz, k = card["metrics"], card["config"]["nz"], card["config"]["classes"]
+    n = card["val_examples"]
+    classes = np.arange(n) % k  # (n,): every class in turn
+    code = np.eye(k, dtype=np.float32)[classes]  # (n, classes)
+    images = []
+    for seed in range(DRAWS):
+        z = torch.randn(n, nz, generator=torch.Generator().manual_seed(seed)).numpy()  # (n, nz)
+        (g,) = runtime_run(str(WEIGHTS / "cdcgan-mnist.generator.onnx"), {"z": z, "class_code": code})
+        images.append((g[:, 0] + 1) / 2)  # (n, 28, 28) in [0, 1]
+    images, wanted = np.concatenate(images), np.tile(classes, DRAWS)
+    lenet, svm = classify(images)[0].argmax(1), svm_classify(images)
+    slack = 3 / len(wanted)
+    assert float((lenet == wanted).mean()) == pytest.approx(m["class_accuracy"], abs=slack)
+    assert float((svm == wanted).mean()) == pytest.approx(m["class_accuracy_svm"], abs=slack)
+    for c in range(k):
+        mine = wanted == c
+        assert float((lenet[mine] == c).mean()) == pytest.approx(m[f"class_accuracy_{c}"], abs=3 / mine.sum())
 
 
 def test_deconvnet_miou_recomputed_without_torch():
@@ -185,10 +225,8 @@ def _data_set_cases():
 @pytest.mark.parametrize("file, backend", list(_data_set_cases()))
 def test_shipped_test_data_set(file, backend):
     """The ONNX Model Zoo style test data beside each shipped file (inputs and torch's outputs)."""
-    folder = WEIGHTS / file[: -len(".onnx")] / "test_data_set_0"
-    x = onnx.load_tensor(str(folder / "input_0.pb"))
-    expected = [onnx.numpy_helper.to_array(onnx.load_tensor(str(p))) for p in sorted(folder.glob("output_*.pb"))]
-    value = onnx.numpy_helper.to_array(x)
-    value = value[:2] if backend == "cuda" else value
-    got = runtime_run(str(WEIGHTS / file), {x.name: value}, backend)
-    assert_close(got, [e[: len(value)] for e in expected], rtol=1e-6)  # rtol: as in the test above
+    feed, expected = read_test_data(WEIGHTS / file[: -len(".onnx")] / "test_data_set_0")
+    feed = {name: x[:2] for name, x in feed.items()} if backend == "cuda" else feed
+    got = runtime_run(str(WEIGHTS / file), feed, backend)
+    n = len(next(iter(feed.values())))
+    assert_close(got, [e[:n] for e in expected], rtol=1e-6)  # rtol: as in the test above

@@ -249,17 +249,18 @@ def export_onnx(
 
         sample = model.onnx_sample(*data) if data is not None else None
         if sample is None:
-            sample = example[0].numpy()
-        x = np.ascontiguousarray(sample, dtype=np.float32)
+            sample = tuple(t.numpy() for t in example)
+        # one array per graph input (a conditional generator takes z and a class code)
+        xs = [np.ascontiguousarray(a, dtype=np.float32) for a in (sample if isinstance(sample, tuple) else (sample,))]
         with torch.no_grad():
-            expected = model(torch.from_numpy(x))
+            expected = model(*(torch.from_numpy(x) for x in xs))
         expected = [t.numpy() for t in (expected if isinstance(expected, tuple) else (expected,))]
-        feed = {model.input_names[0]: x}
+        feed = dict(zip(model.input_names, xs, strict=True))
         report = {
             "path": str(out_path),
             "opset": opset,
             "ir_version": IR_VERSION,
-            "batch": len(x),
+            "batch": len(xs[0]),
             "nodes": [n.op_type for n in proto.graph.node],
             "weight_bytes": weight_bytes,
             **({"external_data": str(data_path)} if external else {}),
@@ -289,7 +290,8 @@ def export_onnx(
         # output_k.pb of an earlier export survives beside the new graph.
         staged_tests = Path(staging) / "test_data_set_0"
         staged_tests.mkdir()
-        (staged_tests / "input_0.pb").write_bytes(numpy_helper.from_array(x, model.input_names[0]).SerializeToString())
+        for k, (name, x) in enumerate(feed.items()):
+            (staged_tests / f"input_{k}.pb").write_bytes(numpy_helper.from_array(x, name).SerializeToString())
         for k, (name, y) in enumerate(zip(model.output_names, expected)):
             (staged_tests / f"output_{k}.pb").write_bytes(numpy_helper.from_array(y, name).SerializeToString())
         for f in staged_tests.iterdir():

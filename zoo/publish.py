@@ -224,6 +224,31 @@ def _generative_table(m: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _per_class_table(m: dict, config: dict) -> list[str]:
+    """A class-conditional generator class by class (``zoo.evaluate.per_class_figures``): how often LeNet and
+    the pixel SVM see the class asked for, and the class's FID beside real digits' at the same size."""
+    if "class_accuracy_svm" not in m:
+        return []
+    lines = [
+        "Asked for each class in turn (5 draws pooled): the share that LeNet and a pixel SVM (a second classifier, "
+        "nothing shared with LeNet) call that class, and LeNet's FID against the held-out digits of the class "
+        "beside the floor, as many training digits of the class against the same held-out ones.",
+        "",
+        "| class | LeNet accuracy | SVM accuracy | FID | floor FID | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in range(config.get("classes", 10)):
+        keys = (f"class_accuracy_{k}", f"class_accuracy_svm_{k}", f"fid_class_{k}", f"floor_fid_class_{k}")
+        if all(key in m for key in keys):
+            a, b, f, r = (m[key] for key in keys)
+            lines.append(f"| {k} | {a:.3f} | {b:.3f} | {f:.4g} | {r:.4g} | {f / r:.2f} |")
+    lines.append(
+        f"| all (held-out real digits) | {m['class_accuracy']:.3f} ({m.get('real_class_accuracy', float('nan')):.3f})"
+        f" | {m['class_accuracy_svm']:.3f} ({m.get('real_class_accuracy_svm', float('nan')):.3f}) | | | |"
+    )
+    return [*lines, ""]
+
+
 def _segmentation_table(m: dict, config: dict) -> list[str]:
     """The network's IoU beside the training-free baseline's, overall and class by class."""
     if "baseline_val_miou" not in m:
@@ -302,6 +327,7 @@ def render_card(card: dict) -> str:
         "",
         *([f"({card['metrics_note']})", ""] if card.get("metrics_note") else []),
         *_generative_table(m),
+        *_per_class_table(m, card.get("config", {})),
         *_segmentation_table(m, card.get("config", {})),
     ]
     snippet = card.get("snippets", {})

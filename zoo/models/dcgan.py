@@ -127,13 +127,13 @@ class Generator(ZooModel):
     input_names = ("z",)
     output_names = ("image",)
 
-    def __init__(self, c: DCGANConfig):
+    def __init__(self, c: DCGANConfig, code_width: int = 0):
         super().__init__()
         self.config = c
         widths = [c.ngf * 2 ** (c.stages - 1 - i) for i in range(c.stages)]  # e.g. [1024, 512, 256, 128]
         layers = [
-            # project: (N, nz, 1, 1) -> (N, widths[0], base, base)
-            nn.ConvTranspose2d(c.nz, widths[0], c.base_size, stride=1, padding=0, bias=False),
+            # project: (N, nz + code_width, 1, 1) -> (N, widths[0], base, base); code_width: a conditional G's code
+            nn.ConvTranspose2d(c.nz + code_width, widths[0], c.base_size, stride=1, padding=0, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(True),
         ]
@@ -172,7 +172,7 @@ class Discriminator(ZooModel):
     def __init__(self, c: DCGANConfig):
         super().__init__()
         self.config = c
-        widths = [c.ndf * 2**i for i in range(c.stages)]  # e.g. [128, 256, 512, 1024]
+        self.widths = widths = [c.ndf * 2**i for i in range(c.stages)]  # e.g. [128, 256, 512, 1024]
         layers = [_down(c.channels, widths[0], c.kernel_size), nn.LeakyReLU(0.2, True)]  # no BatchNorm at the input
         for w_in, w_out in zip(widths, widths[1:]):
             # (N, w_in, s, s) -> (N, w_out, s/2, s/2)
@@ -237,11 +237,14 @@ class DCGAN(ZooModel):
         **{f"floor_{k}_mean": f"{k}_mean" for k in ("fid", "inception_score", "pca_fd", "confident")},
     }
 
+    generator_type: type = Generator  # a conditional GAN (zoo/models/cdcgan.py) brings its own two halves
+    discriminator_type: type = Discriminator
+
     def __init__(self, config: DCGANConfig):
         super().__init__()
         self.config = config
-        self.generator = Generator(config)
-        self.discriminator = Discriminator(config)
+        self.generator = self.generator_type(config)
+        self.discriminator = self.discriminator_type(config)
         if config.ema > 0:  # the average starts at G's initial weights and is never trained directly
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
         fixed = torch.Generator().manual_seed(1234)  # the same z every epoch, so the grids show G's progress
@@ -325,7 +328,7 @@ class DCGAN(ZooModel):
 
     @torch.no_grad()
     def evaluate(self, images: np.ndarray, labels=None) -> dict:
-        from zoo.evaluate import DRAWS, gan_metrics, generative_figures, real_data_floor
+        from zoo.evaluate import DRAWS, IMAGE_SIZE, available, generative_figures, real_data_floor
 
         self.eval()
         real = self.to_model_space(self.as_tensor(images))
@@ -343,18 +346,16 @@ class DCGAN(ZooModel):
             "d_fake_mean": float(d_fake.mean()),
             "d_accuracy": float(((d_real > 0.5).float().mean() + (d_fake < 0.5).float().mean()) / 2),
         }
-        generated = ((fake + 1) / 2).squeeze(1).cpu().numpy()  # (M, S, S) in [0, 1] for grey digits
-        metrics.update(gan_metrics(generated, images))
-        if "fid" in metrics:  # what real digits score: the floor of the FID, the ceiling of the score
-            floor = real_data_floor()
-            metrics["floor_fid_train_vs_val"] = floor["fid_train_vs_val"]
-            metrics["floor_inception_score_val"] = floor["inception_score_val"]
-            # DRAWS draws of z (the first is the one above), each as many images as held-out digits, beside
-            # the floor measured the same way: DRAWS training subsets of that size against the same digits
-            draws = [generated] + [((draw(s) + 1) / 2).squeeze(1).cpu().numpy() for s in range(1, DRAWS)]
-            metrics.update(generative_figures(draws, images))
-            metrics.update({k: v for k, v in floor.items() if k.startswith("floor_")})
-        return metrics
+        if tuple(fake.shape[1:]) != (1, *IMAGE_SIZE) or not available():
+            return metrics  # no digit classifier for these images
+        # DRAWS draws of z (the first is the one above), each as many images as held-out digits, beside the
+        # floor measured the same way: DRAWS training subsets of that size against the same digits
+        draws = [((g + 1) / 2).squeeze(1).cpu().numpy() for g in (fake, *(draw(s) for s in range(1, DRAWS)))]
+        metrics |= generative_figures(draws, images)  # with fid and inception_score of the first draw
+        floor = real_data_floor()  # what real digits score: the floor of the FID, the ceiling of the score
+        metrics["floor_fid_train_vs_val"] = floor["fid_train_vs_val"]
+        metrics["floor_inception_score_val"] = floor["inception_score_val"]
+        return metrics | {k: v for k, v in floor.items() if k.startswith("floor_")}
 
     @torch.no_grad()
     def sample_grid(self) -> np.ndarray:

@@ -183,14 +183,12 @@ class DeconvNet(ZooModel):
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict:
         from zoo.data import SEG_DIGIT, SEG_STROKE
-        from zoo.evaluate import available, segmentation_scores, threshold_and_classify
+        from zoo.evaluate import available, segmentation_scores, threshold_baseline_scores
 
         scores = segmentation_scores(self.predict(images), labels, self.config.classes)
         if self.config.classes == 11 and self.config.channels == 1 and available():  # digit canvases
             # the training-free baseline beside it: threshold at the labels' stroke level, classify each blob
-            baseline = threshold_and_classify(images, SEG_STROKE, SEG_DIGIT)  # (N, H, W) label maps
-            baseline = segmentation_scores(baseline, labels, self.config.classes)
-            scores |= {f"baseline_{k}": v for k, v in baseline.items()}
+            scores |= threshold_baseline_scores(images, labels, self.config.classes, SEG_STROKE, SEG_DIGIT)
         return scores
 
     def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
