@@ -192,7 +192,7 @@ def test_a_shipped_card_documents_itself(card):
             if t["name"] == "image":  # the digits themselves, in or out
                 assert "white digits on black" in t["polarity"], t
     assert any("classes" in t for spec in card["io"].values() for t in (*spec["inputs"], *spec["outputs"])) == (
-        card["model"] in ("lenet-mnist", "cgen-mnist", "deconvnet-digits")
+        card["model"] in ("lenet-mnist", "cgen-mnist", "cdcgan-mnist", "deconvnet-digits")
     )
     for language in ("python", "javascript"):
         assert card["snippets"][language].rstrip("\n") in page
