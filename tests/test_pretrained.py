@@ -48,7 +48,7 @@ def test_pretrained_by_model_name_and_the_listing():
 
 
 def test_pretrained_refusals(tmp_path):
-    with pytest.raises(ZooError, match="no shipped weights for 'dcgan-64'.*shipped: cgen-mnist"):
+    with pytest.raises(ZooError, match="no shipped weights for 'dcgan-64'.*shipped: cdcgan-mnist, cgen-mnist"):
         zoo.create_model("dcgan-64", pretrained=True)
     with pytest.raises(ZooError, match="come with their config"):
         zoo.create_model("sparse-ae-mnist", pretrained=True, hidden=3)
