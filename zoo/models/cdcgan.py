@@ -7,7 +7,7 @@ learnt from real digits only. The generator is trained to be taken for real as t
 and for that class by the auxiliary classifier (weight ``aux_weight``).
 
     cdcgan-mnist: [z(100), y(10)] -> 7x7x64 -> 14x14x32 -> 28x28x1   (DCGAN's stages, 5x5 kernels, stride 2)
-                  28x28x1 -> 14x14x32 -> 7x7x64 -> real-as-y? (1) and class scores (10)
+                  28x28x1 -> 14x14x32 -> 7x7x64 -> real as each class? (10) and class scores (10)
 
 Everything else is DCGAN's (``zoo/models/dcgan.py``): the lecture's three phases, the non-saturating loss,
 DiffAugment of the discriminator's inputs and the moving average of the generator's weights.
@@ -65,11 +65,11 @@ class ConditionalGenerator(Generator):
 
 class ConditionalDiscriminator(Discriminator):
     """One convolutional trunk, two heads on its (N, widths[-1], base, base) features: the real/fake logit of
-    an image *as the class it is said to be* (Miyato & Koyama 2018's projection: the unconditional head plus
-    a class-specific linear head picked by the one-hot code), and class scores (AC-GAN's auxiliary classifier,
-    Odena et al. 2017)."""
+    an image *as each class* (Miyato & Koyama 2018's projection: the unconditional head plus a class-specific
+    linear head; training picks the column of the class the image is said to be), and class scores (AC-GAN's
+    auxiliary classifier, Odena et al. 2017). It takes the image alone: its first output has a column per
+    class, so no class code goes in."""
 
-    input_names = ("image", "class_code")
     output_names = ("probability", "class_probability")
 
     def __init__(self, c: CDCGANConfig):
@@ -79,32 +79,26 @@ class ConditionalDiscriminator(Discriminator):
         self.classifier = nn.Conv2d(width, c.classes, base, stride=1, padding=0, bias=False)
         dcgan_init(self.projection)
         dcgan_init(self.classifier)
-        self.register_buffer("ones", torch.ones(c.classes, 1), persistent=False)  # a sum over classes as MatMul
+
+    def all_heads(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(real-as-class-k logits (N, classes), class logits (N, classes)) of images (N, C, S, S) in [-1, 1]."""
+        h = self.net[:-1](image)  # (N, widths[-1], base, base)
+        return self.net[-1](h).flatten(1) + self.projection(h).flatten(1), self.classifier(h).flatten(1)
 
     def heads(self, image: torch.Tensor, class_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(real/fake logits (N, 1), class logits (N, classes)) of images (N, C, S, S) in [-1, 1] said to be of
-        the classes ``class_code`` (N, classes) one-hot."""
-        h = self.net[:-1](image)  # (N, widths[-1], base, base)
-        picked = (self.projection(h).flatten(1) * class_code) @ self.ones  # (N, 1): the code's class's logit
-        return self.net[-1](h).flatten(1) + picked, self.classifier(h).flatten(1)
+        """(real/fake logits (N, 1) of images said to be of the classes ``class_code`` (N, classes) one-hot,
+        class logits (N, classes))."""
+        as_each, classes = self.all_heads(image)
+        return (as_each * class_code).sum(1, keepdim=True), classes  # (N, 1): the code's column
 
-    def forward(self, image: torch.Tensor, class_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        adversarial, classes = self.heads(image, class_code)
-        return torch.sigmoid(adversarial), torch.softmax(classes, 1)  # (N, 1), (N, classes)
-
-    def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
-        code = torch.eye(self.config.classes)[torch.arange(batch) % self.config.classes]  # (batch, classes)
-        return (*super().example_input(batch), code)
-
-    def onnx_sample(self, images: np.ndarray, labels=None) -> tuple[np.ndarray, np.ndarray]:
-        x = super().onnx_sample(images)  # (8, C, H, W) in [-1, 1]
-        classes = np.asarray(labels[: len(x)]) if labels is not None else np.arange(len(x)) % self.config.classes
-        return x, np.eye(self.config.classes, dtype=np.float32)[classes]
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        as_each, classes = self.all_heads(image)
+        return torch.sigmoid(as_each), torch.softmax(classes, 1)  # (N, classes), (N, classes)
 
 
 class CDCGAN(DCGAN):
-    """DCGAN asked for a class: generator (z, class code) -> image; discriminator (image, class code) -> real
-    as that class?, and which class."""
+    """DCGAN asked for a class: generator (z, class code) -> image; discriminator image -> real as each class?,
+    and which class."""
 
     generator_type = ConditionalGenerator
     discriminator_type = ConditionalDiscriminator
@@ -123,10 +117,10 @@ class CDCGAN(DCGAN):
             "class_code": {"range": "one-hot rows", "meaning": "the class to draw", "classes": "column k is digit k"},
             "generator/image": DCGAN.card_notes["tensors"]["generator/image"]
             | {"meaning": "a generated image of the class asked for"},
-            "discriminator/class_code": {"range": "one-hot rows", "meaning": "the class the image is said to be"},
             "probability": {
                 "range": "[0, 1] (sigmoid)",
-                "meaning": "the discriminator's probability that it is a real image of the class it is said to be",
+                "meaning": "the discriminator's probability that it is a real image of class k, column by column",
+                "classes": "column k is digit k",
             },
             "class_probability": {"range": "[0, 1], rows sum to 1", "meaning": "the discriminator's class estimate"},
         },
@@ -191,8 +185,9 @@ class CDCGAN(DCGAN):
         self.eval()
         real = self.to_model_space(self.as_tensor(images))
         fake, asked = self.draw(len(real), 0)
-        d_real = self.discriminator(real, self.codes(self.as_tensor(np.asarray(labels))))[0]  # (M, 1)
-        d_fake = self.discriminator(fake, self.codes(self.as_tensor(asked)))[0]
+        # the probability of each image being real as its class: the column of its label, or of the class asked
+        d_real = self.discriminator(real)[0].gather(1, self.as_tensor(np.asarray(labels, np.int64))[:, None])
+        d_fake = self.discriminator(fake)[0].gather(1, self.as_tensor(asked.astype(np.int64))[:, None])  # (M, 1)
         metrics = {
             "d_real_mean": float(d_real.mean()),
             "d_fake_mean": float(d_fake.mean()),
