@@ -128,7 +128,7 @@ def per_class_figures(
     g_logits, g_features = classify(generated, weights_dir)
     r_logits, r_features = classify(real, weights_dir)
     train = load_dataset("mnist", "train", size=IMAGE_SIZE)
-    _, t_features = classify(train.images, weights_dir)
+    t_features = _split_classified("train", weights_dir)[2]
     lenet, svm = g_logits.argmax(1), svm_classify(generated)
     real_lenet, real_svm = r_logits.argmax(1), svm_classify(real)
     out = {
@@ -211,15 +211,20 @@ def generative_figures(draws: list[np.ndarray], real: np.ndarray, weights_dir=No
 
 
 @functools.lru_cache(maxsize=2)
+def _split_classified(split: str, weights_dir=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images (N, 28, 28), LeNet logits, LeNet features) of a split of the bundled digits, once per process."""
+    from zoo.data import load_dataset
+
+    images = load_dataset("mnist", split, size=IMAGE_SIZE).images
+    return (images, *classify(images, weights_dir))
+
+
+@functools.lru_cache(maxsize=2)
 def real_data_floor(weights_dir=None) -> dict:
     """What real digits score, at the generators' sample sizes: FID between the training and held-out split
     (one subset, and ``DRAWS`` subsets as ``floor_*_mean``/``_sd``), held-out Inception score."""
-    from zoo.data import load_dataset
-
-    train = load_dataset("mnist", "train", size=IMAGE_SIZE).images
-    val = load_dataset("mnist", "val", size=IMAGE_SIZE).images
-    t_logits, t_features = classify(train, weights_dir)
-    v_logits, v_features = classify(val, weights_dir)
+    train, t_logits, t_features = _split_classified("train", weights_dir)
+    val, v_logits, v_features = _split_classified("val", weights_dir)
     # as many training digits as held-out ones, drawn at random (the data are ordered by class): the same
     # sample sizes as the generators' figures, 500 generated against the 500 held-out
     subset = np.random.default_rng(0).choice(len(train), len(val), replace=False)

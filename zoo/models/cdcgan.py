@@ -172,11 +172,10 @@ class CDCGAN(DCGAN):
 
     def draw(self, count: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
         """``count`` samples (count, C, S, S) in [-1, 1] of the classes 0, 1, ..., 0, 1, ... (returned, (count,)),
-        z drawn on the CPU from ``seed`` so that every device draws the same."""
+        z from ``latent`` (the same on every device)."""
         classes = np.arange(count) % self.config.classes
-        seeded = torch.Generator(device="cpu").manual_seed(seed)
-        z = torch.randn(count, self.config.nz, generator=seeded, device="cpu").to(self.device)
-        return self.sampler(z, self.codes(torch.from_numpy(classes).to(self.device))), classes
+        code = self.codes(torch.from_numpy(classes).to(self.device))  # (count, classes)
+        return self.sampler(self.latent(count, seed), code), classes
 
     @torch.no_grad()
     def evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict:

@@ -326,6 +326,12 @@ class DCGAN(ZooModel):
             logs["g_loss"] = g_loss.item()
         return logs
 
+    def latent(self, count: int, seed: int) -> torch.Tensor:
+        """(count, nz) latent points of an evaluation draw: the same on every device (drawn on the CPU from
+        ``seed``, then moved)."""
+        seeded = torch.Generator(device="cpu").manual_seed(seed)
+        return torch.randn(count, self.config.nz, generator=seeded, device="cpu").to(self.device)
+
     @torch.no_grad()
     def evaluate(self, images: np.ndarray, labels=None) -> dict:
         from zoo.evaluate import DRAWS, IMAGE_SIZE, available, generative_figures, real_data_floor
@@ -333,10 +339,8 @@ class DCGAN(ZooModel):
         self.eval()
         real = self.to_model_space(self.as_tensor(images))
 
-        def draw(seed: int) -> torch.Tensor:  # the same z on every device: drawn on the CPU, then moved
-            seeded = torch.Generator(device="cpu").manual_seed(seed)
-            z = torch.randn(len(real), self.config.nz, generator=seeded, device="cpu").to(self.device)
-            return self.sampler(z)  # (M, C, S, S) in [-1, 1]
+        def draw(seed: int) -> torch.Tensor:
+            return self.sampler(self.latent(len(real), seed))  # (M, C, S, S) in [-1, 1]
 
         fake = draw(0)
         d_real = self.discriminator(real)
