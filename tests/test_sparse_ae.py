@@ -3,7 +3,8 @@
     J = 1/(2M) sum_m ||a2_m - x_m||^2 + beta sum_j KL(rho || rho_hat_j) + lambda/2 (||W1||^2 + ||W2||^2)
 
 checked against UFLDL's closed-form backpropagation and a central-difference gradient check in float64, the
-KL term, config validation, and a short seeded training run (reproducibility, checkpoint, metrics, pictures)."""
+KL term, the units' shape (radii of gyration of hand-made images) and the PCA beside the network (scikit-learn),
+config validation, and a short seeded training run (reproducibility, checkpoint, metrics, pictures)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.models.sparse_ae import SparseAEConfig, SparseAutoencoder, kl_bernoulli
+from zoo.models.sparse_ae import SparseAEConfig, SparseAutoencoder, kl_bernoulli, radius_of_gyration
 
 D, H, W, N1, M = 16, 4, 4, 5, 7
 RHO, BETA, LAMBDA = 0.1, 3.0, 1e-3
@@ -251,6 +252,84 @@ def test_forward_returns_reconstruction_and_code():
     _, parts = model.loss(x)
     assert recon.shape == (M, D) and code.shape == (M, N1)
     assert torch.equal(recon, parts["a2"]) and torch.equal(code, parts["a1"])
+
+
+# --- what the units look like, and PCA beside them ------------------------------------------------
+
+
+def test_radius_of_gyration_of_known_images():
+    one = np.zeros((1, 9, 9))
+    one[0, 4, 6] = 0.7
+    assert radius_of_gyration(one)[0] == pytest.approx(0.0, abs=1e-12)
+    pairs = np.zeros((3, 9, 9))
+    pairs[0, 2, 1] = pairs[0, 2, 7] = 1.0  # 6 apart along a row
+    pairs[1, 0, 3] = pairs[1, 8, 3] = 0.2  # 8 apart along a column, any equal weight
+    pairs[2, 1, 1] = pairs[2, 4, 5] = 0.5  # 5 apart diagonally (3, 4, 5)
+    np.testing.assert_allclose(radius_of_gyration(pairs), [3.0, 4.0, 2.5], rtol=1e-12)
+    unequal = np.zeros((1, 9, 9))
+    unequal[0, 0, 0], unequal[0, 0, 8] = 1.0, 3.0  # weights w1, w2 d apart: d sqrt(w1 w2) / (w1 + w2)
+    np.testing.assert_allclose(radius_of_gyration(unequal), 8 * math.sqrt(3) / 4, rtol=1e-12)
+    square = np.ones((1, 5, 5))  # a uniform n x n square: sqrt(2 (n^2 - 1) / 12)
+    np.testing.assert_allclose(radius_of_gyration(square), math.sqrt(2 * 24 / 12), rtol=1e-12)
+    np.testing.assert_allclose(radius_of_gyration(4 * pairs), radius_of_gyration(pairs), rtol=1e-12)
+    assert np.isnan(radius_of_gyration(np.zeros((1, 9, 9)))).all()
+
+
+def test_unit_figures_of_units_with_known_shapes():
+    """Units built by hand: unit j's positive encoder weights and its stroke in the decoder's output are two
+    equal pixels 2 (j + 1) apart, so each radius is j + 1; the held-out images are two pixels 1, 2, 3 apart."""
+    model = zoo.create_model("sparse-ae", visible=64, hidden=3, image_size=[8, 8]).double()
+    W1, W2 = torch.full((3, 8, 8), -0.5, dtype=torch.float64), torch.zeros(64, 3, dtype=torch.float64)
+    for j in range(3):
+        W1[j, 1, 0] = W1[j, 1, 2 * (j + 1)] = 0.9  # the rest negative: left out by the positive part
+        stroke = torch.zeros(8, 8, dtype=torch.float64)
+        stroke[0, 3] = stroke[2 * (j + 1), 3] = 2.0
+        W2[:, j] = stroke.reshape(-1) - (stroke.reshape(-1) == 0) * 1.0  # darkening elsewhere: left out too
+    with torch.no_grad():
+        model.encoder.weight.copy_(W1.reshape(3, 64))
+        model.decoder.weight.copy_(W2)
+        model.decoder.bias.zero_()
+    X = np.zeros((3, 8, 8))
+    for i, d in enumerate((1, 2, 3)):
+        X[i, 4, 0] = X[i, 4, d] = 1.0
+    got = model.evaluate(X)
+    assert got["receptive_field_radius_median"] == pytest.approx(2.0, rel=1e-12)  # radii 1, 2, 3
+    assert got["unit_radius_median"] == pytest.approx(2.0, rel=1e-12)
+    assert got["digit_radius_median"] == pytest.approx(1.0, rel=1e-12)  # radii 0.5, 1, 1.5
+    assert "pca_mse" not in got  # these are not the held-out split of the model's data
+
+
+def _pca_oracle(train: np.ndarray, X: np.ndarray, k: int) -> float:
+    from sklearn.decomposition import PCA
+
+    if k == 0:  # the training mean alone
+        return float(((X - train.mean(0)) ** 2).mean())
+    pca = PCA(n_components=k, svd_solver="full").fit(train)
+    return float(((pca.inverse_transform(pca.transform(X)) - X) ** 2).mean())
+
+
+def test_pca_figures_match_scikit_learn():
+    """PCA at the network's code width, and the fewest components that do as well as the network, against
+    scikit-learn's PCA fitted on the training digits."""
+    from zoo.data import load_dataset
+
+    torch.manual_seed(0)
+    model = zoo.create_model("sparse-ae-digits8", hidden=5)
+    train = load_dataset("digits8", "train", size=(8, 8)).flat.astype(np.float64)
+    X = load_dataset("digits8", "val", size=(8, 8)).images
+    got = model.evaluate(X)
+    flat = X.reshape(len(X), -1).astype(np.float64)
+    assert got["pca_mse"] == pytest.approx(_pca_oracle(train, flat, 5), rel=1e-9)
+    errors = [_pca_oracle(train, flat, k) for k in range(65)]
+    expected = next(k for k, e in enumerate(errors) if e <= got["val_mse"])
+    assert got["pca_components_to_match"] == expected
+    # a run with limit holds out the head of the split: the same PCA, on those images
+    head = model.evaluate(X[:40])
+    assert head["pca_mse"] == pytest.approx(_pca_oracle(train, flat[:40], 5), rel=1e-9)
+    # images that are not the model's held-out split (a run on other data) get no PCA figures
+    assert "pca_mse" not in model.evaluate(X[::-1].copy())
+    noise = np.random.default_rng(0).random((9, 64), np.float32)
+    assert "pca_mse" not in zoo.create_model("sparse-ae-digits8").evaluate(noise)
 
 
 # --- config validation and the registry -------------------------------------------------------------

@@ -3,10 +3,14 @@ reconstruct their input, with a KL-divergence penalty that keeps each hidden uni
 rho_hat_j near a small target rho:
 
     J = 1/(2M) sum_m ||a2_m - x_m||^2 + beta sum_j KL(rho || rho_hat_j) + lambda/2 (||W1||^2 + ||W2||^2)
+
+Its held-out figures say what the units look like (radii of gyration, beside the digits' own) and what a plain
+principal component analysis with as many components as hidden units does with the same images.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -40,6 +44,45 @@ def kl_bernoulli(rho: float, rho_hat: torch.Tensor) -> torch.Tensor:
     return rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
 
 
+def radius_of_gyration(images: np.ndarray) -> np.ndarray:
+    """(N,) radii of gyration, in pixels, of N non-negative images (N, H, W): the root mean squared distance of
+    a pixel from the image's centre of mass c, each pixel p weighted by its value w_p,
+    sqrt(sum_p w_p |p - c|^2 / sum_p w_p) with c = sum_p w_p p / sum_p w_p. One lit pixel has 0, two equal
+    pixels d apart d / 2; NaN for an image with no mass."""
+    w = np.asarray(images, dtype=np.float64)  # (N, H, W)
+    rows, cols = np.mgrid[: w.shape[1], : w.shape[2]]  # (H, W) each
+    mass = w.sum(axis=(1, 2))  # (N,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r0 = (w * rows).sum(axis=(1, 2)) / mass  # (N,): the centre of mass
+        c0 = (w * cols).sum(axis=(1, 2)) / mass
+        spread = w * ((rows - r0[:, None, None]) ** 2 + (cols - c0[:, None, None]) ** 2)  # (N, H, W)
+        return np.sqrt(spread.sum(axis=(1, 2)) / mass)
+
+
+def _median_radius(images: np.ndarray) -> float | None:
+    """The median radius of gyration over the images that have mass (None when none has)."""
+    radii = radius_of_gyration(images)
+    radii = radii[np.isfinite(radii)]
+    return float(np.median(radii)) if len(radii) else None
+
+
+@functools.lru_cache(maxsize=4)
+def training_pca(data: str, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(held-out images (M, D), training mean (D,), principal axes (min(N, D), D), by decreasing variance) of the
+    bundled data ``data`` at ``size``: the axes from an SVD in float64 of its training split, centred. None when
+    ``data`` has no images of that size. Once per process: a run evaluates after every epoch."""
+    from zoo.data import load_dataset
+
+    try:
+        train, val = (load_dataset(data, split, size=size) for split in ("train", "val"))
+    except ZooError:
+        return None
+    X = train.flat.astype(np.float64)  # (N, D)
+    mean = X.mean(axis=0)
+    _, _, axes = np.linalg.svd(X - mean, full_matrices=False)
+    return val.flat, mean, axes
+
+
 class SparseAutoencoder(ZooModel):
     input_names = ("image",)
     output_names = ("reconstruction", "code")
@@ -51,6 +94,15 @@ class SparseAutoencoder(ZooModel):
             "Not a general image compressor: two sigmoid layers that know only their training images.",
             "Inputs must be flattened row-major, in [0, 1], with the training polarity.",
             "The code is sparse on average over the data (mean activation near rho), not in every image.",
+            "The hidden units are not local pen strokes: what a unit adds to the decoder's output (the middle "
+            "panel of receptive_fields.png) is a stroke fragment spread about as far as a whole digit. "
+            "`unit_radius_median` is its median radius of gyration in pixels, `digit_radius_median` the held-out "
+            "digits' own, `receptive_field_radius_median` that of the encoder weights' positive part.",
+            "Not a good compressor either, and sparsity is not free: principal component analysis of the "
+            "training images with as many components as hidden units reconstructs the held-out images with "
+            "squared error `pca_mse` against this network's `val_mse`, and `pca_components_to_match` components "
+            "already do as well as the network (figures on the bundled data sets only). The sparse code is for "
+            "looking at features.",
         ],
         "tensors": {
             "image": {"kind": "image", "range": "[0, 1] (grey level / 255)", "meaning": "an image flattened row-major"},
@@ -58,7 +110,9 @@ class SparseAutoencoder(ZooModel):
             "code": {"range": "(0, 1) (sigmoid)", "meaning": "the hidden units' activations (the sparse code)"},
         },
     }
-    curve_references = {"rho": "mean_rho_hat"}  # the sparsity target under the units' mean activation
+    # the sparsity target under the units' mean activation, PCA under the reconstruction error, the digits' size
+    # under the units'
+    curve_references = {"rho": "mean_rho_hat", "pca_mse": "val_mse", "digit_radius_median": "unit_radius_median"}
 
     def __init__(self, config: SparseAEConfig):
         super().__init__()
@@ -102,10 +156,12 @@ class SparseAutoencoder(ZooModel):
 
     @torch.no_grad()
     def evaluate(self, X: np.ndarray, labels=None) -> dict:
-        """Held-out figures on X: (M, D). rho_hat and the KL term are over the whole set."""
-        x = self.as_tensor(X.reshape(len(X), -1))
+        """Held-out figures on X: (M, D). rho_hat and the KL term are over the whole set; the shape of the units
+        (``unit_figures``) and the PCA beside them (``pca_figures``)."""
+        flat = X.reshape(len(X), -1)  # (M, D)
+        x = self.as_tensor(flat)
         total, p = self.loss(x)
-        return {
+        metrics = {
             "val_mse": float(((p["a2"] - x) ** 2).mean()),
             "val_objective": float(total),
             "val_reconstruction_term": float(p["reconstruction"]),
@@ -114,6 +170,57 @@ class SparseAutoencoder(ZooModel):
             "rho": self.config.rho,
             "kl_term": float(self.config.beta * p["kl"]),
         }
+        return metrics | self.unit_figures(flat) | self.pca_figures(flat, metrics["val_mse"])
+
+    def unit_figures(self, flat: np.ndarray) -> dict:
+        """How far the units spread, as medians of ``radius_of_gyration`` in pixels: ``unit_radius_median``
+        over what unit j adds to the decoder's output, the positive part of sigmoid(W2[:, j] + b2) - sigmoid(b2)
+        (its stroke, the middle panel of receptive_fields.png); ``receptive_field_radius_median`` over the
+        positive part of its encoder weights W1[j] (the pixels that excite it); ``digit_radius_median`` over the
+        held-out images ``flat`` (M, D) themselves. A unit with no positive part is left out."""
+        h, w = self.config.image_size
+        W1 = self.encoder.weight.detach().cpu().numpy().astype(np.float64)  # (N1, D)
+        W2 = self.decoder.weight.detach().cpu().numpy().astype(np.float64)  # (D, N1)
+        b2 = self.decoder.bias.detach().cpu().numpy().astype(np.float64)  # (D,)
+
+        def sigmoid(z):
+            return 1.0 / (1.0 + np.exp(-z))
+
+        added = sigmoid(W2.T + b2) - sigmoid(b2)  # (N1, D): decoder(e_j) - decoder(0)
+        images = {
+            "unit_radius_median": np.maximum(added, 0),
+            "receptive_field_radius_median": np.maximum(W1, 0),
+            "digit_radius_median": np.maximum(flat, 0),
+        }
+        medians = {k: _median_radius(v.reshape(len(v), h, w)) for k, v in images.items()}
+        return {k: v for k, v in medians.items() if v is not None}
+
+    def pca_figures(self, flat: np.ndarray, val_mse: float) -> dict:
+        """The network's reconstruction beside PCA's (``training_pca``), on the held-out images ``flat`` (M, D):
+        ``pca_mse``, the mean squared error of projecting them on the leading k principal axes of the training
+        images, k = the hidden units (or every axis, if fewer), and ``pca_components_to_match``, the fewest
+        axes whose error is at most ``val_mse``. Plain PCA, not clipped to [0, 1] (clipping only lowers its
+        error). Only when ``flat`` is the held-out split of the model's registered data, or its head (a run
+        with ``limit``): that is the one set whose training split is known here (a run on ``--data DIR`` gets
+        none)."""
+        from zoo.builder import get_model_entry
+
+        name = getattr(self, "model_name", None)
+        fitted = training_pca(get_model_entry(name).train.data, tuple(self.config.image_size)) if name else None
+        if fitted is None:
+            return {}
+        val, mean, axes = fitted
+        if len(flat) > len(val) or not np.array_equal(flat, val[: len(flat)]):
+            return {}
+        centred = flat.astype(np.float64) - mean  # (M, D)
+        k = min(self.config.hidden, len(axes))
+        projected = centred @ axes[:k].T  # (M, k)
+        pca_mse = float(((projected @ axes[:k] - centred) ** 2).mean())
+        # squared error with 0, 1, ..., len(axes) components: the total less the variance each axis takes
+        captured = np.concatenate([[0.0], np.cumsum(((centred @ axes.T) ** 2).sum(axis=0))])  # (len(axes) + 1,)
+        errors = ((centred**2).sum() - captured) / centred.size
+        matched = np.flatnonzero(errors <= val_mse)
+        return {"pca_mse": pca_mse, **({"pca_components_to_match": int(matched[0])} if len(matched) else {})}
 
     def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
         return (torch.rand(batch, self.config.visible),)
