@@ -276,3 +276,27 @@ def test_make_weights_retrains_each_card_as_it_says(card):
         built = asdict(zoo.create_model(card["model"]).config)
     # a setting added after the card was written is absent from it; its default is what the run did then
     assert {k: built.get(k) for k in card["config"]} == card["config"], "the registered config is not the card's"
+
+
+def test_a_card_shows_its_ablations_as_their_own_cards_have_them():
+    """A card's ablation table (``card_ablations``) is copied from the ablations' own shipped cards, whose
+    figures tests/test_weights.py recomputes from their files; every named ablation is shipped."""
+    import zoo.publish
+
+    by_name = {card["name"]: card for card in CARDS}
+    for card in CARDS:
+        with torch.device("meta"):
+            named = zoo.create_model(card["model"], **card["config"]).card_ablations
+        assert set(card.get("ablations", {})) == set(named), card["name"]
+        for name, entry in card.get("ablations", {}).items():
+            other = by_name[name]
+            assert entry["metrics"] == other["metrics"] and entry["command"] == other["command"]
+        if card.get("ablations"):  # a row per figure both runs have, this card's value first
+            page = (WEIGHTS / f"{card['name']}.md").read_text()
+            shared = [k for k, _ in zoo.publish.ABLATION_ROWS if k in card["metrics"]]
+            shared = [k for k in shared if all(k in by_name[n]["metrics"] for n in card["ablations"])]
+            assert shared, card["name"]
+            for key in shared:
+                row = dict(zoo.publish.ABLATION_ROWS)[key]
+                cells = [card["metrics"][key], *(by_name[n]["metrics"][key] for n in sorted(card["ablations"]))]
+                assert f"| {row} | " + " | ".join(f"{v:.4g}" for v in cells) + " |" in page

@@ -141,6 +141,22 @@ def test_stages_run_coarse_to_fine_and_unpooling_keeps_the_switches():
             assert torch.equal(windows.sum(dim=(-1, -2)), before)
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_input_skip_puts_the_pixels_beside_the_last_features(skip):
+    # the score layer is a 1x1 convolution over the last decoder stage's features, and with input_skip over the
+    # input pixels too: written out here as an einsum over the channels
+    torch.manual_seed(0)
+    model = zoo.create_model("deconvnet-digits", **SMALL, input_skip=skip).eval()
+    x = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        scores, seen = model.stages(x)
+    features = torch.cat([seen[-1][1], x], 1) if skip else seen[-1][1]  # (2, w (+ 1), 48, 48)
+    w, b = model.score.weight[:, :, 0, 0], model.score.bias  # (11, w (+ 1)), (11,)
+    expected = torch.einsum("nchw,kc->nkhw", features, w) + b[None, :, None, None]
+    assert model.score.in_channels == seen[-1][1].shape[1] + skip
+    assert torch.allclose(scores, expected, atol=1e-5)
+
+
 def test_bad_configs_are_refused():
     with pytest.raises(zoo.ZooError, match="multiples of 16"):
         zoo.create_model("deconvnet-digits", image_size=[40, 40])

@@ -269,6 +269,47 @@ def _segmentation_table(m: dict, config: dict) -> list[str]:
     return [*lines, ""]
 
 
+ABLATION_ROWS = (
+    ("fid_mean", "LeNet-FID (mean of 5 draws)"),
+    ("pca_fd_mean", "pixel-PCA Fréchet distance (mean of 5 draws)"),
+    ("inception_score_mean", "Inception-style score, LeNet (mean of 5 draws)"),
+    ("confident_mean", "share LeNet calls one digit with p >= 0.9"),
+    ("class_share_min", "smallest class share"),
+    ("class_share_max", "largest class share"),
+    ("val_mse", "held-out reconstruction MSE"),
+    ("val_miou", "held-out mIoU"),
+)
+
+
+def ablations(model, weights_dir: Path) -> dict:
+    """The card field ``ablations``: for each shipped card named in ``model.card_ablations`` (and present in
+    ``weights_dir``), what differs and its figures, copied from that card."""
+    out = {}
+    for name, what in getattr(model, "card_ablations", {}).items():
+        path = weights_dir / f"{check_name(name)}.card.json"
+        if path.is_file():
+            other = json.loads(path.read_text())
+            out[name] = {"what": what, "command": other["command"], "metrics": other["metrics"]}
+    return {"ablations": out} if out else {}
+
+
+def _ablation_table(card: dict) -> list[str]:
+    """This card's figures beside those of the runs that differ from it in one choice (``ablations``)."""
+    found = card.get("ablations", {})
+    if not found:
+        return []
+    m = card["metrics"]
+    names = sorted(found)
+    lines = ["## Ablation", ""]
+    lines += [f"- `{n}`: {found[n]['what']} (`{found[n]['command']}`; figures from its card)" for n in names]
+    lines += ["", f"| figure | {card['name']} | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for key, label in ABLATION_ROWS:
+        if key in m and all(key in found[n]["metrics"] for n in names):
+            cells = [f"{found[n]['metrics'][key]:.4g}" for n in names]
+            lines.append(f"| {label} | {m[key]:.4g} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def render_card(card: dict) -> str:
     """The human-readable model card (Markdown) for a card's data."""
     m = card["metrics"]
@@ -329,6 +370,7 @@ def render_card(card: dict) -> str:
         *_generative_table(m),
         *_per_class_table(m, card.get("config", {})),
         *_segmentation_table(m, card.get("config", {})),
+        *_ablation_table(card),
     ]
     snippet = card.get("snippets", {})
     if snippet:
@@ -503,6 +545,7 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False, license
         }
         protos = {f: onnx.load(str(staged.path(f)), load_external_data=False) for f in onnx_names.values()}
         card |= documentation(card, type(model).card_notes, protos, repo=repo, license=license)
+        card |= ablations(model, weights_dir)
         staged.path(f"{name}.card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         staged.path(f"{name}.md").write_text(render_card(card))
         install = [*weights, *external, *folders, *documents]  # and the manifest last
@@ -577,7 +620,10 @@ def _upgraded_card(card: dict, weights_dir: Path, license: str | None) -> dict:
     if "eval_every" not in card["train"]:  # runs from before eval_every: evaluated after every epoch
         card["train"] = {**card["train"], "eval_every": 1}
     with torch.device("meta"):
-        notes = type(build_model(card["model"], **card["config"])).card_notes
+        model = build_model(card["model"], **card["config"])
+    card.pop("ablations", None)
+    card |= ablations(model, weights_dir)
+    notes = type(model).card_notes
     repo = is_repo_weights(weights_dir)
     license = license or card.get("license") or (REPO_LICENSE if repo else UNSPECIFIED)
     protos = {

@@ -70,6 +70,9 @@ class ZooModel(nn.Module):
     # exported in parts) its "range", "meaning", optional "classes", and "kind": "image" for tensors whose
     # polarity the card states from the training data.
     card_notes: dict = {}
+    # Shipped cards whose runs differ from this model's in one choice (an ablation): card name -> what differs.
+    # Its card shows their figures beside its own, copied from their cards (which recompute them from their files).
+    card_ablations: dict[str, str] = {}
 
     @property
     def device(self) -> torch.device:

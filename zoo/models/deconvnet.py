@@ -8,7 +8,10 @@ elsewhere) and densifies the sparse maps with 3x3 transposed convolutions, down 
                       -> unpool + deconv 512,512,512 | 512,512,256 | 256,256,128 | 128,64 | 64,64 -> score 21
     deconvnet-digits: 1x48x48 -> conv 16,16 | 32,32 | 64,64 | 128,128 (3x3x128) -> fc 512 -> the mirror -> 11
 
-Every convolution and deconvolution is followed by BatchNorm and ReLU, as in the paper. The ONNX export keeps
+Every convolution and deconvolution is followed by BatchNorm and ReLU, as in the paper. One option is not in
+the paper: ``input_skip`` gives the 1x1 score layer the input pixels beside the last decoder stage's features
+(an ONNX ``Concat``), so where a stroke ends, which the image's own intensities say, need not survive four
+pools and unpools; deconvnet-digits uses it (its card gives the figures). The ONNX export keeps
 the switches visible: each pool is an ONNX ``MaxPool`` with its ``Indices`` output and each unpooling a
 ``MaxUnpool`` fed by them (``zoo.export.switch_translations``).
 """
@@ -45,6 +48,9 @@ class DeconvNetConfig(Config):
     fc_width: int = setting(4096, lo=1, hi=1 << 14)  # fc6 and fc7, as convolutions
     weight_decay: float = setting(0.0, lo=0, hi=1.0)  # Adam's L2 penalty on every parameter
     background_weight: float = setting(1.0, lo=0, hi=1e3)  # the cross-entropy's weight on background pixels
+    # not in Noh et al.: the 1x1 score layer also sees the input pixels beside the last decoder features, so the
+    # exact extent of a stroke (which an image's own intensities say) need not survive the pools
+    input_skip: bool = setting(False)
 
     def __post_init__(self):
         super().__post_init__()
@@ -135,7 +141,7 @@ class DeconvNet(ZooModel):
                 layers.append(deconv_bn_relu(c_in, w))
                 c_in = w
             self.decoder.append(nn.Sequential(*layers))
-        self.score = nn.Conv2d(c_in, c.classes, 1)
+        self.score = nn.Conv2d(c_in + (c.channels if c.input_skip else 0), c.classes, 1)
 
     def stages(self, image: torch.Tensor) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
         """The class scores and the decoder's activations after each unpooling and deconvolution stage."""
@@ -155,6 +161,8 @@ class DeconvNet(ZooModel):
             seen.append((f"unpool{k + 1}", x))
             x = stage(x)  # (N, w_out, 2h, 2w'): dense again
             seen.append((f"deconv{k + 1}", x))
+        if self.config.input_skip:
+            x = torch.cat([x, image], 1)  # (N, w + C, H, W): the features and the pixels side by side
         return self.score(x), seen  # (N, classes, H, W)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -266,5 +274,7 @@ def deconvnet_digits(**cfg) -> DeconvNet:
         encoder=[[16, 16], [32, 32], [64, 64], [128, 128]],
         fc_width=512,
         background_weight=0.3,  # background is ~92% of the pixels: weigh the digits' pixels up
+        # measured on the held-out canvases, the same 12 epochs: mIoU 0.857 without it (the card of c55076f)
+        input_skip=True,
     )
     return DeconvNet(DeconvNetConfig(**{**defaults, **cfg}))
