@@ -298,5 +298,9 @@ def test_a_card_shows_its_ablations_as_their_own_cards_have_them():
             assert shared, card["name"]
             for key in shared:
                 row = dict(zoo.publish.ABLATION_ROWS)[key]
-                cells = [card["metrics"][key], *(by_name[n]["metrics"][key] for n in sorted(card["ablations"]))]
-                assert f"| {row} | " + " | ".join(f"{v:.4g}" for v in cells) + " |" in page
+                runs = [card["metrics"], *(by_name[n]["metrics"] for n in sorted(card["ablations"]))]
+                sd = key.removesuffix("_mean") + "_sd"
+                cells = [
+                    f"{r[key]:.4g}" + (f" ± {r[sd]:.2g}" if key.endswith("_mean") and sd in r else "") for r in runs
+                ]
+                assert f"| {row} | " + " | ".join(cells) + " |" in page

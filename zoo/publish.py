@@ -305,9 +305,15 @@ def _ablation_table(card: dict) -> list[str]:
     lines += ["", f"| figure | {card['name']} | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for key, label in ABLATION_ROWS:
         if key in m and all(key in found[n]["metrics"] for n in names):
-            cells = [f"{found[n]['metrics'][key]:.4g}" for n in names]
-            lines.append(f"| {label} | {m[key]:.4g} | " + " | ".join(cells) + " |")
+            cells = [_with_sd(m, key), *(_with_sd(found[n]["metrics"], key) for n in names)]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _with_sd(m: dict, key: str) -> str:
+    """``m[key]``, with ± its sd over the draws when ``key`` is a mean that has one (fid_mean: fid_sd)."""
+    sd = m.get(key.removesuffix("_mean") + "_sd") if key.endswith("_mean") else None
+    return f"{m[key]:.4g}" + (f" ± {sd:.2g}" if sd is not None else "")
 
 
 def render_card(card: dict) -> str:
