@@ -3,7 +3,7 @@ evaluation and ONNX export.
 
     import zoo
     zoo.list_models()                      # ['cgen-mnist', 'dcgan-64', ...]
-    zoo.list_models("dcgan*")              # ['dcgan-64', 'dcgan-mnist']
+    zoo.list_models("dcgan*")              # ['dcgan-64', 'dcgan-mnist', 'dcgan-mnist-no-phases']
     model = zoo.create_model("sparse-ae", hidden=100)   # random weights, a config of your own
     model = zoo.create_model("dcgan-mnist", pretrained=True)   # the shipped weights (weights/)
 

@@ -4,7 +4,7 @@ by weights name (``sparse-ae-mnist``) or by model name when one card is for that
 are checked against the folder's manifest before they are read.
 
     import zoo
-    zoo.list_models("dcgan*")                        # ['dcgan-64', 'dcgan-mnist']
+    zoo.list_models("dcgan*")                        # ['dcgan-64', 'dcgan-mnist', 'dcgan-mnist-no-phases']
     zoo.list_models(pretrained=True)                 # the models with shipped weights
     model = zoo.create_model("dcgan-mnist", pretrained=True)
     weights = zoo.pretrained_weights("dcgan-mnist")  # .meta: the card; .files: its files
