@@ -33,8 +33,10 @@ test-cuda: $(STAMP)
 	$(BIN)/pytest -m cuda
 
 # Retrain and republish every shipped model with the commands on its card (LeNet first: the generators'
-# figures use it). About 65 minutes on 2 cores, 31 of them DeconvNet's and 10 cdcgan-mnist's (tests/test_cards.py checks that each
-# card's training settings are what this trains).
+# figures use it; dcgan-mnist-no-phases before dcgan-mnist, whose card shows it as its ablation). Estimated at
+# 75-90 minutes on 2 cores from the shipped runs (1 thread each, three runs sharing 2 cores): dcgan-mnist and
+# dcgan-mnist-no-phases 38 and 40 min, deconvnet-digits 47, cdcgan-mnist 21 (tests/test_cards.py checks that
+# each card's training settings are what this trains).
 SHIPPED := lenet-mnist:lenet-mnist sparse-ae:sparse-ae-mnist sparse-ae-digits8:sparse-ae-digits8 cgen-mnist:cgen-mnist dcgan-mnist-no-phases:dcgan-mnist-no-phases dcgan-mnist:dcgan-mnist cdcgan-mnist:cdcgan-mnist deconvnet-digits:deconvnet-digits
 weights: $(STAMP)
 	set -e; for pair in $(SHIPPED); do model=$${pair%%:*}; name=$${pair##*:}; \

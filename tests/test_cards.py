@@ -304,3 +304,21 @@ def test_a_card_shows_its_ablations_as_their_own_cards_have_them():
                     f"{r[key]:.4g}" + (f" ± {r[sd]:.2g}" if key.endswith("_mean") and sd in r else "") for r in runs
                 ]
                 assert f"| {row} | " + " | ".join(cells) + " |" in page
+
+
+def test_only_the_registered_ablation_trained_the_same_way_is_copied():
+    """``ablations`` copies a named card only if it is a run of the model it is named after, with this card's
+    training settings (where it ran and how often it was evaluated aside), and never the card itself."""
+    from zoo.publish import ablations
+
+    with torch.device("meta"):
+        model = zoo.create_model("dcgan-mnist")
+    (name,) = model.card_ablations
+    train = {"epochs": 80, "seed": 0, "device": "cpu", "eval_every": 10}
+    card = {"name": "dcgan-mnist", "train": train}
+    other = {"model": name, "train": {**train, "device": "cuda", "eval_every": 1}, "command": "c", "metrics": {"x": 1}}
+    assert ablations(model, card, {name: other})["ablations"][name]["metrics"] == {"x": 1}
+    assert ablations(model, card, {}) == {}  # not shipped in that folder
+    assert ablations(model, card, {name: {**other, "model": "dcgan-mnist"}}) == {}  # a run of another model
+    assert ablations(model, card, {name: {**other, "train": {**train, "epochs": 200}}}) == {}  # another budget
+    assert ablations(model, {**card, "name": name}, {name: other}) == {}  # the card itself

@@ -157,6 +157,23 @@ def test_input_skip_puts_the_pixels_beside_the_last_features(skip):
     assert torch.allclose(scores, expected, atol=1e-5)
 
 
+def test_a_checkpoint_from_before_input_skip_is_rebuilt_without_it():
+    # a config stored before the option existed lacks the key: the run had no skip, whatever the factory's
+    # default is now, and the score layer is rebuilt with the shape that file holds
+    from dataclasses import asdict
+
+    from zoo.builder import build_model, upgrade_config
+
+    with torch.device("meta"):
+        stored = asdict(zoo.create_model("deconvnet-digits", **SMALL).config)
+    assert stored.pop("input_skip") is True  # deconvnet-digits' default now
+    config, _ = upgrade_config("deconvnet-digits", stored)
+    assert config["input_skip"] is False
+    with torch.device("meta"):
+        model = build_model("deconvnet-digits", **config)
+    assert model.score.in_channels == SMALL["encoder"][0][-1]  # (11, 4, 1, 1): the last decoder stage alone
+
+
 def test_bad_configs_are_refused():
     with pytest.raises(zoo.ZooError, match="multiples of 16"):
         zoo.create_model("deconvnet-digits", image_size=[40, 40])

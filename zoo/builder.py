@@ -5,6 +5,7 @@ registered) on first use."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 
@@ -75,4 +76,13 @@ def upgrade_config(name: str, stored: dict) -> tuple[dict, dict]:
     renamed = {LEGACY_NAMES.get(k, k): v for k, v in stored.items()}
     if "cosine_lr" in renamed:
         renamed["lr_schedule"] = "cosine" if renamed.pop("cosine_lr") else "constant"
-    return split_settings(name, renamed)
+    config, training = split_settings(name, renamed)
+    # A setting the model gained after the file was written is absent from it: the run had none, which is the
+    # config class's own default (a new option is off there), whatever the registered factory now defaults to.
+    added = {f.name: f for f in dataclasses.fields(get_model_entry(name).config) if f.name not in config}
+    for key, f in added.items():
+        if f.default is not dataclasses.MISSING:
+            config[key] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            config[key] = f.default_factory()
+    return config, training

@@ -281,16 +281,37 @@ ABLATION_ROWS = (
 )
 
 
-def ablations(model, weights_dir: Path) -> dict:
-    """The card field ``ablations``: for each shipped card named in ``model.card_ablations`` (and present in
-    ``weights_dir``), what differs and its figures, copied from that card."""
+def ablations(model, card: dict, cards: dict[str, dict]) -> dict:
+    """The card field ``ablations`` of ``card`` (a run of ``model``): for each card named in
+    ``model.card_ablations`` that ``cards`` (name -> card, the folder's) holds, what differs and its figures,
+    copied from that card. Only a card of the model it is named after (the registered ablation), trained
+    with this card's settings (the same budget; where it ran and how often it was evaluated aside): anything
+    else published under that name is not the ablation and is left out, as is this card itself."""
+    same = {k: v for k, v in card.get("train", {}).items() if k not in ("device", "eval_every")}
     out = {}
     for name, what in getattr(model, "card_ablations", {}).items():
+        other = cards.get(name)
+        if name == card["name"] or not isinstance(other, dict) or other.get("model") != name:
+            continue
+        if {k: v for k, v in other.get("train", {}).items() if k not in ("device", "eval_every")} != same:
+            continue
+        out[name] = {"what": what, "command": other["command"], "metrics": other["metrics"]}
+    return {"ablations": out} if out else {}
+
+
+def _folder_cards(weights_dir: Path, names) -> dict[str, dict]:
+    """The cards ``names`` in ``weights_dir`` that are there, read; one that is not JSON is a one-line error."""
+    cards = {}
+    for name in names:
         path = weights_dir / f"{check_name(name)}.card.json"
         if path.is_file():
-            other = json.loads(path.read_text())
-            out[name] = {"what": what, "command": other["command"], "metrics": other["metrics"]}
-    return {"ablations": out} if out else {}
+            try:
+                cards[name] = json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ZooError(
+                    f"'{path}' is not a card ({e.__class__.__name__}); expected the JSON zoo publish writes"
+                ) from None
+    return cards
 
 
 def _ablation_table(card: dict) -> list[str]:
@@ -551,7 +572,7 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False, license
         }
         protos = {f: onnx.load(str(staged.path(f)), load_external_data=False) for f in onnx_names.values()}
         card |= documentation(card, type(model).card_notes, protos, repo=repo, license=license)
-        card |= ablations(model, weights_dir)
+        card |= ablations(model, card, _folder_cards(weights_dir, getattr(model, "card_ablations", {})))
         staged.path(f"{name}.card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         staged.path(f"{name}.md").write_text(render_card(card))
         install = [*weights, *external, *folders, *documents]  # and the manifest last
@@ -627,8 +648,7 @@ def _upgraded_card(card: dict, weights_dir: Path, license: str | None) -> dict:
         card["train"] = {**card["train"], "eval_every": 1}
     with torch.device("meta"):
         model = build_model(card["model"], **card["config"])
-    card.pop("ablations", None)
-    card |= ablations(model, weights_dir)
+    card.pop("ablations", None)  # filled in by refresh_cards from the folder's refreshed cards
     notes = type(model).card_notes
     repo = is_repo_weights(weights_dir)
     license = license or card.get("license") or (REPO_LICENSE if repo else UNSPECIFIED)
@@ -659,12 +679,17 @@ def refresh_cards(weights_dir=None, *, license: str | None = None, reevaluate: b
     Run by hand after a change to the cards' fields (``python -c "import zoo.publish as p;
     p.refresh_cards()"``); ``tests/test_cards.py`` checks that the shipped cards need none. ``reevaluate``:
     also add the figures a model's evaluation has gained since its card was written (``reevaluated_metrics``),
-    noted on the card; ``tests/test_weights.py`` recomputes them like every other figure."""
+    noted on the card; ``tests/test_weights.py`` recomputes them like every other figure. A card's
+    ``ablations`` are copied from the other cards as refreshed here."""
+    import torch
+
+    from zoo.builder import build_model
+
     weights_dir = Path(weights_dir) if weights_dir is not None else repo_weights_dir()
     if weights_dir is None or not weights_dir.is_dir():
         raise ZooError(f"'{weights_dir}' is not a weights folder")
     with folder_lock(weights_dir):
-        pages = {}
+        cards = {}
         for path in sorted(weights_dir.glob("*.card.json")):
             card = _upgraded_card(json.loads(path.read_text()), weights_dir, license)
             if reevaluate:
@@ -676,9 +701,14 @@ def refresh_cards(weights_dir=None, *, license: str | None = None, reevaluate: b
                         f"{', '.join(added)}: computed after training from the shipped checkpoint on the same "
                         "held-out split, by the evaluation of a later version of the zoo"
                     )
-            check_name(card["name"])
-            pages[path.name] = json.dumps(card, indent=2, sort_keys=True) + "\n"
-            pages[f"{card['name']}.md"] = render_card(card)
+            cards[check_name(card["name"])] = card
+        pages = {}
+        for name, card in cards.items():  # each card's ablations from the others as refreshed
+            with torch.device("meta"):
+                model = build_model(card["model"], **card["config"])
+            card |= ablations(model, card, cards)
+            pages[f"{name}.card.json"] = json.dumps(card, indent=2, sort_keys=True) + "\n"
+            pages[f"{name}.md"] = render_card(card)
         changed = [
             rel
             for rel, text in pages.items()

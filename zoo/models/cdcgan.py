@@ -220,11 +220,12 @@ class CDCGAN(DCGAN):
 
 
 @register_model(
-    config=CDCGANConfig, train=dict(data="mnist", epochs=80, batch_size=64, lr=2e-4, beta1=0.5, eval_every=10)
+    config=CDCGANConfig, train=dict(data="mnist", epochs=120, batch_size=64, lr=2e-4, beta1=0.5, eval_every=10)
 )
 def cdcgan_mnist(**cfg) -> CDCGAN:
     """Class-conditional DCGAN for the bundled 28x28 digits: [z(100), one-hot y(10)] -> 28x28x1, AC-GAN's D."""
-    # measured on the bundled digits (80 epochs, 5,680 steps): the moving average of G lost to G itself
-    # (LeNet-FID 22 vs 18 at 60 epochs), and aux_weight 1 beat 0.3 and 0.1 on class accuracy and FID alike
-    defaults = dict(ngf=32, ndf=32, channels=1, image_size=[28, 28], augment="translation", ema=0.0, aux_weight=1.0)
+    # measured on the bundled digits: the moving average of G lost to G itself (LeNet-FID 22 vs 18 at 60
+    # epochs); at 80 epochs aux_weight 1 beat 0.3 and 0.1 on class accuracy and FID alike; at 120 epochs
+    # (8,520 steps) aux_weight 3 beat 1: LeNet-FID 9.4 vs 11.6, worst class under LeNet 99.6 % vs 98.0 %
+    defaults = dict(ngf=32, ndf=32, channels=1, image_size=[28, 28], augment="translation", ema=0.0, aux_weight=3.0)
     return CDCGAN(CDCGANConfig(**{**defaults, **cfg}))
