@@ -46,7 +46,7 @@ def test_list_filters_and_speaks_json():
 
     result = invoke("list", "dcgan*", "--json")
     rows = [json.loads(line) for line in result.output.splitlines()]
-    assert [r["model"] for r in rows] == ["dcgan-64", "dcgan-mnist"]
+    assert [r["model"] for r in rows] == ["dcgan-64", "dcgan-mnist", "dcgan-mnist-no-phases"]
     assert rows[0]["weights"] == {} and "fid" in rows[1]["weights"]["dcgan-mnist"]
     result = invoke("list", "dcgan*", "--pretrained")
     assert "dcgan-mnist" in result.output and "dcgan-64" not in result.output

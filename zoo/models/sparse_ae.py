@@ -21,7 +21,7 @@ from torch import nn
 from zoo.config import Config, setting
 from zoo.errors import ZooError
 from zoo.models.base import ZooModel
-from zoo.registry import register_model
+from zoo.registry import REGISTRY, register_model
 
 
 @dataclass
@@ -203,10 +203,8 @@ class SparseAutoencoder(ZooModel):
         error). Only when ``flat`` is the held-out split of the model's registered data, or its head (a run
         with ``limit``): that is the one set whose training split is known here (a run on ``--data DIR`` gets
         none)."""
-        from zoo.builder import get_model_entry
-
         name = getattr(self, "model_name", None)
-        fitted = training_pca(get_model_entry(name).train.data, tuple(self.config.image_size)) if name else None
+        fitted = training_pca(REGISTRY[name].train.data, tuple(self.config.image_size)) if name else None
         if fitted is None:
             return {}
         val, mean, axes = fitted
