@@ -459,7 +459,8 @@ class InferenceSession:
             raise InvalidFeed(f"unknown input name(s) {unknown}; the model's inputs are {sorted(expected)}{extra}")
         missing = sorted(set(expected) - set(input_feed))
         if missing:
-            raise InvalidFeed(f"missing input(s) {missing}; the model's inputs are {sorted(expected)}")
+            wanted = ", ".join(f"'{n}' ({expected[n].type} {list(expected[n].shape)})" for n in missing)
+            raise InvalidFeed(f"missing input(s) {wanted}; the model's inputs are {sorted(expected)}, each to be fed")
         symbols: dict[str, tuple[str, int]] = {}
         feed = {}
         for name, value in input_feed.items():

@@ -235,7 +235,8 @@ def test_extra_input_alongside_the_right_one_is_refused(ae_session):
 
 def test_missing_input_is_named(shared_batch_model):
     sess = runtime.InferenceSession(shared_batch_model)
-    with raises_exactly(InvalidFeed, "missing", "'b'", "'a'"):
+    # the missing one with what it must be (its declared type and shape), then every input
+    with raises_exactly(InvalidFeed, "missing", "'b' (tensor(float) ['batch', 4])", "'a'"):
         sess.run(None, {"a": np.zeros((2, 4), np.float32)})
 
 
