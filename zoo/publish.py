@@ -287,13 +287,16 @@ def ablations(model, card: dict, cards: dict[str, dict]) -> dict:
     copied from that card. Only a card of the model it is named after (the registered ablation), trained
     with this card's settings (the same budget; where it ran and how often it was evaluated aside): anything
     else published under that name is not the ablation and is left out, as is this card itself."""
-    same = {k: v for k, v in card.get("train", {}).items() if k not in ("device", "eval_every")}
+
+    def budget(c: dict) -> dict:
+        return {k: v for k, v in c.get("train", {}).items() if k not in ("device", "eval_every")}
+
     out = {}
     for name, what in getattr(model, "card_ablations", {}).items():
         other = cards.get(name)
         if name == card["name"] or not isinstance(other, dict) or other.get("model") != name:
             continue
-        if {k: v for k, v in other.get("train", {}).items() if k not in ("device", "eval_every")} != same:
+        if budget(other) != budget(card):
             continue
         out[name] = {"what": what, "command": other["command"], "metrics": other["metrics"]}
     return {"ablations": out} if out else {}
@@ -619,9 +622,10 @@ def _train_flags(command: str) -> dict:
     return given
 
 
-def _upgraded_card(card: dict, weights_dir: Path, license: str | None) -> dict:
+def _upgraded_card(card: dict, weights_dir: Path, license: str | None) -> tuple[dict, object]:
     """``card`` with the fields of this version: the model config and the run's ``train`` settings apart
-    (reconstructed for a card of the earlier trainer, see LEGACY_TRAIN_NOTE), and the documentation."""
+    (reconstructed for a card of the earlier trainer, see LEGACY_TRAIN_NOTE), and the documentation; with the
+    model it describes, built on torch's meta device."""
     from dataclasses import asdict
 
     import onnx
@@ -656,7 +660,7 @@ def _upgraded_card(card: dict, weights_dir: Path, license: str | None) -> dict:
         f: onnx.load(str(weights_dir / f), load_external_data=False) for f in card["files"] if f.endswith(".onnx")
     }
     card.pop("verified_by", None)
-    return card | documentation(card, notes, protos, repo=repo, license=license)
+    return card | documentation(card, notes, protos, repo=repo, license=license), model
 
 
 def reevaluated_metrics(card: dict, weights_dir: Path) -> dict:
@@ -681,17 +685,13 @@ def refresh_cards(weights_dir=None, *, license: str | None = None, reevaluate: b
     also add the figures a model's evaluation has gained since its card was written (``reevaluated_metrics``),
     noted on the card; ``tests/test_weights.py`` recomputes them like every other figure. A card's
     ``ablations`` are copied from the other cards as refreshed here."""
-    import torch
-
-    from zoo.builder import build_model
-
     weights_dir = Path(weights_dir) if weights_dir is not None else repo_weights_dir()
     if weights_dir is None or not weights_dir.is_dir():
         raise ZooError(f"'{weights_dir}' is not a weights folder")
     with folder_lock(weights_dir):
-        cards = {}
+        cards, models = {}, {}
         for path in sorted(weights_dir.glob("*.card.json")):
-            card = _upgraded_card(json.loads(path.read_text()), weights_dir, license)
+            card, model = _upgraded_card(json.loads(path.read_text()), weights_dir, license)
             if reevaluate:
                 metrics = reevaluated_metrics(card, weights_dir)
                 added = sorted(set(metrics) - set(card["metrics"]))
@@ -702,11 +702,10 @@ def refresh_cards(weights_dir=None, *, license: str | None = None, reevaluate: b
                         "held-out split, by the evaluation of a later version of the zoo"
                     )
             cards[check_name(card["name"])] = card
+            models[card["name"]] = model
         pages = {}
         for name, card in cards.items():  # each card's ablations from the others as refreshed
-            with torch.device("meta"):
-                model = build_model(card["model"], **card["config"])
-            card |= ablations(model, card, cards)
+            card |= ablations(models[name], card, cards)
             pages[f"{name}.card.json"] = json.dumps(card, indent=2, sort_keys=True) + "\n"
             pages[f"{name}.md"] = render_card(card)
         changed = [

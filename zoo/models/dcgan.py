@@ -389,13 +389,13 @@ def dcgan_64(**cfg) -> DCGAN:
 
 
 MNIST_TRAIN = dict(data="mnist", epochs=80, batch_size=64, lr=2e-4, beta1=0.5, eval_every=10)
+MNIST_DEFAULTS = dict(ngf=64, ndf=64, channels=1, image_size=[28, 28])
 
 
 @register_model(config=DCGANConfig, train=MNIST_TRAIN)
 def dcgan_mnist(**cfg) -> DCGAN:
     """DCGAN sized for the bundled 28x28 digits: z(100) -> 7x7x128 -> 14x14x64 -> 28x28x1."""
-    defaults = dict(ngf=64, ndf=64, channels=1, image_size=[28, 28])
-    model = DCGAN(DCGANConfig(**{**defaults, **cfg}))
+    model = DCGAN(DCGANConfig(**{**MNIST_DEFAULTS, **cfg}))
     model.card_ablations = {
         "dcgan-mnist-no-phases": "without the lecture's phases 1-2 (phase1_epochs=0, phase2_epochs=0): the two "
         "networks compete from the first step, for the same number of epochs"
@@ -406,6 +406,4 @@ def dcgan_mnist(**cfg) -> DCGAN:
 @register_model(config=DCGANConfig, train=MNIST_TRAIN)
 def dcgan_mnist_no_phases(**cfg) -> DCGAN:
     """dcgan-mnist without the lecture's phases 1-2, competing from the first step (the ablation of its card)."""
-    model = dcgan_mnist(**{"phase1_epochs": 0, "phase2_epochs": 0, **cfg})
-    model.card_ablations = {}
-    return model
+    return DCGAN(DCGANConfig(**{**MNIST_DEFAULTS, "phase1_epochs": 0, "phase2_epochs": 0, **cfg}))
