@@ -80,15 +80,17 @@ def test_the_discriminator_sees_augmented_images_only_while_training():
     assert zoo.create_model("dcgan-mnist", ngf=4, ndf=4).train().seen_by_d(x) is x  # "none" by default
 
 
-def test_the_moving_average_follows_its_recursion_and_is_what_ships():
+def test_the_moving_average_follows_its_ramped_recursion_and_is_what_ships():
     torch.manual_seed(4)
     m = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, nz=8, ema=0.9, samples_per_epoch_grid=4)
     opt = m.configure_optimizers(zoo.get_model_entry("dcgan-mnist").train)
     expected = {k: v.clone() for k, v in m.generator.named_parameters()}
-    for epoch in (3, 3, 3):  # phase 3: both players step
-        m.training_step(torch.rand(8, 28, 28), None, opt, epoch)
+    for t in range(90):  # phase 3: both players step
+        m.training_step(torch.rand(8, 28, 28), None, opt, 3)
+        decay = min(0.9, (1 + t) / (10 + t))  # 0.1, 0.18, 0.25, ..., then 0.9 from t = 80 on
         for k, v in m.generator.named_parameters():
-            expected[k] = 0.9 * expected[k] + 0.1 * v.detach()
+            expected[k] = decay * expected[k] + (1 - decay) * v.detach()
+    assert int(m.ema_steps) == 90
     for k, v in m.generator_ema.named_parameters():
         torch.testing.assert_close(v, expected[k], rtol=1e-6, atol=1e-7)
         assert not v.requires_grad

@@ -53,7 +53,8 @@ class DCGANConfig(Config):
     # DiffAugment of the discriminator's inputs, real and generated alike: a random shift by up to 1/8 of the
     # size ("translation", the background filling in), a blanked square of half the size ("cutout")
     augment: str = setting("none", choices=AUGMENTS)
-    # decay of the moving average of G's weights that is shipped as the generator; 0: G itself is shipped
+    # decay of the moving average of G's weights that is shipped as the generator, ramped up from the first
+    # step as min(ema, (1 + t) / (10 + t)) so that G's random initial weights fade from it; 0: G is shipped
     ema: float = setting(0.0, lo=0.0, hi=0.99999)
     samples_per_epoch_grid: int = setting(64, lo=1, hi=1024)
 
@@ -247,6 +248,7 @@ class DCGAN(ZooModel):
         self.discriminator = self.discriminator_type(config)
         if config.ema > 0:  # the average starts at G's initial weights and is never trained directly
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+            self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))  # averaging steps so far
         fixed = torch.Generator().manual_seed(1234)  # the same z every epoch, so the grids show G's progress
         self.register_buffer("fixed_z", torch.randn(config.samples_per_epoch_grid, config.nz, generator=fixed))
 
@@ -257,11 +259,15 @@ class DCGAN(ZooModel):
 
     @torch.no_grad()
     def update_average(self) -> None:
-        """ema <- decay * ema + (1 - decay) * G for the weights; BatchNorm's running statistics copied from G."""
+        """ema <- decay * ema + (1 - decay) * G for the weights, decay = min(ema, (1 + t) / (10 + t)) at the t-th
+        step; BatchNorm's running statistics copied from G."""
         if self.config.ema <= 0:
             return
+        t = int(self.ema_steps)
+        decay = min(self.config.ema, (1 + t) / (10 + t))
+        self.ema_steps += 1
         for averaged, trained in zip(self.generator_ema.parameters(), self.generator.parameters()):
-            averaged.lerp_(trained, 1.0 - self.config.ema)
+            averaged.lerp_(trained, 1.0 - decay)
         for averaged, trained in zip(self.generator_ema.buffers(), self.generator.buffers()):
             averaged.copy_(trained)
 
