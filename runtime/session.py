@@ -358,6 +358,8 @@ class InferenceSession:
         if recording:
             plan.end_step()
         timed = self._trace or self._profile is not None
+        if timed:  # traced or profiled: a node's time is its kernels' (a synchronisation each), not its launches'
+            stream.synchronize()
         run_start = time.perf_counter() if timed else 0.0
         for node, impl, attrs, inputs, outputs, freed in self._steps:
             args = [values[i] for i in inputs]
@@ -373,6 +375,7 @@ class InferenceSession:
                     plan.hold(value)
             values[0] = None  # where an unused output ("") went
             if timed:
+                stream.synchronize()
                 self._record(node, results, start)
             if recording:
                 plan.end_step()

@@ -1,7 +1,9 @@
 """The CUDA host wrappers' launch decisions, under the simulator or on a GPU: no launch for an empty grid (a GPU
 rejects a grid of zero blocks; the simulator does not, so the wrapper must not rely on it), the tiled GEMM's
-row slabs past the grid's y extent, and the convolutions' 64-bit path (tensors past 2^31 elements), which must
-give the 32-bit kernels' bits exactly: both sum each output in the same order.
+row slabs past the grid's y extent, the skinny GEMM's split over K (its chunks' sums added in the order the
+tiled kernel adds them, so a row alone has the bits it has in a batch), and the convolutions' 64-bit path
+(tensors past 2^31 elements), which must give the 32-bit kernels' bits exactly: both sum each output in the
+same order.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def test_fused_gemm_of_an_empty_output_launches_nothing(M, N, K, bias, monkeypat
 
     monkeypatch.setattr(gemm_cuda, "_gemm_kernel", _NoLaunch())
     monkeypatch.setattr(gemm_cuda, "_gemm_skinny_kernel", _NoLaunch())
+    monkeypatch.setattr(gemm_cuda, "_gemm_reduce_kernel", _NoLaunch())
     A, B, C = _device(np.ones((M, K)), np.ones((K, N)), np.ones((1, N)))
     Y = gemm_cuda.fused_gemm(A, B, C if bias else None)
     assert Y.shape == (M, N) and Y.copy_to_host().shape == (M, N)
@@ -61,6 +64,48 @@ def test_fused_gemm_in_row_slabs(transA, c_shape, monkeypatch):
     A, B, C = _device(a.T if transA else a, b, c)
     Y = gemm_cuda.fused_gemm(A, B, C, alpha=0.5, beta=2.0, transA=transA).copy_to_host()
     np.testing.assert_allclose(Y, 0.5 * a @ b + 2.0 * c, rtol=1e-5, atol=1e-5)
+
+
+def _small_chunks(monkeypatch):
+    # chunks of 32 along K and blocks of 8 threads: several chunks and column blocks on simulator-sized shapes
+    from runtime.ops import gemm_cuda
+
+    monkeypatch.setattr(gemm_cuda, "K_CHUNK", 32)
+    monkeypatch.setattr(gemm_cuda, "THREADS_PER_BLOCK", 8)
+    return gemm_cuda
+
+
+@pytest.mark.parametrize("transA, transB", [(0, 0), (1, 0), (0, 1), (1, 1)])
+@pytest.mark.parametrize("K", [0, 5, 32, 70], ids=lambda k: f"K{k}")
+@pytest.mark.parametrize("c_shape", [None, (3, 37), (1, 37), (3, 1)], ids=["nobias", "MN", "1N", "M1"])
+def test_skinny_gemm_split_over_k_matches_float64(transA, transB, K, c_shape, monkeypatch):
+    # 37 columns: two blocks of 8 threads × 4 columns, the last partly past N; 70 = 3 chunks, the last short
+    gemm_cuda = _small_chunks(monkeypatch)
+    rng = np.random.default_rng(K + 10 * transA + 20 * transB)
+    a, b = rng.standard_normal((3, K)).astype(F32), rng.standard_normal((K, 37)).astype(F32)
+    c = None if c_shape is None else rng.standard_normal(c_shape).astype(F32)
+    A, B = _device(a.T if transA else a, b.T if transB else b)
+    C = None if c is None else _device(c)[0]
+    Y = gemm_cuda.fused_gemm(A, B, C, alpha=0.5, beta=2.0, transA=transA, transB=transB, activation=1)
+    z = 0.5 * (a.astype(np.float64) @ b) + (0.0 if c is None else 2.0 * c)
+    np.testing.assert_allclose(Y.copy_to_host(), 1.0 / (1.0 + np.exp(-z)), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("K", [70, 96], ids=lambda k: f"K{k}")
+def test_rows_of_a_gemm_have_the_same_bits_alone_and_in_a_batch(K, monkeypatch):
+    # 3 rows run by the skinny kernel (chunks in parallel, then added) and inside 40 rows by the tiled one
+    # (chunks in sequence); a strided view of A, which the skinny kernel does not take, runs tiled too
+    gemm_cuda = _small_chunks(monkeypatch)
+    rng = np.random.default_rng(K)
+    a, b, c = rng.standard_normal((40, K)), rng.standard_normal((K, 11)), rng.standard_normal((1, 11))
+    A, B, C = _device(a, b, c)
+    whole = gemm_cuda.fused_gemm(A, B, C, activation=2).copy_to_host()
+    rows = gemm_cuda.fused_gemm(*_device(a[5:8]), B, C, activation=2).copy_to_host()
+    strided = gemm_cuda.fused_gemm(A[5:8, ::2], *_device(b[::2]), C, activation=2).copy_to_host()
+    np.testing.assert_array_equal(rows, whole[5:8])
+    np.testing.assert_allclose(whole, np.maximum(a.astype(F32) @ b.astype(F32) + c.astype(F32), 0), rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(strided, np.maximum(a[5:8, ::2] @ b[::2] + c, 0), rtol=1e-5, atol=1e-5)
 
 
 # C_out per group of 3 and 6: the 32-bit kernels' last block of four channels is partly past the group's end

@@ -243,3 +243,44 @@ def test_an_index_out_of_range_is_reported_at_the_end_of_the_run(counts):
     counts.reset()
     y = session.run(None, {"x": x, "i": good})[0]
     assert y.reshape(-1)[[0, 3, 8, 15]].tolist() == [1, 1, 1, 1] and y.sum() == 4
+
+
+def test_a_split_k_gemm_takes_its_chunk_sums_from_the_plan(counts, monkeypatch):
+    # K = 70 in chunks of 32: the skinny kernel's (3, batch, N) chunk sums are scratch of the plan, reused warm
+    import onnxruntime
+
+    import runtime
+    from runtime.ops import gemm_cuda
+
+    monkeypatch.setattr(gemm_cuda, "K_CHUNK", 32)
+    monkeypatch.setattr(gemm_cuda, "THREADS_PER_BLOCK", 8)
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"])]
+    weights = {"w": rng.standard_normal((70, 6)).astype(F32), "b": rng.standard_normal(6).astype(F32)}
+    model = _model(nodes, [("x", ["N", 70])], ["y"], weights)
+    session = runtime.InferenceSession(model, backend="cuda")
+    feed = {"x": rng.standard_normal((2, 70)).astype(F32)}
+    first = session.run(None, feed)
+    counts.reset()
+    warm = session.run(None, feed)
+    assert counts.allocations == [] and counts.synchronisations == 1
+    np.testing.assert_array_equal(first[0], warm[0])
+    oracle = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(warm[0], oracle.run(None, feed)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_traced_run_synchronises_after_every_node(counts, monkeypatch, capsys):
+    # ZOO_TRACE=1 times each node's kernels: one synchronisation before the first node, one after each, and the
+    # run's own at the end
+    import runtime
+
+    monkeypatch.setenv("ZOO_TRACE", "1")
+    model, input_name, sample_shape = _gemm_chain()
+    session = runtime.InferenceSession(model, backend="cuda")
+    feed = {input_name: np.ones((2, *sample_shape), F32)}
+    session.run(None, feed)
+    counts.reset()
+    session.run(None, feed)
+    nodes = len(session._steps)
+    assert counts.synchronisations == nodes + 2
+    assert capsys.readouterr().err.count("[zoo-trace]") == 2 * nodes

@@ -20,9 +20,15 @@ from runtime.ops._cpu_kernels import LEAKY_RELU_ALPHA
 # One place for launch geometry; tests may patch these before a kernel is first compiled.
 THREADS_PER_BLOCK = 256
 TILE = 16  # GEMM tile edge: (TILE, TILE) threads per block, two (TILE, TILE) float32 tiles of shared memory
-# GEMMs with at most this many rows (batch-1 inference and other skinny products) use one thread per output
-# element looping over K: no shared memory or barriers, coalesced reads of a (K, N) weight.
+# GEMMs with at most this many rows (batch-1 inference and other skinny products) take the skinny kernel: no
+# shared memory or barriers, coalesced reads of a (K, N) weight, SKINNY_COLUMNS outputs of one row per thread.
 SKINNY_MAX_ROWS = 16
+SKINNY_COLUMNS = 4
+# Every CUDA GEMM sums an output in chunks of K_CHUNK along K (a multiple of TILE): each chunk is one FMA chain
+# from zero, and the chunks' sums are added in order. The skinny kernel runs the chunks in parallel blocks (split-K:
+# a GEMV over fc6's K = 25,088 has 98 chunks to spread over the SMs) and the tiled kernel in sequence, so both
+# give an output the same bits, whatever the batch.
+K_CHUNK = 256
 
 
 class KernelRecord:

@@ -1,9 +1,13 @@
-"""CUDA Gemm / FusedGemm / MatMul: a shared-memory tiled GEMM whose epilogue adds the bias and applies
-the activation before the single write of each output element.
+"""CUDA Gemm / FusedGemm / MatMul: a shared-memory tiled GEMM, and for at most SKINNY_MAX_ROWS rows a split-K
+skinny kernel; both add the bias and apply the activation before the single write of each output element.
 
-Each (TILE, TILE) block computes one tile of Y; at each step along K the block stages a (TILE, TILE) tile of
-op(A) and of op(B) in shared memory, loaded so that consecutive threads (threadIdx.x) read consecutive
-addresses for the untransposed layouts (A row-major along K, B row-major along N).
+Each (TILE, TILE) block of the tiled kernel computes one tile of Y; at each step along K the block stages a (TILE,
+TILE) tile of op(A) and of op(B) in shared memory, loaded so that consecutive threads (threadIdx.x) read
+consecutive addresses for the untransposed layouts (A row-major along K, B row-major along N).
+
+The order of every sum is fixed by K alone (``K_CHUNK``): an output is the in-order sum of its chunks' FMA chains,
+in either kernel, so a row of a batch of 40 (tiled) has the bits it has alone (skinny). The skinny kernel takes
+flat views and 32-bit offsets stepped by a constant in its loop over k (``tests/test_sass.py`` counts its SASS).
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda, float32
+from numba import cuda, float32, int32, uint32
 
 from runtime.errors import InvalidFeed
 from runtime.ops import OPS
 from runtime.ops._cpu_kernels import ACTIVATIONS
 from runtime.ops._cuda_launch import (
+    K_CHUNK,
+    SKINNY_COLUMNS,
     SKINNY_MAX_ROWS,
     THREADS_PER_BLOCK,
     TILE,
@@ -24,11 +30,15 @@ from runtime.ops._cuda_launch import (
     as_float32,
     current_stream,
     device_array,
+    grid_1d,
     kernel,
 )
 from runtime.ops.gemm import FUSED_DOMAIN, bias_2d, gemm_shapes
 
-_SIG = "void(float32[:, :], float32[:, :], float32[:, :], float32[:, :], float32, float32, int32, int32, int32, int32)"
+_SIG = (
+    "void(float32[:, :], float32[:, :], float32[:, :], float32[:, :], float32, float32, int32, int32, int32, int32, "
+    "int32)"
+)
 
 
 @cuda.jit(device=True, inline=True)
@@ -38,13 +48,13 @@ def _store(Y, row, col, acc, C, alpha, beta, has_bias, activation):
     if has_bias:
         bi = row if C.shape[0] > 1 else 0
         bj = col if C.shape[1] > 1 else 0
-        v += beta * C[bi, bj]
+        v = cuda.fma(beta, C[bi, bj], v)
     Y[row, col] = activate(v, activation)
 
 
 @kernel(_SIG.replace("float32[:, :]", "float32[:, ::1]"), _SIG)
-def _gemm_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activation):
-    # A: (M, K) or (K, M) if transA; B: (K, N) or (N, K) if transB; C: (1|M, 1|N); Y: (M, N)
+def _gemm_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activation, k_chunk):
+    # A: (M, K) or (K, M) if transA; B: (K, N) or (N, K) if transB; C: (1|M, 1|N); Y: (M, N); k_chunk: K_CHUNK
     a_tile = cuda.shared.array((TILE, TILE), dtype=float32)
     b_tile = cuda.shared.array((TILE, TILE), dtype=float32)
     tx = cuda.threadIdx.x
@@ -54,48 +64,125 @@ def _gemm_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activation):
     M = Y.shape[0]
     N = Y.shape[1]
     K = A.shape[0] if transA else A.shape[1]
-    acc = float32(0.0)
-    for t in range((K + TILE - 1) // TILE):
-        ka = t * TILE + tx
-        if row < M and ka < K:
-            a_tile[ty, tx] = A[ka, row] if transA else A[row, ka]
-        else:
-            a_tile[ty, tx] = 0.0
-        kb = t * TILE + ty
-        if col < N and kb < K:
-            b_tile[ty, tx] = B[col, kb] if transB else B[kb, col]
-        else:
-            b_tile[ty, tx] = 0.0
-        cuda.syncthreads()
-        for i in range(TILE):
-            acc += a_tile[ty, i] * b_tile[i, tx]
-        cuda.syncthreads()
+    tiles = int32((K + TILE - 1) // TILE)
+    chunk_tiles = int32(k_chunk // TILE)
+    total = float32(0.0)  # the chunks so far, added in order
+    t = int32(0)
+    while t < tiles:  # one chunk of K per pass
+        t_end = min(int32(t + chunk_tiles), tiles)
+        acc = float32(0.0)  # this chunk's chain
+        first = t == 0
+        while t < t_end:  # the hot loop: stage two tiles, then TILE FMAs
+            ka = t * TILE + tx
+            if row < M and ka < K:
+                a_tile[ty, tx] = A[ka, row] if transA else A[row, ka]
+            else:
+                a_tile[ty, tx] = 0.0
+            kb = t * TILE + ty
+            if col < N and kb < K:
+                b_tile[ty, tx] = B[col, kb] if transB else B[kb, col]
+            else:
+                b_tile[ty, tx] = 0.0
+            cuda.syncthreads()
+            for i in range(TILE):
+                acc = cuda.fma(a_tile[ty, i], b_tile[i, tx], acc)
+            cuda.syncthreads()
+            t = int32(t + 1)
+        total = acc if first else total + acc
     if row < M and col < N:
-        _store(Y, row, col, acc, C, alpha, beta, has_bias, activation)
+        _store(Y, row, col, total, C, alpha, beta, has_bias, activation)
 
 
-@kernel(_SIG.replace("float32[:, :]", "float32[:, ::1]"), _SIG)
-def _gemm_skinny_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activation):
-    # Same contract as _gemm_kernel. Grid: (N / THREADS_PER_BLOCK, M); thread (row, col) computes Y[row, col].
-    # Consecutive threads take consecutive columns: B[k, col] reads coalesce (B is (K, N), as the loader
-    # arranges for constant weights) and A[row, k] is one broadcast read per warp.
-    col = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    row = cuda.blockIdx.y
-    M = Y.shape[0]
-    N = Y.shape[1]
-    if row >= M or col >= N:
+@cuda.jit(device=True, inline=True)
+def _store_flat(Y, i, row, col, acc, C, c_row, c_col, alpha, beta, has_bias, activation):
+    # _store on flat arrays: Y[i] = act(alpha * acc + beta * C[row * c_row + col * c_col])
+    v = alpha * acc
+    if has_bias:
+        v = cuda.fma(beta, C[uint32(row * c_row + col * c_col)], v)
+    Y[uint32(i)] = activate(v, activation)
+
+
+# A, B, C, Y and the chunk sums P as flat arrays; alpha, beta; M, N, K; the element strides of op(A) along rows
+# and k, of op(B) along k and columns, of C along rows and columns (0 where broadcast); K_CHUNK, has_bias and
+# the activation's code.
+_SKINNY_SIG = "void(" + ", ".join(["float32[::1]"] * 5 + ["float32"] * 2 + ["int32"] * 12) + ")"
+
+
+@kernel(_SKINNY_SIG)
+def _gemm_skinny_kernel(A, B, C, Y, P, alpha, beta, M, N, K, a_row, a_k, b_k, b_col, c_row, c_col, k_chunk,
+                        has_bias, activation):  # fmt: skip
+    # Grid: (N / (blockDim.x · SKINNY_COLUMNS), chunks, M). Thread (row, chunk, col) sums op(A)[row, k] ·
+    # op(B)[k, col'] over the chunk's k for its SKINNY_COLUMNS columns col' = col + j·blockDim.x (a warp reads
+    # consecutive columns of a (K, N) B; A[row, k] is one broadcast read). One chunk (K ≤ K_CHUNK): the epilogue
+    # writes Y; several: the sums go to P (chunks, M, N) and _gemm_reduce_kernel adds them.
+    step = int32(cuda.blockDim.x)
+    col = int32(cuda.blockIdx.x * step * SKINNY_COLUMNS + cuda.threadIdx.x)
+    if col >= N:
         return
-    K = A.shape[0] if transA else A.shape[1]
-    acc = float32(0.0)
-    for k in range(K):
-        a = A[k, row] if transA else A[row, k]
-        b = B[col, k] if transB else B[k, col]
-        acc += a * b
-    _store(Y, row, col, acc, C, alpha, beta, has_bias, activation)
+    row = int32(cuda.blockIdx.z)
+    chunk = int32(cuda.blockIdx.y)
+    last = int32(N - 1)  # columns past the end are computed as copies of the last and never stored
+    col1 = min(int32(col + step), last)
+    col2 = min(int32(col + 2 * step), last)
+    col3 = min(int32(col + 3 * step), last)
+    k = int32(chunk * k_chunk)
+    k_end = min(int32(k + k_chunk), K)
+    ao = int32(row * a_row + k * a_k)
+    bo = int32(k * b_k)
+    b0, b1, b2, b3 = int32(col * b_col), int32(col1 * b_col), int32(col2 * b_col), int32(col3 * b_col)
+    acc0 = acc1 = acc2 = acc3 = float32(0.0)
+    while k < k_end:  # the hot loop: one load of A, four of B, four FMAs
+        a = A[uint32(ao)]
+        acc0 = cuda.fma(a, B[uint32(bo + b0)], acc0)
+        acc1 = cuda.fma(a, B[uint32(bo + b1)], acc1)
+        acc2 = cuda.fma(a, B[uint32(bo + b2)], acc2)
+        acc3 = cuda.fma(a, B[uint32(bo + b3)], acc3)
+        ao = int32(ao + a_k)
+        bo = int32(bo + b_k)
+        k = int32(k + 1)
+    y = int32(row * N + col)
+    if cuda.gridDim.y == 1:
+        _store_flat(Y, y, row, col, acc0, C, c_row, c_col, alpha, beta, has_bias, activation)
+        if col + step <= last:
+            _store_flat(Y, y + step, row, col + step, acc1, C, c_row, c_col, alpha, beta, has_bias, activation)
+        if col + 2 * step <= last:
+            _store_flat(Y, y + 2 * step, row, col + 2 * step, acc2, C, c_row, c_col, alpha, beta, has_bias,
+                        activation)  # fmt: skip
+        if col + 3 * step <= last:
+            _store_flat(Y, y + 3 * step, row, col + 3 * step, acc3, C, c_row, c_col, alpha, beta, has_bias,
+                        activation)  # fmt: skip
+        return
+    p = int32(int32(chunk * M) * N + y)  # P[chunk, row, col]
+    P[uint32(p)] = acc0
+    if col + step <= last:
+        P[uint32(p + step)] = acc1
+    if col + 2 * step <= last:
+        P[uint32(p + 2 * step)] = acc2
+    if col + 3 * step <= last:
+        P[uint32(p + 3 * step)] = acc3
+
+
+@kernel("void(float32[::1], float32[::1], float32[::1], float32, float32, int32, int32, int32, int32, int32, int32, "
+        "int32)")  # fmt: skip
+def _gemm_reduce_kernel(P, C, Y, alpha, beta, M, N, chunks, c_row, c_col, has_bias, activation):
+    # P: (chunks, M, N) the skinny kernel's chunk sums; Y: (M, N) flat, the chunks added in order, then the epilogue
+    MN = int32(M * N)
+    i = int32(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x)
+    stride = int32(cuda.gridDim.x * cuda.blockDim.x)
+    while i < MN:
+        total = P[uint32(i)]
+        o = int32(i + MN)
+        for _ in range(1, chunks):
+            total += P[uint32(o)]
+            o = int32(o + MN)
+        row = int32(uint32(i) // uint32(N))
+        _store_flat(Y, i, row, int32(i - row * N), total, C, c_row, c_col, alpha, beta, has_bias, activation)
+        i = int32(i + stride)
 
 
 # A grid's y extent is at most 65,535 blocks: the tiled kernel runs taller products in slabs of this many rows.
 MAX_GRID_Y = 65535
+INDEX32_LIMIT = 2**31 - 1  # elements the skinny kernel's 32-bit offsets reach
 _no_bias = None
 
 
@@ -108,6 +195,46 @@ def _dummy_bias():
     return _no_bias
 
 
+def _c_contiguous(a) -> bool:
+    # a device array, or a host one (an empty tensor stays on the host)
+    return a.is_c_contiguous() if hasattr(a, "is_c_contiguous") else a.flags.c_contiguous
+
+
+def _skinny_takes(M: int, N: int, K: int, *arrays) -> bool:
+    """Whether the skinny kernel runs this product: few rows, C-contiguous arrays (flat views), 32-bit offsets
+    for every array, k and the chunk sums, and a chunk count within the grid's y extent; else the tiled kernel
+    does (with the same sums)."""
+    chunks = max(1, math.ceil(K / K_CHUNK))
+    return (
+        M <= SKINNY_MAX_ROWS
+        and chunks <= MAX_GRID_Y
+        and K + K_CHUNK < INDEX32_LIMIT
+        and chunks * M * N < INDEX32_LIMIT
+        and all(_c_contiguous(a) and a.size < INDEX32_LIMIT for a in arrays)
+    )
+
+
+def _skinny(A, B, C2, Y, alpha, beta, transA, transB, has_bias, activation, M, N, K):
+    # Y (M ≤ SKINNY_MAX_ROWS, N) through the split-K kernel: one block row per (chunk, row), then the chunks added
+    chunks = max(1, math.ceil(K / K_CHUNK))
+    a_row, a_k = (1, M) if transA else (K, 1)  # A[k, row] of a (K, M) A, or A[row, k]
+    b_k, b_col = (1, K) if transB else (N, 1)  # B[col, k] of an (N, K) B, or B[k, col]
+    c_row = C2.shape[1] if C2.shape[0] > 1 else 0
+    c_col = 1 if C2.shape[1] > 1 else 0
+    P = device_array((chunks, M, N), dtype=np.float32) if chunks > 1 else Y  # (chunks, M, N) chunk sums
+    flat = [x.reshape(x.size) for x in (A, B, C2, Y, P)]
+    ints = [np.int32(v) for v in (M, N, K, a_row, a_k, b_k, b_col, c_row, c_col, K_CHUNK)]
+    grid = (math.ceil(N / (THREADS_PER_BLOCK * SKINNY_COLUMNS)), chunks, M)
+    _gemm_skinny_kernel[grid, THREADS_PER_BLOCK, current_stream()](
+        *flat, np.float32(alpha), np.float32(beta), *ints, has_bias, np.int32(activation)
+    )
+    if chunks > 1:
+        _gemm_reduce_kernel[grid_1d(M * N), THREADS_PER_BLOCK, current_stream()](
+            flat[4], flat[2], flat[3], np.float32(alpha), np.float32(beta), *ints[:2], np.int32(chunks),
+            np.int32(c_row), np.int32(c_col), has_bias, np.int32(activation),
+        )  # fmt: skip
+
+
 def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation=0, out=None):
     """Y = act(alpha * op(A) @ op(B) + beta * C) on the device; A, B, C are float32 device arrays; ``out``, a
     preallocated (M, N) device array (a slice of a batched result) to write into."""
@@ -118,19 +245,14 @@ def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation
     Y = device_array((M, N), dtype=np.float32) if out is None else out
     if M == 0 or N == 0:  # nothing to compute, and a grid of zero blocks is an error on a GPU
         return Y
-    scalars = (
-        np.float32(alpha),
-        np.float32(beta),
-        np.int32(transA),
-        np.int32(transB),
-        np.int32(C is not None and beta != 0.0),  # beta = 0: C unread, as in onnxruntime (0·inf would be NaN)
-        np.int32(activation),
-    )
-    if M <= SKINNY_MAX_ROWS:
-        _gemm_skinny_kernel[(math.ceil(N / THREADS_PER_BLOCK), M), THREADS_PER_BLOCK, current_stream()](
-            A, B, C2, Y, *scalars
-        )
+    has_bias = np.int32(C is not None and beta != 0.0)  # beta = 0: C unread, as in onnxruntime (0·inf is NaN)
+    K = A.shape[0] if transA else A.shape[1]
+    assert K_CHUNK % TILE == 0 and K_CHUNK > 0, f"K_CHUNK {K_CHUNK} must be a positive multiple of TILE {TILE}"
+    if _skinny_takes(M, N, K, A, B, C2, Y):
+        _skinny(A, B, C2, Y, alpha, beta, transA, transB, has_bias, activation, M, N, K)
         return Y
+    scalars = (np.float32(alpha), np.float32(beta), np.int32(transA), np.int32(transB), has_bias,
+               np.int32(activation), np.int32(K_CHUNK))  # fmt: skip
     slab = MAX_GRID_Y * TILE
     for r in range(0, M, slab):  # one launch unless M exceeds the grid's y extent
         rows = slice(r, min(r + slab, M))
