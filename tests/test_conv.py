@@ -417,6 +417,13 @@ CUDA_CASES = [
     ("ConvTranspose", (2, 2, 3, 4), (2, 2, 3, 3), dict(strides=[2, 2], auto_pad="SAME_LOWER")),
     ("ConvTranspose", (1, 2, 2, 2, 3), (2, 1, 2, 2, 2), dict(strides=[2, 1, 2], dilations=[1, 2, 1])),
     ("ConvTranspose", (2, 3, 3, 3), (3, 1, 2, 2), dict(group=3, strides=[3, 3], pads=[0, 1, 1, 0])),
+    # run as GEMMs (conv_cuda.gemm_form): the kernel covering the input (fc6's form), with an unread end pad and a
+    # stride; 1×1 convolutions of stride 1, C_out above and below the skinny kernel's row limit
+    ("Conv", (3, 4, 5, 3), (7, 4, 5, 3), {}),
+    ("Conv", (2, 3, 4), (5, 3, 4), dict(pads=[0, 2], strides=[3])),
+    ("Conv", (2, 3, 4, 5), (17, 3, 1, 1), {}),
+    ("Conv", (2, 3, 2, 2, 3), (2, 3, 1, 1, 1), {}),
+    ("Conv", (1, 2, 3, 3), (3, 2, 1, 1), dict(pads=[0, 0, 1, 1])),  # 1×1, but padded: the direct kernel
 ]  # fmt: skip
 
 
@@ -453,3 +460,44 @@ def test_cuda_property(data):
     op = data.draw(st.sampled_from(["Conv", "ConvTranspose"]))
     config = data.draw(conv_configs(op, small=True))
     check_config(op, config, backend="cuda")
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, attrs, form",
+    [
+        ((2, 512, 7, 7), (4096, 512, 7, 7), {}, "window"),
+        ((1, 3, 4), (5, 3, 4), dict(pads=[0, 2], strides=[3]), "window"),
+        ((1, 3, 9), (5, 3, 4), dict(strides=[5]), None),  # one output, but the window leaves input unread
+        ((1, 3, 8), (5, 3, 4), dict(dilations=[2]), None),  # out 2 positions
+        ((1, 3, 4, 4), (6, 1, 4, 4), dict(group=3), None),
+        ((2, 64, 9, 9), (32, 64, 1, 1), {}, "pointwise"),
+        ((2, 64, 9, 9), (32, 64, 1, 1), dict(strides=[2, 2]), None),
+        ((2, 64, 9, 9), (32, 64, 1, 1), dict(pads=[1, 1, 1, 1]), None),
+        ((2, 64, 9, 9), (32, 64, 3, 3), dict(pads=[1, 1, 1, 1]), None),
+    ],
+)
+def test_which_convolutions_run_as_gemms_on_cuda(x_shape, w_shape, attrs, form):
+    # by geometry alone; the kernels themselves are checked against onnxruntime in CUDA_CASES
+    from runtime.ops.conv import cached_conv_geometry
+    from runtime.ops.conv_cuda import gemm_form
+
+    assert gemm_form("Conv", cached_conv_geometry("Conv", x_shape, w_shape, None, **attrs)) == form
+    transpose = cached_conv_geometry("ConvTranspose", (1, 3, 4, 4), (3, 5, 1, 1), None)  # a 1×1 ConvTranspose
+    assert gemm_form("ConvTranspose", transpose) is None
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("w_shape", [(6, 3, 4, 4), (6, 3, 1, 1)], ids=["window", "pointwise"])
+def test_cuda_gemm_convolutions_with_leaky_relu_are_batch_invariant(w_shape):
+    # Conv → LeakyRelu(0.2) fused into one FusedConv, run as a GEMM whose epilogue takes the slope; an image gives
+    # the same bits alone (skinny kernel for the window form) as in a batch of 20 (tiled)
+    rng = np.random.default_rng(5)
+    w, b = rng.standard_normal(w_shape).astype(F32), rng.standard_normal(w_shape[0]).astype(F32)
+    nodes = [helper.make_node("Conv", ["X", "W", "B"], ["c"]), helper.make_node("LeakyRelu", ["c"], ["Y"], alpha=0.2)]
+    model = make_model(nodes, [("X", F32, ["N", 3, 4, 4])], [("Y", F32, None)], initializers={"W": w, "B": b})
+    session = runtime.InferenceSession(model, backend="cuda")
+    x = rng.standard_normal((20, 3, 4, 4)).astype(F32)
+    whole = session.run(None, {"X": x})[0]
+    alone = session.run(None, {"X": x[7:8]})[0]
+    np.testing.assert_array_equal(alone, whole[7:8])
+    assert_close([whole], ort_run(model, {"X": x}))

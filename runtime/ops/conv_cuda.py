@@ -17,6 +17,11 @@ one FMA at a time: the same sum in the same order as the plain kernels below, wh
 
 Tensors too large for 32-bit offsets (``INDEX32_LIMIT``) take those plain kernels: one thread per output,
 5-D arrays, Numba's 64-bit indexing.
+
+Two convolutions are GEMMs and run as such (``gemm_form``, decided by the geometry, never by the batch): a kernel
+that covers the whole input, as VGG's fc6 (7×7×512 → 4096 at one position: the direct kernel would give a batch-1
+image 1,024 threads each summing 25,088 products; the skinny GEMM splits K over 392 blocks), and a 1×1 convolution
+of stride 1 (one GEMM per image). The bias and the activation go in the GEMM's epilogue.
 """
 
 from __future__ import annotations
@@ -315,10 +320,50 @@ def _dummy_bias():
     return _no_bias
 
 
+def gemm_form(op_type: str, geom: ConvGeometry) -> str | None:
+    """Which GEMM a convolution is, by its geometry alone (never by its batch): "window" when the kernel covers
+    the whole input (a fully connected layer written as a Conv, as VGG's fc6: one output position per image),
+    "pointwise" for a 1×1 convolution of stride 1 that keeps the spatial size; else None."""
+    if op_type != "Conv" or geom.group != 1 or any(geom.pads_begin):
+        return None
+    if geom.kernel == geom.in_size and all(d == 1 for d in geom.dilations) and all(o == 1 for o in geom.out_size):
+        return "window"
+    if all(k == 1 for k in geom.kernel) and all(s == 1 for s in geom.strides) and geom.out_size == geom.in_size:
+        return "pointwise"
+    return None
+
+
+def _as_gemm(form: str, X, W, B, geom: ConvGeometry, Y, activation: str, alpha: float) -> None:
+    # Y = act(W ⊛ X + B) through the GEMM kernels, with the bias and activation in their epilogue
+    from runtime.ops.gemm_cuda import fused_gemm
+
+    N, C_out = geom.N, geom.C_out
+    code = ACTIVATIONS[activation]
+    if form == "window":
+        taps = W.size // C_out  # C_in · kD · kH · kW
+        X2 = X.reshape(N, taps)  # (N, taps): one row per image
+        W2 = W.reshape(C_out, taps)  # (C_out, taps), read transposed
+        C = None if B is None else B.reshape(1, C_out)  # (1, C_out)
+        fused_gemm(X2, W2, C, transB=1, activation=code, out=Y.reshape(N, C_out), slope=alpha)
+        return
+    S = Y.size // (N * C_out)  # output positions per image, as many as input ones
+    X3 = X.reshape(N, geom.C_in, S)  # (N, C_in, S)
+    Y3 = Y.reshape(N, C_out, S)  # (N, C_out, S)
+    W2 = W.reshape(C_out, geom.C_in)  # (C_out, C_in)
+    C = None if B is None else B.reshape(C_out, 1)  # (C_out, 1): one bias per row
+    for n in range(N):  # one GEMM per image: Y[n] = W2 @ X[n]
+        fused_gemm(W2, X3[n], C, activation=code, out=Y3[n], slope=alpha)
+
+
 def _launch(op_type: str, X, W, B, geom: ConvGeometry, activation: str = "", alpha: float = LEAKY_RELU_ALPHA):
-    """Allocate Y, launch the op's kernel over every output element, and return Y in the op's rank."""
+    """Allocate Y, launch the op's kernel over every output element (or the GEMM the convolution is), and return Y
+    in the op's rank."""
     Y = device_array(geom.y5_shape, dtype=np.float32)  # (N, C_out, D_out, H_out, W_out)
     if Y.size == 0:  # no output, no launch (a grid of zero blocks is an error on a GPU)
+        return Y.reshape(geom.y_shape)
+    form = gemm_form(op_type, geom)
+    if form is not None:
+        _as_gemm(form, X, W, B, geom, Y, activation, alpha)
         return Y.reshape(geom.y_shape)
     bias = B if B is not None else _dummy_bias()
     fused = (np.int32(B is not None), np.int32(ACTIVATIONS[activation]), np.float32(alpha))

@@ -19,14 +19,14 @@ from numba import cuda, float32, int32, uint32
 
 from runtime.errors import InvalidFeed
 from runtime.ops import OPS
-from runtime.ops._cpu_kernels import ACTIVATIONS
+from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA
 from runtime.ops._cuda_launch import (
     K_CHUNK,
     SKINNY_COLUMNS,
     SKINNY_MAX_ROWS,
     THREADS_PER_BLOCK,
     TILE,
-    activate,
+    activate_alpha,
     as_float32,
     current_stream,
     device_array,
@@ -37,23 +37,24 @@ from runtime.ops.gemm import FUSED_DOMAIN, bias_2d, gemm_shapes
 
 _SIG = (
     "void(float32[:, :], float32[:, :], float32[:, :], float32[:, :], float32, float32, int32, int32, int32, int32, "
-    "int32)"
+    "int32, float32)"
 )
 
 
 @cuda.jit(device=True, inline=True)
-def _store(Y, row, col, acc, C, alpha, beta, has_bias, activation):
-    # The fused epilogue: Y[row, col] = act(alpha * acc + beta * C[row|0, col|0]), C broadcast as (1|M, 1|N)
+def _store(Y, row, col, acc, C, alpha, beta, has_bias, activation, slope):
+    # The fused epilogue: Y[row, col] = act(alpha * acc + beta * C[row|0, col|0]), C broadcast as (1|M, 1|N);
+    # slope: LeakyRelu's (activation code 4)
     v = alpha * acc
     if has_bias:
         bi = row if C.shape[0] > 1 else 0
         bj = col if C.shape[1] > 1 else 0
         v = cuda.fma(beta, C[bi, bj], v)
-    Y[row, col] = activate(v, activation)
+    Y[row, col] = activate_alpha(v, activation, slope)
 
 
 @kernel(_SIG.replace("float32[:, :]", "float32[:, ::1]"), _SIG)
-def _gemm_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activation, k_chunk):
+def _gemm_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activation, k_chunk, slope):
     # A: (M, K) or (K, M) if transA; B: (K, N) or (N, K) if transB; C: (1|M, 1|N); Y: (M, N); k_chunk: K_CHUNK
     a_tile = cuda.shared.array((TILE, TILE), dtype=float32)
     b_tile = cuda.shared.array((TILE, TILE), dtype=float32)
@@ -90,27 +91,27 @@ def _gemm_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activation, 
             t = int32(t + 1)
         total = acc if first else total + acc
     if row < M and col < N:
-        _store(Y, row, col, total, C, alpha, beta, has_bias, activation)
+        _store(Y, row, col, total, C, alpha, beta, has_bias, activation, slope)
 
 
 @cuda.jit(device=True, inline=True)
-def _store_flat(Y, i, row, col, acc, C, c_row, c_col, alpha, beta, has_bias, activation):
+def _store_flat(Y, i, row, col, acc, C, c_row, c_col, alpha, beta, has_bias, activation, slope):
     # _store on flat arrays: Y[i] = act(alpha * acc + beta * C[row * c_row + col * c_col])
     v = alpha * acc
     if has_bias:
         v = cuda.fma(beta, C[uint32(row * c_row + col * c_col)], v)
-    Y[uint32(i)] = activate(v, activation)
+    Y[uint32(i)] = activate_alpha(v, activation, slope)
 
 
 # A, B, C, Y and the chunk sums P as flat arrays; alpha, beta; M, N, K; the element strides of op(A) along rows
 # and k, of op(B) along k and columns, of C along rows and columns (0 where broadcast); K_CHUNK, has_bias and
 # the activation's code.
-_SKINNY_SIG = "void(" + ", ".join(["float32[::1]"] * 5 + ["float32"] * 2 + ["int32"] * 12) + ")"
+_SKINNY_SIG = "void(" + ", ".join(["float32[::1]"] * 5 + ["float32"] * 2 + ["int32"] * 12 + ["float32"]) + ")"
 
 
 @kernel(_SKINNY_SIG)
 def _gemm_skinny_kernel(A, B, C, Y, P, alpha, beta, M, N, K, a_row, a_k, b_k, b_col, c_row, c_col, k_chunk,
-                        has_bias, activation):  # fmt: skip
+                        has_bias, activation, slope):  # fmt: skip
     # Grid: (N / (blockDim.x · SKINNY_COLUMNS), chunks, M). Thread (row, chunk, col) sums op(A)[row, k] ·
     # op(B)[k, col'] over the chunk's k for its SKINNY_COLUMNS columns col' = col + j·blockDim.x (a warp reads
     # consecutive columns of a (K, N) B; A[row, k] is one broadcast read). One chunk (K ≤ K_CHUNK): the epilogue
@@ -142,15 +143,15 @@ def _gemm_skinny_kernel(A, B, C, Y, P, alpha, beta, M, N, K, a_row, a_k, b_k, b_
         k = int32(k + 1)
     y = int32(row * N + col)
     if cuda.gridDim.y == 1:
-        _store_flat(Y, y, row, col, acc0, C, c_row, c_col, alpha, beta, has_bias, activation)
+        _store_flat(Y, y, row, col, acc0, C, c_row, c_col, alpha, beta, has_bias, activation, slope)
         if col + step <= last:
-            _store_flat(Y, y + step, row, col + step, acc1, C, c_row, c_col, alpha, beta, has_bias, activation)
+            _store_flat(Y, y + step, row, col + step, acc1, C, c_row, c_col, alpha, beta, has_bias, activation, slope)
         if col + 2 * step <= last:
             _store_flat(Y, y + 2 * step, row, col + 2 * step, acc2, C, c_row, c_col, alpha, beta, has_bias,
-                        activation)  # fmt: skip
+                        activation, slope)  # fmt: skip
         if col + 3 * step <= last:
             _store_flat(Y, y + 3 * step, row, col + 3 * step, acc3, C, c_row, c_col, alpha, beta, has_bias,
-                        activation)  # fmt: skip
+                        activation, slope)  # fmt: skip
         return
     p = int32(int32(chunk * M) * N + y)  # P[chunk, row, col]
     P[uint32(p)] = acc0
@@ -163,8 +164,8 @@ def _gemm_skinny_kernel(A, B, C, Y, P, alpha, beta, M, N, K, a_row, a_k, b_k, b_
 
 
 @kernel("void(float32[::1], float32[::1], float32[::1], float32, float32, int32, int32, int32, int32, int32, int32, "
-        "int32)")  # fmt: skip
-def _gemm_reduce_kernel(P, C, Y, alpha, beta, M, N, chunks, c_row, c_col, has_bias, activation):
+        "int32, float32)")  # fmt: skip
+def _gemm_reduce_kernel(P, C, Y, alpha, beta, M, N, chunks, c_row, c_col, has_bias, activation, slope):
     # P: (chunks, M, N) the skinny kernel's chunk sums; Y: (M, N) flat, the chunks added in order, then the epilogue
     MN = int32(M * N)
     i = int32(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x)
@@ -176,7 +177,7 @@ def _gemm_reduce_kernel(P, C, Y, alpha, beta, M, N, chunks, c_row, c_col, has_bi
             total += P[uint32(o)]
             o = int32(o + MN)
         row = int32(uint32(i) // uint32(N))
-        _store_flat(Y, i, row, int32(i - row * N), total, C, c_row, c_col, alpha, beta, has_bias, activation)
+        _store_flat(Y, i, row, int32(i - row * N), total, C, c_row, c_col, alpha, beta, has_bias, activation, slope)
         i = int32(i + stride)
 
 
@@ -214,7 +215,7 @@ def _skinny_takes(M: int, N: int, K: int, *arrays) -> bool:
     )
 
 
-def _skinny(A, B, C2, Y, alpha, beta, transA, transB, has_bias, activation, M, N, K):
+def _skinny(A, B, C2, Y, alpha, beta, transA, transB, has_bias, activation, slope, M, N, K):
     # Y (M ≤ SKINNY_MAX_ROWS, N) through the split-K kernel: one block row per (chunk, row), then the chunks added
     chunks = max(1, math.ceil(K / K_CHUNK))
     a_row, a_k = (1, M) if transA else (K, 1)  # A[k, row] of a (K, M) A, or A[row, k]
@@ -226,18 +227,20 @@ def _skinny(A, B, C2, Y, alpha, beta, transA, transB, has_bias, activation, M, N
     ints = [np.int32(v) for v in (M, N, K, a_row, a_k, b_k, b_col, c_row, c_col, K_CHUNK)]
     grid = (math.ceil(N / (THREADS_PER_BLOCK * SKINNY_COLUMNS)), chunks, M)
     _gemm_skinny_kernel[grid, THREADS_PER_BLOCK, current_stream()](
-        *flat, np.float32(alpha), np.float32(beta), *ints, has_bias, np.int32(activation)
+        *flat, np.float32(alpha), np.float32(beta), *ints, has_bias, np.int32(activation), np.float32(slope)
     )
     if chunks > 1:
         _gemm_reduce_kernel[grid_1d(M * N), THREADS_PER_BLOCK, current_stream()](
             flat[4], flat[2], flat[3], np.float32(alpha), np.float32(beta), *ints[:2], np.int32(chunks),
-            np.int32(c_row), np.int32(c_col), has_bias, np.int32(activation),
+            np.int32(c_row), np.int32(c_col), has_bias, np.int32(activation), np.float32(slope),
         )  # fmt: skip
 
 
-def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation=0, out=None):
+def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation=0, out=None,
+               slope=LEAKY_RELU_ALPHA):  # fmt: skip
     """Y = act(alpha * op(A) @ op(B) + beta * C) on the device; A, B, C are float32 device arrays; ``out``, a
-    preallocated (M, N) device array (a slice of a batched result) to write into."""
+    preallocated (M, N) device array (a slice of a batched result) to write into; ``slope``, LeakyRelu's (the
+    activation code 4, which convolutions run as GEMMs use)."""
     as_float32(A, "Gemm")
     as_float32(B, "Gemm")
     M, N, _ = gemm_shapes(A.shape, B.shape, transA, transB)
@@ -249,10 +252,10 @@ def fused_gemm(A, B, C=None, alpha=1.0, beta=1.0, transA=0, transB=0, activation
     K = A.shape[0] if transA else A.shape[1]
     assert K_CHUNK % TILE == 0 and K_CHUNK > 0, f"K_CHUNK {K_CHUNK} must be a positive multiple of TILE {TILE}"
     if _skinny_takes(M, N, K, A, B, C2, Y):
-        _skinny(A, B, C2, Y, alpha, beta, transA, transB, has_bias, activation, M, N, K)
+        _skinny(A, B, C2, Y, alpha, beta, transA, transB, has_bias, activation, slope, M, N, K)
         return Y
     scalars = (np.float32(alpha), np.float32(beta), np.int32(transA), np.int32(transB), has_bias,
-               np.int32(activation), np.int32(K_CHUNK))  # fmt: skip
+               np.int32(activation), np.int32(K_CHUNK), np.float32(slope))  # fmt: skip
     slab = MAX_GRID_Y * TILE
     for r in range(0, M, slab):  # one launch unless M exceeds the grid's y extent
         rows = slice(r, min(r + slab, M))
