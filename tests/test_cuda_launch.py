@@ -143,3 +143,48 @@ class _Recording:
     def __getitem__(self, config):
         self.launched.append(config)
         return self.kernel[config]
+
+
+# Conv with enough output channels per group for the implicit GEMM: groups, strides, dilations, uneven pads, 1-D
+# and 3-D; 70 channels and 2·6·6 = 72 positions make two tiles each way, partly past the ends
+IMPLICIT_CASES = [
+    ((2, 3, 6, 6), (70, 3, 3, 3), dict(pads=[1, 1, 1, 1])),
+    ((1, 4, 5, 4), (66, 2, 3, 2), dict(group=2, strides=[2, 1], pads=[1, 0, 2, 1], dilations=[1, 2])),
+    ((2, 2, 9), (33, 2, 4), dict(strides=[2], auto_pad="SAME_UPPER")),
+    ((1, 2, 3, 4, 4), (32, 2, 2, 2, 2), dict(strides=[1, 2, 2], auto_pad="SAME_LOWER")),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, attrs", IMPLICIT_CASES, ids=[f"implicit{i}" for i in range(4)])
+@pytest.mark.parametrize("activation", ["", "LeakyRelu"])
+def test_implicit_gemm_convolution_gives_the_direct_kernels_bits(x_shape, w_shape, attrs, activation, monkeypatch):
+    # both sum an output as B[c] and then its taps in (kd, kh, kw) order, channels innermost: the same bits; and
+    # both agree with onnxruntime (check_random)
+    from runtime.ops import conv_cuda
+
+    launched = []
+    monkeypatch.setattr(conv_cuda, "_conv_implicit_gemm_kernel",
+                        _Recording(conv_cuda._conv_implicit_gemm_kernel, launched))  # fmt: skip
+    rng = np.random.default_rng(sum(w_shape))
+    x, w, b = (rng.standard_normal(s).astype(F32) for s in (x_shape, w_shape, (w_shape[0],)))
+    run = conv_cuda.FusedConv if activation else conv_cuda.Conv
+    extra = dict(activation=activation, activation_alpha=0.2) if activation else {}
+    implicit = run(*_device(x, w, b), **attrs, **extra).copy_to_host()
+    if not activation:
+        check_random("Conv", x_shape, w_shape, backend="cuda", **attrs)  # against onnxruntime
+    assert len(launched) == (1 if activation else 2), "the implicit GEMM did not run"
+    monkeypatch.setattr(conv_cuda, "IMPLICIT_GEMM_MIN_CHANNELS", 10**9)
+    direct = run(*_device(x, w, b), **attrs, **extra).copy_to_host()
+    assert len(launched) == (1 if activation else 2), "the direct kernel was not what ran"
+    np.testing.assert_array_equal(implicit, direct)
+
+
+def test_implicit_gemm_padding_past_k_keeps_the_sign_of_zero(monkeypatch):
+    # K = 9 is staged as 16: the 7 values past it must add nothing, not even turn a −0 sum into +0
+    from runtime.ops import conv_cuda
+
+    x, w, b = np.zeros((1, 1, 4, 4), F32), -np.ones((32, 1, 3, 3), F32), np.full(32, -0.0, F32)
+    implicit = conv_cuda.Conv(*_device(x, w, b)).copy_to_host()
+    monkeypatch.setattr(conv_cuda, "IMPLICIT_GEMM_MIN_CHANNELS", 10**9)
+    direct = conv_cuda.Conv(*_device(x, w, b)).copy_to_host()
+    assert np.signbit(direct).all() and np.signbit(implicit).all()

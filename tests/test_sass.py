@@ -7,7 +7,8 @@ kernels of ``HOT_LOOP_KERNELS``); and for those, at most ``MAX_SASS_PER_FFMA`` i
 loop. As of this test's writing: Conv and ConvTranspose 6.0 each (59 and 56 before their indexing was
 rewritten), the skinny GEMM 5.5 (39.5 and 33.3 before: it now takes flat views, 32-bit offsets stepped by a
 constant and four columns per thread), the tiled GEMM 6.9 with contiguous rows and 7.6 with any strides (7.1
-and 10.6 before: the loop over one chunk of K holds no division).
+and 10.6 before: the loop over one chunk of K holds no division), and the implicit-GEMM convolution 3.7 (new: its
+hot loop stages two shared tiles and makes 4 × 4 outputs per thread of 8 values of K).
 
 Finding the hot loop: a loop in SASS is the instructions from a backward branch's target to the branch
 (``BRA`` whose target address is at most its own). Of the loops containing at least one FFMA, the innermost
@@ -42,6 +43,7 @@ HOT_LOOP_KERNELS = (
     "runtime.ops.conv_cuda._conv_transpose_kernel",
     "runtime.ops.gemm_cuda._gemm_skinny_kernel",
     "runtime.ops.gemm_cuda._gemm_kernel",
+    "runtime.ops.conv_cuda._conv_implicit_gemm_kernel",
 )
 MAX_SASS_PER_FFMA = 8.0
 # The 64-bit fallbacks (tensors past 2^31 elements) keep Numba's plain indexing: their inner loops are the

@@ -18,6 +18,10 @@ one FMA at a time: the same sum in the same order as the plain kernels below, wh
 Tensors too large for 32-bit offsets (``INDEX32_LIMIT``) take those plain kernels: one thread per output,
 5-D arrays, Numba's 64-bit indexing.
 
+A Conv with at least IMPLICIT_GEMM_MIN_CHANNELS output channels per group runs as an implicit GEMM
+(``_conv_implicit_gemm_kernel``): 64 × 64 tiles of the output, the weights and the patches staged in shared memory
+8 values of K at a time, 4 × 4 outputs per thread, each summed in the direct kernel's order (the same bits).
+
 Two convolutions are GEMMs and run as such (``gemm_form``, decided by the geometry, never by the batch): a kernel
 that covers the whole input, as VGG's fc6 (7×7×512 → 4096 at one position: the direct kernel would give a batch-1
 image 1,024 threads each summing 25,088 products; the skinny GEMM splits K over 392 blocks), and a 1×1 convolution
@@ -144,6 +148,115 @@ def _conv_kernel(X, W, B, Y, N, C_in, ID, IH, IW, C_out, OD, OH, OW, KD, KH, KW,
         y = int32(int32(n * C_out + c) * S_out + s)
         _store_block(Y, y, S_out, c, last, acc0, acc1, acc2, acc3, activation, alpha)
         idx = int32(idx + stride)
+
+
+# The implicit-GEMM convolution's tiles: a block of (16, 16) threads computes a (IG_BM, IG_BN) tile of
+# Y_g (C_out/group, N·S_out) = W_g (C_out/group, taps·C_in/group) @ patches, staging IG_BK values of K at a time
+# from W and from X (the patches are never formed) in shared memory; each thread keeps 4 × 4 outputs in registers.
+IG_BM = 64
+IG_BN = 64
+IG_BK = 8
+IG_TILE = IG_BK * IG_BM  # floats in each shared tile (IG_BM == IG_BN)
+# Conv takes the implicit GEMM from this many output channels per group (by geometry, never by batch: both
+# kernels sum an output in the same order, so the choice does not change its bits).
+IMPLICIT_GEMM_MIN_CHANNELS = 32
+
+
+@kernel(_SIG)
+def _conv_implicit_gemm_kernel(X, W, B, Y, N, C_in, ID, IH, IW, C_out, OD, OH, OW, KD, KH, KW, sD, sH, sW, dD, dH,
+                               dW, pD, pH, pW, group, has_bias, activation, alpha):  # fmt: skip
+    # Shapes as _conv_kernel's. Grid: (N·S_out / IG_BN, C_out_g / IG_BM, group); block (16, 16). K is ordered
+    # tap-major, channel-minor (k = tap · C_in_g + ci, tap = (kd · KH + kh) · KW + kw): each output is B[c] followed
+    # by its taps in (kd, kh, kw) order with the group's input channels innermost, one FMA each, as in
+    # _conv_kernel. A tap outside X adds its weight times zero, where _conv_kernel skips it: the same bits for
+    # finite weights (but for the sign of an exact zero sum); an infinite or NaN weight there gives NaN, as in
+    # onnxruntime's im2col GEMM and the CPU backend.
+    a_tile = cuda.shared.array(IG_TILE, dtype=float32)  # [kk · IG_BM + mm]: W_g[m0 + mm, k0 + kk]
+    b_tile = cuda.shared.array(IG_TILE, dtype=float32)  # [kk · IG_BN + nn]: patches[k0 + kk, n0 + nn]
+    tx = int32(cuda.threadIdx.x)
+    ty = int32(cuda.threadIdx.y)
+    tid = int32(ty * 16 + tx)
+    g = int32(cuda.blockIdx.z)
+    m0 = int32(cuda.blockIdx.y * IG_BM)
+    n0 = int32(cuda.blockIdx.x * IG_BN)
+    C_in_g = _div(C_in, group)
+    C_out_g = _div(C_out, group)
+    S_in = int32(ID * IH * IW)
+    S_out = int32(OD * OH * OW)
+    T = int32(KD * KH * KW)
+    Kt = int32(T * C_in_g)  # the GEMM's K
+    w_step = int32(C_in_g * T)
+    n_pos = int32(N * S_out)
+    # the column this thread stages in b_tile: its image and window origin, fixed over K
+    ln = int32(n0 + _mod(tid, IG_BN))
+    l_valid = ln < n_pos
+    ls = _mod(ln, S_out) if l_valid else int32(0)
+    l_img = _div(ln, S_out) if l_valid else int32(0)
+    l_w = int32(int32(_mod(ls, OW) * sW) - pW)
+    l_t = _div(ls, OW)
+    l_h = int32(int32(_mod(l_t, OH) * sH) - pH)
+    l_d = int32(int32(_div(l_t, OH) * sD) - pD)
+    l_x = int32(int32(l_img * C_in + g * C_in_g) * S_in)  # X[img, the group's first channel]
+    # the row this thread stages in a_tile
+    lm = int32(m0 + _mod(tid, IG_BM))
+    lm_valid = lm < C_out_g
+    l_wrow = int32(int32(g * C_out_g + lm) * w_step) if lm_valid else int32(0)
+    lk = _div(tid, IG_BM)  # 0..3: the tile rows this thread stages, lk and lk + 4
+    acc = cuda.local.array(16, dtype=float32)  # acc[i * 4 + j]: row ty + 16 i, column tx + 16 j
+    for i in range(4):
+        m = int32(m0 + ty + 16 * i)
+        bias = B[uint32(g * C_out_g + m)] if has_bias and m < C_out_g else float32(0.0)
+        for j in range(4):
+            acc[i * 4 + j] = bias
+    k0 = int32(0)
+    while k0 < Kt:  # the hot loop over K, IG_BK at a time
+        for r in range(2):
+            kk = int32(lk + 4 * r)
+            k = int32(k0 + kk)
+            tap = _div(k, C_in_g)
+            ci = int32(k - tap * C_in_g)
+            a = float32(-0.0)  # past K: −0 · 0 = −0 leaves every sum as it is, a zero's sign included
+            b = float32(0.0)
+            if k < Kt:
+                if lm_valid:
+                    a = W[uint32(l_wrow + ci * T + tap)]
+                if l_valid:
+                    kw = _mod(tap, KW)
+                    t2 = _div(tap, KW)
+                    kh = _mod(t2, KH)
+                    kd = _div(t2, KH)
+                    id_ = int32(l_d + kd * dD)
+                    ih = int32(l_h + kh * dH)
+                    iw = int32(l_w + kw * dW)
+                    if 0 <= id_ < ID and 0 <= ih < IH and 0 <= iw < IW:
+                        b = X[uint32(l_x + int32(ci * S_in) + int32(int32(id_ * IH + ih) * IW) + iw)]
+            a_tile[uint32(kk * IG_BM + _mod(tid, IG_BM))] = a
+            b_tile[uint32(kk * IG_BN + _mod(tid, IG_BN))] = b
+        cuda.syncthreads()
+        for kk in range(IG_BK):
+            ao = uint32(kk * IG_BM + ty)
+            bo = uint32(kk * IG_BN + tx)
+            a0 = a_tile[ao]
+            a1 = a_tile[ao + 16]
+            a2 = a_tile[ao + 32]
+            a3 = a_tile[ao + 48]
+            for j in range(4):
+                bv = b_tile[bo + 16 * j]
+                acc[j] = cuda.fma(a0, bv, acc[j])
+                acc[4 + j] = cuda.fma(a1, bv, acc[4 + j])
+                acc[8 + j] = cuda.fma(a2, bv, acc[8 + j])
+                acc[12 + j] = cuda.fma(a3, bv, acc[12 + j])
+        cuda.syncthreads()
+        k0 = int32(k0 + IG_BK)
+    for j in range(4):
+        n = int32(n0 + tx + 16 * j)
+        if n < n_pos:
+            s = _mod(n, S_out)
+            y_n = int32(int32(_div(n, S_out) * C_out + g * C_out_g) * S_out + s)  # Y[img, the group's first, s]
+            for i in range(4):
+                m = int32(m0 + ty + 16 * i)
+                if m < C_out_g:
+                    Y[uint32(y_n + m * S_out)] = activate_alpha(acc[i * 4 + j], activation, alpha)
 
 
 @kernel(_SIG)
@@ -374,11 +487,15 @@ def _launch(op_type: str, X, W, B, geom: ConvGeometry, activation: str = "", alp
     if max(X.size, W.size, Y.size, threads + blocks_per_grid * THREADS_PER_BLOCK) <= INDEX32_LIMIT:
         geometry = [np.int32(v) for v in (*geom.x5_shape[1:], *geom.y5_shape[1:], *geom.w5_shape(W.shape)[2:])]
         geometry += [np.int32(v) for a in geom.kernel_arguments() for v in a]  # strides, dilations, begin pads
-        conv_kernel = _conv_kernel if op_type == "Conv" else _conv_transpose_kernel
-        conv_kernel[blocks_per_grid, THREADS_PER_BLOCK, current_stream()](
-            X.reshape(X.size), W.reshape(W.size), bias, Y.reshape(Y.size), np.int32(N), *geometry,
-            np.int32(geom.group), *fused,
-        )  # fmt: skip
+        flat = (X.reshape(X.size), W.reshape(W.size), bias, Y.reshape(Y.size), np.int32(N), *geometry,
+                np.int32(geom.group), *fused)  # fmt: skip
+        C_out_g = C_out // geom.group
+        grid = (-(-N * OD * OH * OW // IG_BN), -(-C_out_g // IG_BM), geom.group)  # the implicit GEMM's
+        if op_type == "Conv" and C_out_g >= IMPLICIT_GEMM_MIN_CHANNELS and max(grid[1:]) <= 65535:
+            _conv_implicit_gemm_kernel[grid, (16, 16), current_stream()](*flat)
+        else:
+            conv_kernel = _conv_kernel if op_type == "Conv" else _conv_transpose_kernel
+            conv_kernel[blocks_per_grid, THREADS_PER_BLOCK, current_stream()](*flat)
     else:
         geometry = [np.int64(v) for a in geom.kernel_arguments() for v in a]
         conv_kernel = _conv_kernel_wide if op_type == "Conv" else _conv_transpose_kernel_wide

@@ -78,7 +78,7 @@ def _gemm_kernel(A, B, C, Y, alpha, beta, transA, transB, has_bias, activation, 
             if row < M and ka < K:
                 a_tile[ty, tx] = A[ka, row] if transA else A[row, ka]
             else:
-                a_tile[ty, tx] = 0.0
+                a_tile[ty, tx] = -0.0  # −0 · 0 = −0: the padding leaves a sum as it is, a zero's sign included
             kb = t * TILE + ty
             if col < N and kb < K:
                 b_tile[ty, tx] = B[col, kb] if transB else B[kb, col]
@@ -288,7 +288,7 @@ def MatMul(A, B):
         raise InvalidFeed(f"MatMul inner dimensions differ: shapes {tuple(A.shape)} and {tuple(B.shape)}")
     M, K, N = sa[-2], sa[-1], sb[-1]
     if len(sb) == 2:  # (..., M, K) @ (K, N): one GEMM over the stacked rows
-        Y = fused_gemm(a.reshape(a.size // K, K), b).reshape(*sa[:-1], N)
+        Y = fused_gemm(a.reshape(math.prod(sa[:-1]), K), b).reshape(*sa[:-1], N)  # (rows, K) @ (K, N)
     else:
         try:
             batch = np.broadcast_shapes(sa[:-2], sb[:-2])
