@@ -5,6 +5,8 @@ the work of several nodes.
   weights, and read by nothing else, is folded into the convolution's weights and bias (as onnxruntime's
   ``ConvBNFusion``): ``W' = W·scale_c`` per output channel, ``B' = B·scale_c + bias_c``, with ``scale_c`` and
   ``bias_c`` the per-channel statistics folded as ``runtime/ops/normalization.py`` does.
+- On CUDA, a ConvTranspose of unit strides with constant weights becomes the Conv of its flipped, transposed
+  weights (the same output), so that it takes the Conv kernels.
 - Gemm followed by Sigmoid, Relu or Tanh becomes one FusedGemm; Conv or ConvTranspose followed by Sigmoid,
   Relu, Tanh or LeakyRelu becomes FusedConv or FusedConvTranspose (the names of onnxruntime's contrib ops of the
   same meaning): the bias and the activation are applied in the epilogue of the GEMM or of col2im. The sparse
@@ -23,6 +25,7 @@ import numpy as np
 
 from runtime.graph import Graph, Node, kernel_takes
 from runtime.ops import OPS
+from runtime.ops.conv import flipped_transposed
 from runtime.ops.gemm import FUSED_DOMAIN
 from runtime.ops.normalization import fold_statistics
 
@@ -184,7 +187,61 @@ def pretranspose_constant_weights(graph: Graph, backend: str) -> Graph:
     return graph
 
 
-PASSES = (fold_batch_norm, fuse_activations, pretranspose_constant_weights)
+def unit_stride_conv_transpose_as_conv(graph: Graph, backend: str) -> Graph:
+    """On CUDA, a ConvTranspose of unit strides with constant weights and explicit pads is the Conv of its flipped,
+    transposed weights (``runtime.ops.conv.flipped_transposed``, made once here) with pads (K−1)·d − pad at the
+    beginning and (K−1)·d − pad + output_padding at the end (both ≥ 0, else no rewrite), and the same output: it
+    then takes the Conv kernels (the implicit GEMM from 32 output channels per group), as DeconvNet's 3×3
+    deconvolution layers do. The CPU backend makes the same choice at run time (``_transpose_as_conv``)."""
+    if backend != "cuda":
+        return graph
+    readers = _readers(graph)
+    inits = graph.initializers
+    made: dict[str, np.ndarray] = {}  # the flipped weights this pass added, by name
+    for n in graph.nodes:
+        if n.op_type != "ConvTranspose" or n.domain not in DEFAULT_DOMAINS or len(n.inputs) < 2:
+            continue
+        W = inits.get(n.inputs[1])
+        if W is None or W.dtype != np.float32 or W.ndim < 3 or not W.shape[0]:
+            continue
+        a, rank, kernel = n.attrs, W.ndim - 2, list(W.shape[2:])
+        if (
+            a.get("auto_pad", "NOTSET") != "NOTSET"
+            or a.get("output_shape")
+            or list(a.get("kernel_shape") or kernel) != kernel
+        ):
+            continue
+        group = int(a.get("group", 1))
+        strides, dilations = list(a.get("strides") or [1] * rank), list(a.get("dilations") or [1] * rank)
+        pads, extra = list(a.get("pads") or [0] * 2 * rank), list(a.get("output_padding") or [0] * rank)
+        if any(s != 1 for s in strides) or W.shape[0] % group or len(pads) != 2 * rank or len(extra) != rank:
+            continue
+        reach = [(k - 1) * d for k, d in zip(kernel, dilations)]  # (K−1)·d per axis
+        conv_pads = [r - p for r, p in zip(reach, pads[:rank])] + [
+            r - p + e for r, p, e in zip(reach, pads[rank:], extra)
+        ]
+        if min(conv_pads) < 0:
+            continue
+        name = f"{n.inputs[1]}__as_conv_{group}"
+        if name in inits and name not in made:  # a name of the model's own: leave the node as it is
+            continue
+        if name not in made:
+            inits[name] = made[name] = flipped_transposed(W, group)  # (C_out, C_in/g, *kernel)
+        if readers[n.inputs[1]] == 1:
+            del inits[n.inputs[1]]
+        n.op_type, n.op = "Conv", OPS[("", "Conv")]
+        n.inputs = [n.inputs[0], name, *n.inputs[2:]]
+        n.attrs = {
+            "dilations": dilations,
+            "group": group,
+            "kernel_shape": kernel,
+            "pads": conv_pads,
+            "strides": strides,
+        }
+    return graph
+
+
+PASSES = (fold_batch_norm, unit_stride_conv_transpose_as_conv, fuse_activations, pretranspose_constant_weights)
 
 
 def optimize(graph: Graph, backend: str) -> Graph:

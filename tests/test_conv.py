@@ -174,7 +174,7 @@ def test_unit_stride_conv_transpose_runs_as_conv(x_shape, w_shape, attrs, as_con
     if as_conv:
         assert conv_geom.out_size == geom.out_size and conv_geom.C_out == geom.C_out
         w = np.random.default_rng(0).random(w_shape, dtype=np.float32)
-        flipped = conv_cpu._flipped_transposed(w, geom)
+        flipped = conv_cpu.flipped_transposed(w, geom.group)
         g = geom.group
         assert flipped.shape == (geom.C_out, geom.C_in // g, *geom.kernel)
         # output channel o of group j, input channel i of that group: W[j·C_in/g + i, o] flipped in space

@@ -194,3 +194,58 @@ def test_folding_leaves_the_unfolded_graph_result():
     fused = runtime.InferenceSession(case.model).run(None, case.feed)[0]
     plain = runtime.InferenceSession(case.model, optimize_graph=False).run(None, case.feed)[0]
     np.testing.assert_allclose(fused, plain, rtol=0, atol=1e-5)
+
+
+# ConvTranspose of unit strides with constant weights, on CUDA: rewritten to the Conv of its flipped, transposed
+# weights where its explicit pads allow ((K−1)·d − pad ≥ 0 at both ends, output_padding added at the end)
+UNIT_STRIDE_T = [
+    ("pads1", (2, 4, 5, 5), (4, 6, 3, 3), dict(pads=[1, 1, 1, 1]), True),
+    ("group-dilated", (1, 4, 4, 5), (4, 3, 3, 2), dict(group=2, dilations=[2, 1], pads=[0, 1, 3, 0]), True),
+    ("output-padding", (1, 2, 4, 4), (2, 3, 3, 3), dict(dilations=[2, 2], output_padding=[1, 0]), True),
+    ("3d", (1, 2, 2, 3, 4), (2, 2, 2, 2, 2), {}, True),
+    ("strided", (1, 4, 3, 3), (4, 6, 3, 3), dict(strides=[2, 2]), False),
+    ("cropping-pad", (1, 4, 5, 5), (4, 6, 3, 3), dict(pads=[3, 0, 0, 0]), False),
+    ("same-upper", (1, 4, 5, 5), (4, 6, 3, 3), dict(auto_pad="SAME_UPPER"), False),
+    ("output-shape", (1, 4, 5, 5), (4, 6, 3, 3), dict(output_shape=[7, 7]), False),
+]
+
+
+def _unit_stride_model(x_shape, w_shape, attrs, activation=True) -> tuple[bytes, dict]:
+    rng = case_rng(f"unit-stride-{w_shape}-{sorted(attrs)}")
+    c_out = w_shape[1] * attrs.get("group", 1)
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["c" if activation else "y"], **attrs)]
+    if activation:
+        nodes.append(helper.make_node("LeakyRelu", ["c"], ["y"], alpha=0.2))
+    inits = {"w": randn(rng, w_shape, scale=0.5), "b": randn(rng, (c_out,))}
+    model = make_model(nodes, [("x", F32, ["N", *x_shape[1:]])], [("y", F32, None)], initializers=inits)
+    return model, {"x": randn(rng, x_shape)}
+
+
+@pytest.mark.parametrize("x_shape, w_shape, attrs, rewritten", [c[1:] for c in UNIT_STRIDE_T],
+                         ids=[c[0] for c in UNIT_STRIDE_T])  # fmt: skip
+def test_unit_stride_conv_transpose_becomes_a_conv_on_cuda_only(x_shape, w_shape, attrs, rewritten):
+    from runtime.fusion import optimize
+    from runtime.graph import build_graph, read_model
+
+    model, _ = _unit_stride_model(x_shape, w_shape, attrs, activation=False)
+    for backend in ("cpu", "cuda"):
+        graph = optimize(build_graph(read_model(model)[0], None, backend), backend)
+        expect = "Conv" if rewritten and backend == "cuda" else "ConvTranspose"
+        assert [n.op_type for n in graph.nodes] == [expect], backend
+        assert ("w" in graph.initializers) != (expect == "Conv")  # the original weights dropped once unread
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("x_shape, w_shape, attrs, rewritten", [c[1:] for c in UNIT_STRIDE_T],
+                         ids=[c[0] for c in UNIT_STRIDE_T])  # fmt: skip
+def test_unit_stride_conv_transpose_as_conv_matches_onnxruntime(x_shape, w_shape, attrs, rewritten):
+    from tests.conftest import assert_close, ort_run
+
+    model, feed = _unit_stride_model(x_shape, w_shape, attrs)
+    session = runtime.InferenceSession(model, backend="cuda")
+    assert [n.op_type for n in session._graph.nodes] == ["FusedConv" if rewritten else "FusedConvTranspose"]
+    if attrs.get("output_padding"):  # onnxruntime refuses output_padding at stride 1; the spec allows it below
+        expected = runtime.InferenceSession(model).run(None, feed)  # the dilation: the CPU backend, unrewritten
+    else:
+        expected = ort_run(model, feed)
+    assert_close(session.run(None, feed), expected)

@@ -711,7 +711,7 @@ def _transpose_as_conv(geom: ConvGeometry) -> ConvGeometry | None:
     """The Conv that computes a ConvTranspose of unit strides, or None. With stride 1 the transposed convolution
     y[o] = Σ_k x[o + pad − k·d] w[k] is a convolution over the flipped window: tap t = K−1−k reads
     x[o − ((K−1)·d − pad) + t·d], so the Conv's begin pad is (K−1)·d − pad (required ≥ 0; a larger pad crops,
-    and stays on the GEMM + col2im path), its weights ``_flipped_transposed``, its output the same. On the
+    and stays on the GEMM + col2im path), its weights ``flipped_transposed``, its output the same. On the
     DeconvNet decoder's 3x3 layers at batch 1: 2x faster than GEMM + col2im; a batch whose samples each run their
     own GEMM and col2im on a core (``_conv_transpose_samples``) runs as fast that way as this one, and stays."""
     if any(s != 1 for s in geom.strides) or geom.C_in == 0:  # no input channel: the bias alone, on the other path
@@ -723,14 +723,14 @@ def _transpose_as_conv(geom: ConvGeometry) -> ConvGeometry | None:
                         geom.dilations, begin, geom.out_size)  # fmt: skip
 
 
-def _flipped_transposed(W: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+def flipped_transposed(W: np.ndarray, group: int) -> np.ndarray:
     """ConvTranspose's weights (C_in, C_out/g, *kernel) as the Conv weights (C_out, C_in/g, *kernel) of
     ``_transpose_as_conv``: input and output channels swapped within each group, the window flipped on every
-    axis (reversing the flattened tap index flips them all at once)."""
-    g = geom.group
-    w = W.reshape(g, geom.C_in // g, geom.C_out // g, math.prod(geom.kernel))  # (g, C_in/g, C_out/g, K)
+    axis (reversing the flattened tap index flips them all at once). Also the CUDA loader's (runtime/fusion.py)."""
+    C_in, C_out_g, kernel = W.shape[0], W.shape[1], W.shape[2:]
+    w = W.reshape(group, C_in // group, C_out_g, math.prod(kernel))  # (g, C_in/g, C_out/g, K)
     w = w[..., ::-1].transpose(0, 2, 1, 3)  # (g, C_out/g, C_in/g, K), taps reversed
-    return np.ascontiguousarray(w).reshape(geom.C_out, geom.C_in // g, *geom.kernel)
+    return np.ascontiguousarray(w).reshape(group * C_out_g, C_in // group, *kernel)
 
 
 def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_RELU_ALPHA) -> np.ndarray:
@@ -751,7 +751,7 @@ def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: floa
     # never by the batch: the two paths sum in different orders, and a sample must give the same bits at any N.
     as_conv = _transpose_as_conv(geom)
     if as_conv is not None:
-        w_conv = packed(W, f"as_conv/{g}", lambda W: _flipped_transposed(W, geom))  # (C_out, C_in/g, *kernel)
+        w_conv = packed(W, f"as_conv/{g}", lambda W: flipped_transposed(W, g))  # (C_out, C_in/g, *kernel)
         panels = _weight_panels(  # (g, packed flipped W_g (C_out/g, C_in/g·K)), kept with the session's W
             W, f"as_conv_panels/{g}", lambda W: _group_panels(w_conv.reshape(g, C_out // g, -1))
         )
