@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -276,6 +277,21 @@ def test_make_weights_retrains_each_card_as_it_says(card):
         built = asdict(zoo.create_model(card["model"]).config)
     # a setting added after the card was written is absent from it; its default is what the run did then
     assert {k: built.get(k) for k in card["config"]} == card["config"], "the registered config is not the card's"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("card", CARDS, ids=[c["name"] for c in CARDS])
+def test_make_weights_trains_each_card_on_its_thread_count(card):
+    """torch's CPU kernels split their sums by the thread count: a model retrained on another count than its card's
+    ends with other weights (LeNet on 1 thread instead of 2 does), so `make weights` sets the card's."""
+    bin_dir = Path(sys.executable).parent
+    done = subprocess.run(["make", "-n", "-s", f"retrain-{card['name']}", "STAMP=Makefile", f"BIN={bin_dir}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    own = f"{bin_dir}/zoo train {card['model']} --seed 0 --out runs/{card['name']} "
+    line = next((x for x in done.stdout.splitlines() if own in x), None)
+    assert line is not None, done.stdout
+    assert line.startswith(f"OMP_NUM_THREADS={card['threads']} "), line
 
 
 def test_a_card_shows_its_ablations_as_their_own_cards_have_them():
