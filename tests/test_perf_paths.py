@@ -262,11 +262,11 @@ def test_full_window_path_is_taken_only_where_im2col_is_the_identity():
     def geometry(x_shape, w_shape, **attrs):
         return conv_ops.conv_geometry("Conv", x_shape, w_shape, **attrs)
 
-    assert conv_ops._is_full_window(geometry((2, 3, 7, 7), (5, 3, 7, 7)))
-    assert conv_ops._is_full_window(geometry((2, 3, 1, 1), (5, 3, 1, 1)))  # a 1x1 conv of a 1x1 map
-    assert not conv_ops._is_full_window(geometry((2, 3, 7, 7), (5, 3, 7, 7), pads=[1, 1, 1, 1]))
-    assert not conv_ops._is_full_window(geometry((2, 4, 7, 7), (6, 2, 7, 7), group=2))
-    assert not conv_ops._is_full_window(geometry((2, 3, 8, 7), (5, 3, 7, 7)))
+    assert conv_ops.is_full_window(geometry((2, 3, 7, 7), (5, 3, 7, 7)))
+    assert conv_ops.is_full_window(geometry((2, 3, 1, 1), (5, 3, 1, 1)))  # a 1x1 conv of a 1x1 map
+    assert not conv_ops.is_full_window(geometry((2, 3, 7, 7), (5, 3, 7, 7), pads=[1, 1, 1, 1]))
+    assert not conv_ops.is_full_window(geometry((2, 4, 7, 7), (6, 2, 7, 7), group=2))
+    assert not conv_ops.is_full_window(geometry((2, 3, 8, 7), (5, 3, 7, 7)))
 
 
 # (rows M, the GEMM's thresholds patched): how a (M, 50) x (50, 30) Gemm runs

@@ -572,7 +572,7 @@ def conv_rows_per_tile(geom: ConvGeometry, itemsize: int) -> int:
     return max(1, min(rows, max(per_tile, -(-MIN_TILE_COLUMNS // OW))))
 
 
-def _is_full_window(geom: ConvGeometry) -> bool:
+def is_full_window(geom: ConvGeometry) -> bool:
     """A Conv whose one window is the whole unpadded input (DCGAN's last discriminator layer, DeconvNet's fc6
     and fc7): a fully connected layer, whose im2col would copy the input as it is."""
     return (
@@ -619,7 +619,7 @@ def _conv_plan(geom: ConvGeometry, itemsize: int) -> tuple:
     # (LeNet's second layer at batch 1: 26 -> 19 us, most of it Python around three calls).
     rows = conv_rows_per_tile(geom, itemsize) if parallel else geom.N * OD * OH
     one_sample_tile = parallel and rows == geom.N * OD * OH == OD * OH
-    path = "full-window" if _is_full_window(geom) else "sample" if one_sample_tile else "tiles"
+    path = "full-window" if is_full_window(geom) else "sample" if one_sample_tile else "tiles"
     kernel = np.array(geom.as_3d(geom.kernel, 1), np.int64)
     kernel.flags.writeable = False
     return path, rows, parallel, kernel, OH, OW, P

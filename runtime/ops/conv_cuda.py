@@ -44,8 +44,9 @@ from runtime.ops._cuda_launch import (
     grid_1d,
     kernel,
 )
-from runtime.ops.conv import ConvGeometry, cached_conv_geometry
+from runtime.ops.conv import ConvGeometry, cached_conv_geometry, is_full_window
 from runtime.ops.gemm import FUSED_DOMAIN
+from runtime.ops.gemm_cuda import fused_gemm
 
 # Output channels per thread: the input value loaded for a tap and channel feeds this many FMAs.
 CHANNEL_BLOCK = 4
@@ -437,19 +438,18 @@ def gemm_form(op_type: str, geom: ConvGeometry) -> str | None:
     """Which GEMM a convolution is, by its geometry alone (never by its batch): "window" when the kernel covers
     the whole input (a fully connected layer written as a Conv, as VGG's fc6: one output position per image),
     "pointwise" for a 1×1 convolution of stride 1 that keeps the spatial size; else None."""
-    if op_type != "Conv" or geom.group != 1 or any(geom.pads_begin):
+    if op_type != "Conv":
         return None
-    if geom.kernel == geom.in_size and all(d == 1 for d in geom.dilations) and all(o == 1 for o in geom.out_size):
+    if is_full_window(geom):  # the CPU backend's test for the same GEMM
         return "window"
-    if all(k == 1 for k in geom.kernel) and all(s == 1 for s in geom.strides) and geom.out_size == geom.in_size:
+    pointwise = all(k == 1 for k in geom.kernel) and all(s == 1 for s in geom.strides)
+    if pointwise and geom.group == 1 and not any(geom.pads_begin) and geom.out_size == geom.in_size:
         return "pointwise"
     return None
 
 
 def _as_gemm(form: str, X, W, B, geom: ConvGeometry, Y, activation: str, alpha: float) -> None:
     # Y = act(W ⊛ X + B) through the GEMM kernels, with the bias and activation in their epilogue
-    from runtime.ops.gemm_cuda import fused_gemm
-
     N, C_out = geom.N, geom.C_out
     code = ACTIVATIONS[activation]
     if form == "window":
