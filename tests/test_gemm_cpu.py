@@ -19,6 +19,7 @@ from onnx import helper
 
 from runtime.errors import ZooRuntimeError
 from runtime.ops import _gemm_cpu
+from runtime.ops import conv as conv_ops
 from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA
 from runtime.ops._gemm_cpu import MR, gemm, nr_of, packed_a, packed_b
 from runtime.ops.conv import Conv, ConvTranspose
@@ -467,8 +468,15 @@ CONV_CASES = [
 ]
 
 
+@pytest.fixture(params=["direct", "im2col"])
+def conv_path(request, monkeypatch):
+    """Conv's direct convolution wherever it applies, or never (the im2col paths): both must pass."""
+    monkeypatch.setattr(conv_ops, "DIRECT_MIN_LANES", 0.0 if request.param == "direct" else 2.0)
+    return request.param
+
+
 @pytest.mark.parametrize("op, x_shape, w_shape, bias, attrs", CONV_CASES)
-def test_conv_paths_match_onnxruntime(op, x_shape, w_shape, bias, attrs):
+def test_conv_paths_match_onnxruntime(op, x_shape, w_shape, bias, attrs, conv_path):
     rng = case_rng(f"conv-{op}-{x_shape}-{w_shape}-{attrs}")
     c_out = w_shape[0] if op == "Conv" else w_shape[1] * attrs.get("group", 1)
     X, W = randn(rng, x_shape), randn(rng, w_shape)
@@ -503,7 +511,7 @@ def random_conv_case(rng) -> tuple:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_random_convolutions_match_onnxruntime(seed):
+def test_random_convolutions_match_onnxruntime(seed, conv_path):
     """A bounded slice of the fuzzing behind this file: 25 random geometries per seed; those onnxruntime refuses
     (dilations with SAME padding, empty outputs) are skipped, the rest checked as above; a geometry the runtime
     refuses but onnxruntime runs fails."""
@@ -524,6 +532,37 @@ def test_random_convolutions_match_onnxruntime(seed):
             raise AssertionError(f"{op} {x_shape} {w_shape} {attrs}: refused ({e}) but onnxruntime runs it") from e
         checked += 1
     assert checked >= 10
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_direct_and_im2col_convolutions_give_the_same_bits(seed, monkeypatch):
+    """The direct convolution and the im2col paths sum every output in one order (the GEMM's k order, then the
+    bias): the same bits for random geometries (1-D to 3-D, groups, strides, dilations, pads, float32 and float64,
+    each activation), whichever path a geometry takes by default. Each path also meets onnxruntime above."""
+    from runtime.ops.conv import FusedConv
+
+    rng = case_rng(f"direct-im2col-{seed}")
+    checked = 0
+    for _ in range(30):
+        op, x_shape, w_shape, bias, attrs = random_conv_case(rng)
+        if op != "Conv":
+            continue
+        dtype = np.float64 if rng.random() < 0.3 else np.float32
+        X, W = randn(rng, x_shape).astype(dtype), randn(rng, w_shape).astype(dtype)
+        B = randn(rng, (w_shape[0],)).astype(dtype) if bias else None
+        activation = str(rng.choice(list(ACTIVATIONS)))
+        results = []
+        for lanes in (0.0, 2.0):  # always direct, never direct
+            monkeypatch.setattr(conv_ops, "DIRECT_MIN_LANES", lanes)
+            try:
+                y = FusedConv(X, W, B, activation=activation, **attrs) if activation else Conv(X, W, B, **attrs)
+            except ZooRuntimeError:  # a geometry both refuse (an empty output, say)
+                break
+            results.append(y)
+        if len(results) == 2:
+            assert_same_bits(results[0], results[1], f"Conv {x_shape} {w_shape} {attrs} {dtype.__name__} {activation}")
+            checked += 1
+    assert checked >= 5
 
 
 def conv_reference(op: str, X, W, B, group: int, strides, dilations, pads_begin, out_size) -> np.ndarray:
@@ -628,7 +667,8 @@ CONSTANT_CASES = [
 
 @pytest.mark.parametrize("x_shape, w_shape, attrs", CONSTANT_CASES)
 @pytest.mark.parametrize("activation", ["", "Sigmoid"])
-def test_conv_of_a_constant_image_is_one_value_per_channel_over_the_interior(x_shape, w_shape, attrs, activation):
+def test_conv_of_a_constant_image_is_one_value_per_channel_over_the_interior(x_shape, w_shape, attrs, activation,
+                                                                             conv_path):  # fmt: skip
     """Every interior output of channel c sums the same products in the same order, so it is one value, the same in
     every sample of the batch: the constant times c's weights' sum plus the bias, within the bound. Also with an
     activation fused (FusedConv's epilogue)."""

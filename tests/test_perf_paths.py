@@ -196,6 +196,17 @@ def test_parallel_twin_runs_in_parallel_after_the_serial_one_compiled(tmp_path):
         assert out.stdout.split()[-1] == "1", "the parallel kernel ran on one thread"
 
 
+@pytest.fixture
+def fresh_conv_plans():
+    """Conv's plans are kept per geometry: made afresh under a test's patched tiling, and forgotten after it."""
+    plans = (conv_ops._conv_plan, conv_ops._direct_plan)
+    for plan in plans:
+        plan.cache_clear()
+    yield
+    for plan in plans:
+        plan.cache_clear()
+
+
 @pytest.mark.parametrize(
     "x_shape, w_shape, attrs",
     [
@@ -205,11 +216,15 @@ def test_parallel_twin_runs_in_parallel_after_the_serial_one_compiled(tmp_path):
     ],
 )
 @pytest.mark.parametrize("tile", ["one-row", "uneven", "whole-sample"])
-def test_conv_tiles_give_the_same_bits_for_any_tiling_and_thread_count(x_shape, w_shape, attrs, tile, monkeypatch):
-    """Conv runs one task per (sample, tile of output rows). Every tiling agrees with onnxruntime, and with the
-    tiling fixed the bits do not depend on the number of threads."""
+@pytest.mark.parametrize("path", ["direct", "im2col"])
+def test_conv_tiles_give_the_same_bits_for_any_tiling_and_thread_count(x_shape, w_shape, attrs, tile, path,
+                                                                        monkeypatch, fresh_conv_plans):  # fmt: skip
+    """Conv runs one task per (sample, tile of output rows), or in the direct convolution per (sample, run of
+    panels of columns). Every tiling agrees with onnxruntime, and with the tiling fixed the bits do not depend on
+    the number of threads."""
     import numba
 
+    monkeypatch.setattr(conv_ops, "DIRECT_MIN_LANES", 0.0 if path == "direct" else 2.0)
     monkeypatch.setattr(conv_ops, "PARALLEL_MIN_ELEMENTS", 0)
     monkeypatch.setattr(conv_ops, "MIN_TASKS", 1)
     monkeypatch.setattr(conv_ops, "MIN_TILE_COLUMNS", 1)

@@ -46,63 +46,84 @@ def nr_of(dtype) -> int:
     return VECTORS * VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
-def _make_microkernel(height: int, panels: int):
+def _make_microkernel(height: int, panels: int, indirect: bool = False):
     """The micro-kernel for ``height`` rows and ``panels`` consecutive panels of b (panel u at b_off + u·bs):
     c[c_off + i·ldc + u·NR + j] = Σ_k a[a_off + k·height + i]·b[b_off + u·bs + k·NR + j] for i < height,
     j < NR, fused multiply-adds in order k = 0…K−1 from 0. Short panels take several panels of b at once, so that
-    there are always 16 independent accumulators (two FMA pipes times four cycles of latency, twice over)."""
+    there are always 16 independent accumulators (two FMA pipes times four cycles of latency, twice over).
+    ``indirect``: row k of b is not at k·NR but at ``offs[k]`` (an int64 array, an extra argument after bs): b is
+    then any array whose rows are NR contiguous elements somewhere, such as the input of a direct convolution
+    (``direct_panels``)."""
 
-    @intrinsic
-    def microkernel(typingctx, a, a_off, b, b_off, bs, K, c, c_off, ldc):
-        dtype = a.dtype
-        sig = types.void(a, types.intp, b, types.intp, types.intp, types.intp, c, types.intp, types.intp)
-
-        def codegen(context, builder, signature, args):
+    def codegen(context, builder, signature, args):
+        dtype = signature.args[0].dtype
+        if indirect:
+            a_v, a_off_v, b_v, b_off_v, bs_v, offs_v, K_v, c_v, c_off_v, ldc_v = args
+            offs_ptr = context.make_array(signature.args[5])(context, builder, offs_v).data
+        else:
             a_v, a_off_v, b_v, b_off_v, bs_v, K_v, c_v, c_off_v, ldc_v = args
-            i64 = ir.IntType(64)
-            width = VECTOR_BYTES // (dtype.bitwidth // 8)
-            nr = VECTORS * width
-            fty = context.get_value_type(dtype)
-            vty = ir.VectorType(fty, width)
-            A = builder.gep(context.make_array(signature.args[0])(context, builder, a_v).data, [a_off_v])
-            B = builder.gep(context.make_array(signature.args[2])(context, builder, b_v).data, [b_off_v])
-            C = builder.gep(context.make_array(signature.args[6])(context, builder, c_v).data, [c_off_v])
-            n_vec = VECTORS * panels  # vectors per row of the block
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{width}f{dtype.bitwidth}"
-            )
-            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * width)
-            # accumulators as allocas in the entry block: LLVM's mem2reg turns them into registers
-            acc = [[cgutils.alloca_once(builder, vty) for _ in range(n_vec)] for _ in range(height)]
-            for row in acc:
-                for slot in row:
-                    builder.store(zero, slot)
-            splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
-            undef = ir.Constant(vty, ir.Undefined)
-            with cgutils.for_range(builder, K_v) as loop:
-                k = loop.index
+        c_arg = signature.args[7 if indirect else 6]
+        i64 = ir.IntType(64)
+        width = VECTOR_BYTES // (dtype.bitwidth // 8)
+        nr = VECTORS * width
+        fty = context.get_value_type(dtype)
+        vty = ir.VectorType(fty, width)
+        A = builder.gep(context.make_array(signature.args[0])(context, builder, a_v).data, [a_off_v])
+        B = builder.gep(context.make_array(signature.args[2])(context, builder, b_v).data, [b_off_v])
+        C = builder.gep(context.make_array(c_arg)(context, builder, c_v).data, [c_off_v])
+        n_vec = VECTORS * panels  # vectors per row of the block
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{width}f{dtype.bitwidth}"
+        )
+        zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * width)
+        # accumulators as allocas in the entry block: LLVM's mem2reg turns them into registers
+        acc = [[cgutils.alloca_once(builder, vty) for _ in range(n_vec)] for _ in range(height)]
+        for row in acc:
+            for slot in row:
+                builder.store(zero, slot)
+        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+        undef = ir.Constant(vty, ir.Undefined)
+        with cgutils.for_range(builder, K_v) as loop:
+            k = loop.index
+            if indirect:
+                b_row = builder.gep(B, [builder.load(builder.gep(offs_ptr, [k]))])
+            else:
                 b_row = builder.gep(B, [builder.mul(k, ir.Constant(i64, nr))])
-                b_vecs = []
-                for u in range(panels):
-                    b_panel = builder.gep(b_row, [builder.mul(bs_v, ir.Constant(i64, u))])
-                    for v in range(VECTORS):
-                        p = builder.bitcast(builder.gep(b_panel, [ir.Constant(i64, v * width)]), vty.as_pointer())
-                        b_vecs.append(builder.load(p, align=dtype.bitwidth // 8))
-                a_col = builder.gep(A, [builder.mul(k, ir.Constant(i64, height))])
-                for i in range(height):
-                    x = builder.load(builder.gep(a_col, [ir.Constant(i64, i)]))
-                    x = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)),
-                                               undef, splat_mask)  # fmt: skip
-                    for v in range(n_vec):
-                        builder.store(builder.call(fma, [x, b_vecs[v], builder.load(acc[i][v])]), acc[i][v])
+            b_vecs = []
+            for u in range(panels):
+                b_panel = builder.gep(b_row, [builder.mul(bs_v, ir.Constant(i64, u))])
+                for v in range(VECTORS):
+                    p = builder.bitcast(builder.gep(b_panel, [ir.Constant(i64, v * width)]), vty.as_pointer())
+                    b_vecs.append(builder.load(p, align=dtype.bitwidth // 8))
+            a_col = builder.gep(A, [builder.mul(k, ir.Constant(i64, height))])
             for i in range(height):
-                c_row = builder.gep(C, [builder.mul(ldc_v, ir.Constant(i64, i))])
+                x = builder.load(builder.gep(a_col, [ir.Constant(i64, i)]))
+                x = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)),
+                                           undef, splat_mask)  # fmt: skip
                 for v in range(n_vec):
-                    p = builder.bitcast(builder.gep(c_row, [ir.Constant(i64, v * width)]), vty.as_pointer())
-                    builder.store(builder.load(acc[i][v]), p, align=dtype.bitwidth // 8)
-            return context.get_dummy_value()
+                    builder.store(builder.call(fma, [x, b_vecs[v], builder.load(acc[i][v])]), acc[i][v])
+        for i in range(height):
+            c_row = builder.gep(C, [builder.mul(ldc_v, ir.Constant(i64, i))])
+            for v in range(n_vec):
+                p = builder.bitcast(builder.gep(c_row, [ir.Constant(i64, v * width)]), vty.as_pointer())
+                builder.store(builder.load(acc[i][v]), p, align=dtype.bitwidth // 8)
+        return context.get_dummy_value()
 
-        return sig, codegen
+    def typing(a, b, c, offs=None):
+        offs_t = (offs,) if indirect else ()
+        return types.void(a, types.intp, b, types.intp, types.intp, *offs_t, types.intp, c, types.intp, types.intp)
+
+    if indirect:
+
+        @intrinsic
+        def microkernel(typingctx, a, a_off, b, b_off, bs, offs, K, c, c_off, ldc):
+            return typing(a, b, c, offs), codegen
+
+    else:
+
+        @intrinsic
+        def microkernel(typingctx, a, a_off, b, b_off, bs, K, c, c_off, ldc):
+            return typing(a, b, c), codegen
 
     return microkernel
 
@@ -113,6 +134,13 @@ _mk4x2, _mk4 = _make_microkernel(4, 2), _make_microkernel(4, 1)
 _mk2x4, _mk2x2, _mk2 = _make_microkernel(2, 4), _make_microkernel(2, 2), _make_microkernel(2, 1)
 _mk1x8, _mk1x4, _mk1x2, _mk1 = (_make_microkernel(1, u) for u in (8, 4, 2, 1))
 GROUP = 8  # panels of b a row panel of a meets in one pass (the most the 1-high micro-kernel takes)
+
+
+# the same micro-kernels reading b's rows through a table of offsets (``direct_panels``)
+_ik8 = _make_microkernel(8, 1, True)
+_ik4x2, _ik4 = _make_microkernel(4, 2, True), _make_microkernel(4, 1, True)
+_ik2x4, _ik2x2, _ik2 = _make_microkernel(2, 4, True), _make_microkernel(2, 2, True), _make_microkernel(2, 1, True)
+_ik1x8, _ik1x4, _ik1x2, _ik1 = (_make_microkernel(1, u, True) for u in (8, 4, 2, 1))
 
 
 @numba.njit(inline="always")
@@ -148,6 +176,32 @@ def _microkernel(h, u, a, a_off, b, b_off, bs, K, c, c_off, ldc):
         _mk1x2(a, a_off, b, b_off, bs, K, c, c_off, ldc)
     else:
         _mk1(a, a_off, b, b_off, bs, K, c, c_off, ldc)
+
+
+@numba.njit(inline="always")
+def _microkernel_indirect(h, u, a, a_off, b, b_off, bs, offs, K, c, c_off, ldc):
+    if h == 8:
+        _ik8(a, a_off, b, b_off, bs, offs, K, c, c_off, ldc)
+    elif h == 4:
+        if u == 2:
+            _ik4x2(a, a_off, b, b_off, bs, offs, K, c, c_off, ldc)
+        else:
+            _ik4(a, a_off, b, b_off, bs, offs, K, c, c_off, ldc)
+    elif h == 2:
+        if u == 4:
+            _ik2x4(a, a_off, b, b_off, bs, offs, K, c, c_off, ldc)
+        elif u == 2:
+            _ik2x2(a, a_off, b, b_off, bs, offs, K, c, c_off, ldc)
+        else:
+            _ik2(a, a_off, b, b_off, bs, offs, K, c, c_off, ldc)
+    elif u == 8:
+        _ik1x8(a, a_off, b, b_off, bs, offs, K, c, c_off, ldc)
+    elif u == 4:
+        _ik1x4(a, a_off, b, b_off, bs, offs, K, c, c_off, ldc)
+    elif u == 2:
+        _ik1x2(a, a_off, b, b_off, bs, offs, K, c, c_off, ldc)
+    else:
+        _ik1(a, a_off, b, b_off, bs, offs, K, c, c_off, ldc)
 
 
 @intrinsic
@@ -292,6 +346,26 @@ def gemm_panels(ap, M, bp, N, K, c, nr, q0, q1, p0, p1, tile, bias, has_bias, be
                             put(c, (r0 + i) * ldc + q * nr + j, at(tile, i * nr + j))
                 if epilogue:
                     _epilogue(c, ldc, r0, rows, q * nr, cols, bias, has_bias, beta, activation, alpha)
+                q += u
+
+
+@numba.njit(**JIT)
+def direct_panels(ap, M, b, b_off, offs, K, c, nr, nq):
+    # c[:, 0 : nq·nr] = a (M, K) @ B (K, nq·nr), B never formed: its element (k, j) is b[b_off + offs[k] + j], so
+    # each row of a panel of B is nr contiguous elements of b (a direct convolution's input, ``conv``). a packed
+    # (``packed_a``); c (≥ panels of a · MR rows, its rows contiguous): every block is whole, the rows below M
+    # and the columns the caller does not want are written too. The same fused multiply-adds, in the same order,
+    # as ``gemm_panels`` with B packed.
+    ldc = c.strides[0] // c.itemsize
+    for g0 in range(0, nq, GROUP):  # GROUP panels of B (their rows of b in L1 / L2) meet every row panel of a
+        g1 = min(nq, g0 + GROUP)
+        for p in range((M + MR - 1) // MR):
+            h = panel_height(min(MR, M - p * MR))
+            q = g0
+            while q < g1:
+                u = _panels_for(h, g1 - q)
+                _microkernel_indirect(h, u, ap, p * MR * K, b, b_off + q * nr, nr, offs, K, c, p * MR * ldc + q * nr,
+                                      ldc)  # fmt: skip
                 q += u
 
 
