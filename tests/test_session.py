@@ -21,7 +21,18 @@ from onnx import TensorProto, helper, numpy_helper
 import runtime
 from runtime.errors import BackendUnavailable, InvalidFeed, InvalidModel, UnsupportedOp, ZooRuntimeError
 from runtime.graph import MAX_OPSET, MIN_OPSET
-from tests.conftest import ATOL, IR_VERSION, ROOT, assert_close, cuda_available, make_model, ort_run
+from tests.conftest import (
+    ATOL,
+    IR_VERSION,
+    ROOT,
+    assert_close,
+    case_rng,
+    cuda_available,
+    make_model,
+    ort_run,
+    randn,
+    runtime_run,
+)
 
 N_IN, N_HIDDEN = 196, 32  # 256 x 196 elements is past the CPU kernels' parallel threshold
 METADATA = {"zoo.model": "sparse-ae", "zoo.dataset": "mnist-14x14", "zoo.sparsity": "0.05"}
@@ -772,3 +783,35 @@ def test_relu_of_negative_values_is_positive_zero_as_in_onnxruntime():
     (got,) = runtime.InferenceSession(model).run(None, {"x": x})
     (expected,) = ort_run(model, {"x": x})
     np.testing.assert_array_equal(np.signbit(got), np.signbit(expected))
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMul", "Conv"])
+def test_subnormal_weights_of_a_product_are_read_as_zero_and_other_constants_are_kept(op):
+    """A matrix product's subnormal weights (which cost Intel cores a microcode assist per multiply-add) give the
+    bits of the same weights with those values zeroed, within onnxruntime's tolerance of the exact weights; a
+    subnormal constant of an elementwise op is not touched."""
+    rng = case_rng(f"subnormal-{op}")
+    tiny = np.finfo(np.float32).tiny
+    shape = {"Gemm": (6, 5), "MatMul": (6, 5), "Conv": (5, 6, 3, 3)}[op]
+    W = randn(rng, shape)
+    W[rng.random(shape) < 0.4] = np.float32(tiny / 7)  # subnormal
+    W.flat[0] = -np.float32(tiny / 3)
+    column = (slice(None), 0) if op != "Conv" else 0  # one output's weights all subnormal: its sum shows them
+    W[column] = np.float32(tiny / 9)
+    x = randn(rng, (4, 6) if op != "Conv" else (2, 6, 7, 7))
+    c = np.float32(tiny / 5)  # added to the product: its own bits stay
+    product = helper.make_node(op, ["x", "w"], ["p"])
+    add = helper.make_node("Add", ["p", "c"], ["y"])
+
+    def model(w):
+        return make_model([product, add], [("x", np.float32, list(x.shape))], [("y", np.float32, None)],
+                          {"w": w, "c": np.array(c)})  # fmt: skip
+
+    got = runtime_run(model(W), {"x": x})[0]
+    flushed = np.where(np.abs(W) < tiny, np.float32(0), W)
+    np.testing.assert_array_equal(got, runtime_run(model(flushed), {"x": x})[0])
+    assert (got[:, 0] == c).all(), "an output whose weights are all subnormal is not the Add's constant alone"
+    assert_close(got, ort_run(model(W), {"x": x})[0])
+    zero_w = make_model([helper.make_node(op, ["x", "w"], ["p"]), add], [("x", np.float32, list(x.shape))],
+                        [("y", np.float32, None)], {"w": np.zeros(shape, np.float32), "c": np.array(c)})  # fmt: skip
+    assert (runtime_run(zero_w, {"x": x})[0] == c).all(), "the Add's subnormal constant was flushed"
