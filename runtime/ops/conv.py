@@ -443,9 +443,10 @@ def _conv_tiles(x, w_panels, Cg_out, CKg, bias, y, strides, dilations, pads, ker
 
 
 @numba.njit(inline="always")
-def _split_planes(xf, xph, x_shape, q3, phases, strides, pads, r0, r1):
-    # Rows r = (n, c, phase, i) in [r0, r1) of ``_conv_direct``'s phase planes xph (N, C_in, S, Dq, Hq, Wq), each
-    # Hq rows of Wq, from x (x_shape = (N, C_in, D, H, W), flat in xf)
+def _split_planes(xf, xph, x_shape, q3, phases, strides, pads, cs, r0, r1):
+    # Rows r = (n, c, phase, i) in [r0, r1) of ``_conv_direct``'s phase planes xph (N, C_in, cs): a channel's
+    # (S, Dq, Hq, Wq) planes, then zeros up to its channel stride cs (``_channel_stride``), each row Hq rows of Wq,
+    # from x (x_shape = (N, C_in, D, H, W), flat in xf)
     D, H, W = x_shape[2], x_shape[3], x_shape[4]
     Dq, Hq, Wq = q3[0], q3[1], q3[2]
     sD, sH, sW = strides[0], strides[1], strides[2]
@@ -456,7 +457,10 @@ def _split_planes(xf, xph, x_shape, q3, phases, strides, pads, r0, r1):
         nc = r // (Dq * S)
         pd, ph, pw = phases[phase, 0], phases[phase, 1], phases[phase, 2]
         id_ = i * sD + pd - pads[0]
-        dst = r * Hq * Wq
+        dst = nc * cs + (r % (Dq * S)) * Hq * Wq
+        if r % (Dq * S) == Dq * S - 1:  # the channel's last row: the gap up to the next channel too
+            for e in range(nc * cs + Dq * S * Hq * Wq, (nc + 1) * cs):
+                xph[U(e)] = 0.0
         if id_ < 0 or id_ >= D:
             for e in range(Hq * Wq):
                 xph[U(dst + e)] = 0.0
@@ -516,11 +520,12 @@ def _direct_task(xph, sample, w_panels, Cg_out, CKg, bias, y, q3, offs, nqs, per
             r += 1
 
 
-def _conv_direct(x, w_panels, Cg_out, CKg, bias, y, strides, pads, q3, phases, offs, nqs, per_task, size,
+def _conv_direct(x, w_panels, Cg_out, CKg, bias, y, strides, pads, q3, phases, cs, offs, nqs, per_task, size,
                  activation, alpha):  # fmt: skip
     # x: (N, C_in, D, H, W); w_panels: per group W_g (C_out/g, C_in/g·K) packed (``packed_a``); y: (N, C_out, OD,
     # OH, OW) = act(conv + bias). The GEMM W_g @ col_g with col never formed (``_direct_plan``):
-    # 1. the input's phase planes xph (N, C_in, S, Dq, Hq, Wq), q3 = (Dq, Hq, Wq): phase s = (pd, ph, pw) =
+    # 1. the input's phase planes xph (N, C_in, S, Dq, Hq, Wq), channels cs elements apart, q3 = (Dq, Hq, Wq):
+    #    phase s = (pd, ph, pw) =
     #    phases[s] (S ≤ sD·sH·sW, those a tap reads), element (i, j, l) is x[n, c, i·sD + pd − pad, j·sH + ph −
     #    pad, l·sW + pw − pad], 0 outside x, and `size` elements in all, zeros past the last sample;
     # 2. output (od, oh, ow) as the virtual column v = (od·Hq + oh)·Wq + ow of its sample: col's row k at v is
@@ -530,7 +535,7 @@ def _conv_direct(x, w_panels, Cg_out, CKg, bias, y, strides, pads, q3, phases, o
     # A sample that is one task splits its own planes in its task (one parallel region, not two).
     N, C = x.shape[0], x.shape[1]
     rows = C * phases.shape[0] * q3[0]  # a sample's (c, phase, i) rows of planes
-    sample = rows * q3[1] * q3[2]
+    sample = C * cs
     xf = x.reshape(-1)
     xph = np.empty(size, x.dtype)
     for e in range(N * sample, size):
@@ -538,12 +543,12 @@ def _conv_direct(x, w_panels, Cg_out, CKg, bias, y, strides, pads, q3, phases, o
     if per_task >= nqs:
         for n0 in numba.prange(N):
             n = np.int64(n0)  # (prange's index is unsigned: the callees would be compiled for it apart)
-            _split_planes(xf, xph, x.shape, q3, phases, strides, pads, n * rows, (n + 1) * rows)
+            _split_planes(xf, xph, x.shape, q3, phases, strides, pads, cs, n * rows, (n + 1) * rows)
             _direct_task(xph, sample, w_panels, Cg_out, CKg, bias, y, q3, offs, nqs, per_task, n, activation, alpha)
         return
     for r0 in numba.prange(N * C):
         r = np.int64(r0)
-        _split_planes(xf, xph, x.shape, q3, phases, strides, pads, r * rows // C, (r + 1) * rows // C)
+        _split_planes(xf, xph, x.shape, q3, phases, strides, pads, cs, r * rows // C, (r + 1) * rows // C)
     tps = (nqs + per_task - 1) // per_task
     for t0 in numba.prange(N * tps):
         t = np.int64(t0)
@@ -751,6 +756,15 @@ def _conv_plan(geom: ConvGeometry, itemsize: int) -> tuple:
     return path, rows, parallel, kernel, OH, OW, P
 
 
+def _channel_stride(elements: int, itemsize: int) -> int:
+    """Elements from one channel's planes to the next in a direct convolution's copy of its input: at least
+    ``elements``, an odd number of 64-byte lines. The micro-kernel reads one row per input channel, a channel stride
+    apart; a power-of-two stride (a 16x16 plane: 1 KiB) puts them all in a few of L1's sets, which evict each
+    other (a 64-channel product ran at 72 GFLOP/s instead of ~200)."""
+    lines = -(-elements * itemsize // 64)
+    return (lines + 1 - lines % 2) * 64 // itemsize
+
+
 # The direct path computes every column of a panel, those past an output row's end included: it is taken where
 # at least DIRECT_MIN_LANES of the columns it computes are outputs (a 3x3 convolution of a 6-wide input: 36 of
 # 64), else im2col packs only outputs into the panels.
@@ -778,7 +792,8 @@ def _direct_plan(geom: ConvGeometry, itemsize: int) -> tuple | None:
     S = len(used)
     phases = np.stack([used // (sH * sW), used // sW % sH, used % sW], axis=1).astype(np.int64)  # (S, 3)
     phases.flags.writeable = False
-    offs = (c * S + phase.reshape(c.shape)) * Pq + (kd * dD // sD) * Hq * Wq + (kh * dH // sH) * Wq + kw * dW // sW
+    cs = _channel_stride(S * Pq, itemsize)
+    offs = c * cs + phase.reshape(c.shape) * Pq + (kd * dD // sD) * Hq * Wq + (kh * dH // sH) * Wq + kw * dW // sW
     offs = np.ascontiguousarray(offs.reshape(-1))  # (C_in/g·K,) in col's row order (c, kd, kh, kw)
     offs.flags.writeable = False
     npan = -(-(geom.C_out // geom.group) // MR)
@@ -786,7 +801,7 @@ def _direct_plan(geom: ConvGeometry, itemsize: int) -> tuple | None:
     per_task = max(1, min(nqs, TILE_BYTES // prod_bytes, -(-geom.N * nqs // MIN_TASKS)))
     q3 = np.array((Dq, Hq, Wq), np.int64)
     q3.flags.writeable = False
-    return OD * OH * OW / (nqs * nr), (q3, phases, offs, nqs, per_task, geom.N * geom.C_in * S * Pq + nqs * nr)
+    return OD * OH * OW / (nqs * nr), (q3, phases, cs, offs, nqs, per_task, geom.N * geom.C_in * cs + nqs * nr)
 
 
 def conv(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_RELU_ALPHA,
