@@ -110,6 +110,28 @@ def test_every_element_is_the_exact_sequential_fma_chain(M, N, K, dtype):
     assert_same_bits(product(a, b), fma_chain(a, b), "gemm vs the exact fma chain")
 
 
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (2, 3, 0), (1, 1, 3000), (3, 5, 40), (8, 8, 17)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_the_few_outputs_form_is_the_exact_fma_chain_and_the_gemms_bits(M, N, K, dtype):
+    """``gemm_chains`` (products of a few rows and columns, on the weights' rows unpacked): every element the
+    exact fma chain, and with a bias and an activation the packed GEMM's bits, epilogue included."""
+    from runtime.ops._cpu_kernels import no_bias
+
+    rng = case_rng(f"chains-{M}-{N}-{K}-{dtype.__name__}")
+    a, b = randn(rng, (M, K), dtype), randn(rng, (K, N), dtype)
+    a[rng.random(a.shape) < 0.1] *= 2.0**-30
+    bt = np.ascontiguousarray(b.T)  # (N, K)
+    c = np.empty((M, N), dtype)
+    _gemm_cpu.gemm_chains(a, bt, c, no_bias(dtype), False, dtype(1), 0, dtype(LEAKY_RELU_ALPHA))
+    assert_same_bits(c, fma_chain(a, b), "chains vs the exact fma chain")
+    for bias_shape in [(1, N), (M, 1), (M, N)]:
+        bias = randn(rng, bias_shape, dtype)
+        for activation in ACTIVATIONS.values():
+            _gemm_cpu.gemm_chains(a, bt, c, bias, True, dtype(0.5), activation, dtype(0.2))
+            want = product(a, b, bias=bias, beta=0.5, activation=activation, alpha=0.2)
+            assert_same_bits(c, want, f"chains vs gemm, bias {bias_shape}, activation {activation}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_summation_is_left_to_right_and_fused(dtype):
     """Inputs whose products are exact but whose sums are not: the result tells the order apart.

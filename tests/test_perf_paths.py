@@ -248,7 +248,7 @@ def test_conv_tiles_give_the_same_bits_for_any_tiling_and_thread_count(x_shape, 
         np.testing.assert_array_equal(other[0], results[0][0])
 
 
-@pytest.mark.parametrize("batch, c_out", [(3, 40), (48, 5)], ids=["W-rows", "x-rows"])
+@pytest.mark.parametrize("batch, c_out", [(3, 40), (48, 5), (2, 1)], ids=["W-rows", "x-rows", "few-outputs"])
 @pytest.mark.parametrize("activation", [None, "LeakyRelu"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv_of_a_full_window_is_one_gemm(batch, c_out, activation, bias, monkeypatch):
@@ -421,3 +421,30 @@ def test_float32_logistic_and_tanh_are_accurate_and_keep_nan(activation, exact, 
     model = make_model([helper.make_node(activation, ["x"], ["y"])], [("x", F32, [1, grid.size])], [("y", F32, None)])
     x = grid.astype(F32).reshape(1, -1)
     np.testing.assert_allclose(runtime_run(model, {"x": x})[0], ort_run(model, {"x": x})[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["Gemm", "Conv"])
+def test_a_few_outputs_give_the_same_bits_alone_and_in_a_batch_of_any_size(op):
+    """A head of few outputs (a Gemm of 3 columns, a whole-window Conv of 1 channel) runs its fma chains one by
+    one on the weights' rows for a few rows (``gemm_chains``) and through the packed GEMM for more: each sample's
+    bits are the same alone and in batches on either side of the switch, and meet onnxruntime."""
+    from runtime.ops._gemm_cpu import CHAIN_MAX_ROWS
+
+    rng = case_rng(f"few-outputs-{op}")
+    if op == "Gemm":
+        inits = {"w": randn(rng, (3, 300), scale=0.05), "b": randn(rng, (3,))}
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+        shape = [300]
+    else:
+        inits = {"w": randn(rng, (1, 16, 7, 7), scale=0.03), "b": randn(rng, (1,))}
+        node = helper.make_node("Conv", ["x", "w", "b"], ["y"])
+        shape = [16, 7, 7]
+    model = make_model([node], [("x", F32, ["n", *shape])], [("y", F32, None)], inits)
+    session = runtime.InferenceSession(model)
+    big = CHAIN_MAX_ROWS * 3
+    x = randn(rng, (big, *shape))
+    outputs = session.run(None, {"x": x})
+    assert_close(outputs, ort_run(model, {"x": x}))
+    everything = outputs[0]
+    for n in (1, 2, CHAIN_MAX_ROWS, CHAIN_MAX_ROWS + 1):
+        np.testing.assert_array_equal(session.run(None, {"x": x[:n]})[0], everything[:n], err_msg=f"batch {n}")

@@ -57,16 +57,19 @@ from runtime.ops._cpu_kernels import (
     LEAKY_RELU_ALPHA,
     PARALLEL_MIN_ELEMENTS,
     activate_alpha,
+    bias_operand,
     kernel_operand,
     packed,
     packed_weight,
     serial_and_parallel,
 )
 from runtime.ops._gemm_cpu import (
+    CHAIN_MAX_ROWS,
     MR,
     PARALLEL_FLOPS,
     direct_panels,
     gemm,
+    gemm_chains,
     gemm_panels,
     pack_b_panels,
     packed_a,
@@ -719,8 +722,13 @@ def _full_window(x, W, B, y, activation: int, alpha: float) -> np.ndarray:
     # x: (N, C_in·K); W: (C_out, C_in, *K); y: (N, C_out) = act(x @ Wᵀ + bias), one GEMM with Wᵀ's panels
     # packed once per session weight, bias and activation in its epilogue
     N, C_out = y.shape
-    panels = _weight_panels(W, "full_window", lambda W: packed_b(W.reshape(C_out, -1).T))  # Wᵀ (C_in·K, C_out)
     bias = None if B is None else B.reshape(1, C_out)
+    if N <= CHAIN_MAX_ROWS and C_out <= CHAIN_MAX_ROWS:  # a few outputs: their fma chains one by one, on W's rows
+        bias2, has_bias = bias_operand(bias, y.dtype)
+        gemm_chains(x, kernel_operand(W).reshape(C_out, -1), y, bias2, has_bias, y.dtype.type(1.0), activation,
+                    y.dtype.type(alpha))  # fmt: skip
+        return y
+    panels = _weight_panels(W, "full_window", lambda W: packed_b(W.reshape(C_out, -1).T))  # Wᵀ (C_in·K, C_out)
     return gemm(y, x, b_packed=panels, bias=bias, activation=activation, alpha=alpha)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from runtime.errors import InvalidFeed
 from runtime.ops import ABSENT, FLOATS, INTEGERS, _gemm_cpu, onnx_op
 from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA, bias_activation_, kernel_operand, packed_weight
-from runtime.ops._gemm_cpu import GEMM_KERNELS, UNUSED, UNUSED_2D, gemm, packed_b
+from runtime.ops._gemm_cpu import CHAIN_MAX_ROWS, GEMM_KERNELS, UNUSED, UNUSED_2D, gemm, gemm_chains, packed_b
 
 FUSED_DOMAIN = "ai.deconvzoo"
 
@@ -160,12 +160,17 @@ def _prepare_gemm(constants, *, alpha=1.0, beta=1.0, transA=0, transB=0, activat
     panels = weight_panels(B, transB)
     code, dtype, unused = ACTIVATIONS[activation], B.dtype, UNUSED[B.dtype]
     beta_, alpha_ = dtype.type(beta), dtype.type(LEAKY_RELU_ALPHA)
+    # op(B)ᵀ (N, K) for the few-outputs form (``gemm_chains``): a head of at most CHAIN_MAX_ROWS outputs
+    bt = kernel_operand(np.ascontiguousarray(B if transB else B.T)) if N <= CHAIN_MAX_ROWS else None
 
     def run(A, B_=None, C_=None):
         a = kernel_operand(A.T if transA else A)  # (M, K); a read-only feed copied (see kernel_operand)
         if A.dtype != dtype or a.ndim != 2 or a.shape[1] != K:
             return _fused_gemm(A, B_, C_, alpha, beta, transA, transB, code)
         y = np.empty((a.shape[0], N), dtype)  # (M, N)
+        if bt is not None and a.shape[0] <= CHAIN_MAX_ROWS:
+            gemm_chains(a, bt, y, bias, has_bias, beta_, code, alpha_)
+            return y
         GEMM_KERNELS[2 * a.shape[0] * N * K >= _gemm_cpu.PARALLEL_FLOPS](
             a,
             unused,
