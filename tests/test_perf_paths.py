@@ -213,9 +213,10 @@ def fresh_conv_plans():
         ((3, 4, 9, 7), (5, 4, 3, 3), dict(pads=[1, 1, 1, 1])),
         ((2, 6, 5, 6, 7), (4, 3, 3, 2, 3), dict(group=2, strides=[1, 2, 1], pads=[1, 0, 1, 1, 0, 1])),
         ((5, 3, 11), (4, 3, 3), dict(strides=[2], dilations=[2], pads=[2, 1])),
+        ((2, 3, 6, 6), (20, 3, 3, 3), dict(pads=[1, 1, 1, 1])),  # 3 row panels of W: blocks of them as tasks
     ],
 )
-@pytest.mark.parametrize("tile", ["one-row", "uneven", "whole-sample"])
+@pytest.mark.parametrize("tile", ["one-row", "uneven", "whole-sample", "row-blocks"])
 @pytest.mark.parametrize("path", ["direct", "im2col"])
 def test_conv_tiles_give_the_same_bits_for_any_tiling_and_thread_count(x_shape, w_shape, attrs, tile, path,
                                                                         monkeypatch, fresh_conv_plans):  # fmt: skip
@@ -226,10 +227,11 @@ def test_conv_tiles_give_the_same_bits_for_any_tiling_and_thread_count(x_shape, 
 
     monkeypatch.setattr(conv_ops, "DIRECT_MIN_LANES", 0.0 if path == "direct" else 2.0)
     monkeypatch.setattr(conv_ops, "PARALLEL_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(conv_ops, "MIN_TASKS", 1)
+    monkeypatch.setattr(conv_ops, "MIN_TASKS", 1000 if tile == "row-blocks" else 1)  # row-blocks: W's rows split
     monkeypatch.setattr(conv_ops, "MIN_TILE_COLUMNS", 1)
     row_bytes = 4 * w_shape[1] * int(np.prod(w_shape[2:])) * x_shape[-1]  # an upper bound on col's bytes per row
-    monkeypatch.setattr(conv_ops, "TILE_BYTES", {"one-row": 1, "uneven": 2 * row_bytes, "whole-sample": 1 << 30}[tile])
+    tile_bytes = {"one-row": 1, "uneven": 2 * row_bytes, "whole-sample": 1 << 30, "row-blocks": 1 << 30}[tile]
+    monkeypatch.setattr(conv_ops, "TILE_BYTES", tile_bytes)
     rng = case_rng(f"conv-tiles-{x_shape}-{tile}")
     feed = {"x": randn(rng, x_shape), "w": randn(rng, w_shape), "b": randn(rng, (w_shape[0],))}
     node = helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)

@@ -350,22 +350,22 @@ def gemm_panels(ap, M, bp, N, K, c, nr, q0, q1, p0, p1, tile, bias, has_bias, be
 
 
 @numba.njit(**JIT)
-def direct_panels(ap, M, b, b_off, offs, K, c, nr, nq):
-    # c[:, 0 : nq·nr] = a (M, K) @ B (K, nq·nr), B never formed: its element (k, j) is b[b_off + offs[k] + j], so
-    # each row of a panel of B is nr contiguous elements of b (a direct convolution's input, ``conv``). a packed
-    # (``packed_a``); c (≥ panels of a · MR rows, its rows contiguous): every block is whole, the rows below M
-    # and the columns the caller does not want are written too. The same fused multiply-adds, in the same order,
-    # as ``gemm_panels`` with B packed.
+def direct_panels(ap, M, b, b_off, offs, K, c, nr, nq, p0, p1):
+    # c[:, 0 : nq·nr] = a (rows of its panels [p0, p1), K) @ B (K, nq·nr), B never formed: its element (k, j) is
+    # b[b_off + offs[k] + j], so each row of a panel of B is nr contiguous elements of b (a direct convolution's
+    # input, ``conv``). a (M, K) packed (``packed_a``); c (≥ (p1 − p0) · MR rows, its rows contiguous): every
+    # block is whole, the rows below M and the columns the caller does not want are written too. The same fused
+    # multiply-adds, in the same order, as ``gemm_panels`` with B packed.
     ldc = c.strides[0] // c.itemsize
     for g0 in range(0, nq, GROUP):  # GROUP panels of B (their rows of b in L1 / L2) meet every row panel of a
         g1 = min(nq, g0 + GROUP)
-        for p in range((M + MR - 1) // MR):
+        for p in range(p0, p1):
             h = panel_height(min(MR, M - p * MR))
             q = g0
             while q < g1:
                 u = _panels_for(h, g1 - q)
-                _microkernel_indirect(h, u, ap, p * MR * K, b, b_off + q * nr, nr, offs, K, c, p * MR * ldc + q * nr,
-                                      ldc)  # fmt: skip
+                _microkernel_indirect(h, u, ap, p * MR * K, b, b_off + q * nr, nr, offs, K, c,
+                                      (p - p0) * MR * ldc + q * nr, ldc)  # fmt: skip
                 q += u
 
 

@@ -491,22 +491,27 @@ def _split_planes(xf, xph, x_shape, q3, phases, strides, pads, cs, r0, r1):
 
 
 @numba.njit(inline="always")
-def _direct_task(xph, sample, w_panels, Cg_out, CKg, bias, y, q3, offs, nqs, per_task, t, activation, alpha):
-    # Task t of ``_conv_direct``: its sample n's panels [q0, q0 + per_task) of virtual columns, every group, into y
+def _direct_task(xph, sample, w_panels, Cg_out, CKg, bias, y, q3, offs, nqs, per_task, row_blocks, t, activation,
+                 alpha):  # fmt: skip
+    # Task t of ``_conv_direct``: its sample n's panels [q0, q0 + per_task) of virtual columns, one of row_blocks
+    # blocks of each group's row panels of W, into y
     G = w_panels.shape[0]
     _, C_out, OD, OH, OW = y.shape
     Hq, Wq = q3[1], q3[2]
     nr = 2 * 64 // xph.itemsize  # the GEMM's panel width (``nr_of``)
-    tps = (nqs + per_task - 1) // per_task  # tasks per sample
-    n = t // tps
-    q0 = (t % tps) * per_task
+    tps = (nqs + per_task - 1) // per_task  # column runs per sample
+    n = t // (tps * row_blocks)
+    q0 = (t // row_blocks % tps) * per_task
+    npan = (Cg_out + MR - 1) // MR
+    rb = t % row_blocks
+    p0, p1 = rb * npan // row_blocks, (rb + 1) * npan // row_blocks  # the task's row panels
     nq = min(nqs, q0 + per_task) - q0
     v0, v1 = q0 * nr, (q0 + nq) * nr  # the task's virtual columns
-    prod = np.empty(((Cg_out + MR - 1) // MR * MR, nq * nr), xph.dtype)  # (C_out/g rounded up to MR, columns)
+    prod = np.empty(((p1 - p0) * MR, nq * nr), xph.dtype)  # (its rows of C_out/g rounded up to MR, columns)
     yf = y.reshape(-1)
     group_planes = sample // G  # a group's input channels' planes
     for g in range(G):
-        direct_panels(w_panels[g], Cg_out, xph, n * sample + g * group_planes + v0, offs, CKg, prod, nr, nq)
+        direct_panels(w_panels[g], Cg_out, xph, n * sample + g * group_planes + v0, offs, CKg, prod, nr, nq, p0, p1)
         r = v0 // Wq  # virtual row: od·Hq + oh
         while r * Wq < v1 and r // Hq < OD:
             od, oh = r // Hq, r % Hq
@@ -514,17 +519,17 @@ def _direct_task(xph, sample, w_panels, Cg_out, CKg, bias, y, q3, offs, nqs, per
             b = min(OW, v1 - r * Wq)
             if oh < OH and a < b:
                 src = r * Wq - v0
-                for o in range(Cg_out):
+                for o in range(p0 * MR, min(Cg_out, p1 * MR)):
                     co = g * Cg_out + o
                     bc = bias[co]
                     base = (((n * C_out + co) * OD + od) * OH + oh) * OW
                     for ow in range(a, b):
-                        yf[U(base + ow)] = activate_alpha(prod[o, src + ow] + bc, activation, alpha)
+                        yf[U(base + ow)] = activate_alpha(prod[o - p0 * MR, src + ow] + bc, activation, alpha)
             r += 1
 
 
-def _conv_direct(x, w_panels, Cg_out, CKg, bias, y, strides, pads, q3, phases, cs, offs, nqs, per_task, size,
-                 activation, alpha):  # fmt: skip
+def _conv_direct(x, w_panels, Cg_out, CKg, bias, y, strides, pads, q3, phases, cs, offs, nqs, per_task, row_blocks,
+                 size, activation, alpha):  # fmt: skip
     # x: (N, C_in, D, H, W); w_panels: per group W_g (C_out/g, C_in/g·K) packed (``packed_a``); y: (N, C_out, OD,
     # OH, OW) = act(conv + bias). The GEMM W_g @ col_g with col never formed (``_direct_plan``):
     # 1. the input's phase planes xph (N, C_in, S, Dq, Hq, Wq), channels cs elements apart, q3 = (Dq, Hq, Wq):
@@ -543,19 +548,21 @@ def _conv_direct(x, w_panels, Cg_out, CKg, bias, y, strides, pads, q3, phases, c
     xph = np.empty(size, x.dtype)
     for e in range(N * sample, size):
         xph[U(e)] = 0.0
-    if per_task >= nqs:
+    if per_task >= nqs and row_blocks == 1:
         for n0 in numba.prange(N):
             n = np.int64(n0)  # (prange's index is unsigned: the callees would be compiled for it apart)
             _split_planes(xf, xph, x.shape, q3, phases, strides, pads, cs, n * rows, (n + 1) * rows)
-            _direct_task(xph, sample, w_panels, Cg_out, CKg, bias, y, q3, offs, nqs, per_task, n, activation, alpha)
+            _direct_task(xph, sample, w_panels, Cg_out, CKg, bias, y, q3, offs, nqs, per_task, row_blocks, n,
+                         activation, alpha)  # fmt: skip
         return
     for r0 in numba.prange(N * C):
         r = np.int64(r0)
         _split_planes(xf, xph, x.shape, q3, phases, strides, pads, cs, r * rows // C, (r + 1) * rows // C)
     tps = (nqs + per_task - 1) // per_task
-    for t0 in numba.prange(N * tps):
+    for t0 in numba.prange(N * tps * row_blocks):
         t = np.int64(t0)
-        _direct_task(xph, sample, w_panels, Cg_out, CKg, bias, y, q3, offs, nqs, per_task, t, activation, alpha)
+        _direct_task(xph, sample, w_panels, Cg_out, CKg, bias, y, q3, offs, nqs, per_task, row_blocks, t, activation,
+                     alpha)  # fmt: skip
 
 
 @numba.njit(**JIT)
@@ -807,9 +814,12 @@ def _direct_plan(geom: ConvGeometry, itemsize: int) -> tuple | None:
     npan = -(-(geom.C_out // geom.group) // MR)
     prod_bytes = geom.group * npan * MR * nr * itemsize  # one panel's share of a task's products
     per_task = max(1, min(nqs, TILE_BYTES // prod_bytes, -(-geom.N * nqs // MIN_TASKS)))
+    # Fewer runs of columns than MIN_TASKS (a batch-1 layer of a small map: one run): W's rows split too
+    row_blocks = max(1, min(npan, -(-MIN_TASKS // (geom.N * -(-nqs // per_task)))))
     q3 = np.array((Dq, Hq, Wq), np.int64)
     q3.flags.writeable = False
-    return OD * OH * OW / (nqs * nr), (q3, phases, cs, offs, nqs, per_task, geom.N * geom.C_in * cs + nqs * nr)
+    return OD * OH * OW / (nqs * nr), (q3, phases, cs, offs, nqs, per_task, row_blocks,
+                                       geom.N * geom.C_in * cs + nqs * nr)  # fmt: skip
 
 
 def conv_launcher(W, B, geom: ConvGeometry, activation: int, alpha: float):
