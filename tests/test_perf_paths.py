@@ -450,3 +450,18 @@ def test_a_few_outputs_give_the_same_bits_alone_and_in_a_batch_of_any_size(op):
     everything = outputs[0]
     for n in (1, 2, CHAIN_MAX_ROWS, CHAIN_MAX_ROWS + 1):
         np.testing.assert_array_equal(session.run(None, {"x": x[:n]})[0], everything[:n], err_msg=f"batch {n}")
+
+
+def test_the_direct_convolution_is_left_where_each_task_would_stream_a_large_weight_for_few_columns():
+    """The direct path's tasks each read all of W for their own columns: with 52 MB of weights and 16 outputs a
+    sample it is taken at batch 1 (im2col's one tile has fewer columns still) and not at batch 64 (im2col's tiles
+    span samples); a layer whose weights stay in cache takes it at any batch."""
+
+    def direct(x_shape, w_shape, **attrs):
+        return conv_ops._takes_direct(conv_ops.conv_geometry("Conv", x_shape, w_shape, **attrs), 4)
+
+    big = dict(strides=[2, 2], pads=[2, 2, 2, 2])
+    assert direct((1, 512, 8, 8), (1024, 512, 5, 5), **big)
+    assert not direct((64, 512, 8, 8), (1024, 512, 5, 5), **big)
+    assert direct((64, 64, 14, 14), (128, 64, 4, 4), strides=[2, 2], pads=[1, 1, 1, 1])
+    assert not direct((8, 16, 2, 2), (16, 16, 3, 3), pads=[1, 1, 1, 1])  # 4 outputs in 32 columns

@@ -780,6 +780,29 @@ def _channel_stride(elements: int, itemsize: int) -> int:
     return (lines + 1 - lines % 2) * 64 // itemsize
 
 
+def _takes_direct(geom: ConvGeometry, itemsize: int) -> bool:
+    """Whether ``conv`` runs the direct convolution (the same bits as the im2col paths either way, so the choice,
+    which depends on the batch, changes no output):
+    - at least DIRECT_MIN_LANES of the columns it computes are outputs;
+    - and its tasks reuse each weight enough: a task reads all of W's rows for its own columns, so weights larger
+      than DIRECT_CACHED_WEIGHTS (which stay in a core's cache from one task to the next) must meet at least
+      DIRECT_MIN_COLUMNS columns a task, unless im2col's tiles would have fewer still. (DCGAN-64's 512 -> 1024
+      5x5 stride-2 layer, 52 MB of weights, 16 outputs a sample: at batch 64 216 ms direct, 157 ms im2col; at
+      batch 1 3.1 ms direct, 4.2 ms im2col.)"""
+    lanes, direct = _direct_plan(geom, itemsize)
+    if lanes < DIRECT_MIN_LANES:
+        return False
+    weights = geom.C_out * geom.C_in // geom.group * math.prod(geom.kernel) * itemsize
+    columns = direct[5] * 2 * 64 // itemsize  # per task: panels per task · nr
+    if weights <= DIRECT_CACHED_WEIGHTS or columns >= DIRECT_MIN_COLUMNS:
+        return True
+    path, rows = _conv_plan(geom, itemsize)[:2]
+    return path != "tiles" or rows * geom.as_3d(geom.out_size, 1)[2] <= columns
+
+
+DIRECT_CACHED_WEIGHTS = 1 << 20  # half of a core's L2 on the machines measured
+DIRECT_MIN_COLUMNS = 128
+
 # The direct path computes every column of a panel, those past an output row's end included: it is taken where
 # at least DIRECT_MIN_LANES of the columns it computes are outputs (a 3x3 convolution of a 6-wide input: 36 of
 # 64), else im2col packs only outputs into the panels.
@@ -828,8 +851,8 @@ def conv_launcher(W, B, geom: ConvGeometry, activation: int, alpha: float):
     batch-1 LeNet convolution spends ~10 us in ``conv``'s Python around an 8 us kernel call. The direct path
     only; the other paths go through ``conv``."""
     path, _, parallel, _, _, _, _ = _conv_plan(geom, W.itemsize)
-    lanes, direct = _direct_plan(geom, W.itemsize)
-    if path == "full-window" or lanes < DIRECT_MIN_LANES or math.prod(geom.y5_shape) == 0:
+    direct = _direct_plan(geom, W.itemsize)[1]
+    if path == "full-window" or not _takes_direct(geom, W.itemsize) or math.prod(geom.y5_shape) == 0:
         return lambda X: conv(X, W, B, geom, activation, alpha)
     g, C_out = geom.group, geom.C_out
     Cg_out, CKg = C_out // g, W[0].size
@@ -872,8 +895,8 @@ def conv(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: float = LEAKY_
         panels = _weight_panels(W, "conv", lambda W: _group_panels(W.reshape(g, Cg_out, CKg)))
     strides, dilations, pads = geom.kernel_arguments_cached
     alpha = X.dtype.type(alpha)
-    lanes, direct = _direct_plan(geom, X.itemsize)
-    if lanes >= DIRECT_MIN_LANES:
+    if _takes_direct(geom, X.itemsize):
+        direct = _direct_plan(geom, X.itemsize)[1]
         bias = _bias_or_zeros(B, C_out, X.dtype)
         _CONV_DIRECT[parallel](x5, panels, Cg_out, CKg, bias, y, strides, pads, *direct, activation, alpha)
         return y.reshape(geom.y_shape)
