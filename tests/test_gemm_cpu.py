@@ -110,7 +110,9 @@ def test_every_element_is_the_exact_sequential_fma_chain(M, N, K, dtype):
     assert_same_bits(product(a, b), fma_chain(a, b), "gemm vs the exact fma chain")
 
 
-@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (2, 3, 0), (1, 1, 3000), (3, 5, 40), (8, 8, 17)])
+@pytest.mark.parametrize(
+    "M, N, K", [(1, 1, 1), (2, 3, 0), (1, 1, 3000), (3, 5, 40), (8, 8, 17), (1, 10, 99), (2, 16, 33)]
+)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_the_few_outputs_form_is_the_exact_fma_chain_and_the_gemms_bits(M, N, K, dtype):
     """``gemm_chains`` (products of a few rows and columns, on the weights' rows unpacked): every element the

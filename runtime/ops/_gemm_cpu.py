@@ -382,8 +382,8 @@ def fma(typingctx, x, y, z):
     return sig, codegen
 
 
-CHAIN_MAX_ROWS = 8  # ``gemm_chains`` for products of at most this many rows and columns (see there)
-CHAINS = 4  # outputs summed side by side (their chains are independent, and hide the fma's latency)
+CHAIN_MAX_ROWS = 8  # ``gemm_chains`` for products of at most this many rows
+CHAIN_MAX_COLUMNS = 16  # and columns (see there)
 
 
 @numba.njit(**JIT)
@@ -392,24 +392,34 @@ def gemm_chains(a, bt, c, bias, has_bias, beta, activation, alpha):
     # the contract's fma chain over k = 0…K−1 from 0, then the epilogue's c + beta · bias and activation, as
     # gemm_panels computes it. For few rows and columns (a batch-1 classifier's head, a DCGAN discriminator's
     # last layer), where a panel of b, NR columns wide, would carry NR / N times the weights' bytes (N = 1,
-    # K = 6272: 800 KB read for 25 KB of weights, 50 us instead of 6).
+    # K = 6272: 800 KB read for 25 KB of weights, 50 us instead of 6). Eight chains side by side (two FMA pipes
+    # times four cycles of latency), in registers; past the last column they repeat the first, and are dropped.
     M, K = a.shape
     N = bt.shape[0]
     s0, s1 = a.strides[0] // a.itemsize, a.strides[1] // a.itemsize
     Mb, Nb = bias.shape
-    acc = np.zeros(CHAINS, c.dtype)
+    zero = c.dtype.type(0.0)
     for i in range(M):
-        for j0 in range(0, N, CHAINS):
-            n = min(CHAINS, N - j0)
-            for u in range(CHAINS):
-                acc[u] = 0.0
+        for j0 in range(0, N, 8):
+            r = np.empty(8, np.int64)  # the rows of bt of the eight chains
+            for u in range(8):
+                r[u] = (j0 + u if j0 + u < N else j0) * K
+            r0, r1, r2, r3, r4, r5, r6, r7 = r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+            c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = zero
             for k in range(K):
                 x = at(a, i * s0 + k * s1)
-                for u in range(n):
-                    acc[u] = fma(x, at(bt, (j0 + u) * K + k), acc[u])
-            for u in range(n):
+                c0 = fma(x, at(bt, r0 + k), c0)
+                c1 = fma(x, at(bt, r1 + k), c1)
+                c2 = fma(x, at(bt, r2 + k), c2)
+                c3 = fma(x, at(bt, r3 + k), c3)
+                c4 = fma(x, at(bt, r4 + k), c4)
+                c5 = fma(x, at(bt, r5 + k), c5)
+                c6 = fma(x, at(bt, r6 + k), c6)
+                c7 = fma(x, at(bt, r7 + k), c7)
+            sums = (c0, c1, c2, c3, c4, c5, c6, c7)
+            for u in range(min(8, N - j0)):
                 j = j0 + u
-                v = acc[u]
+                v = sums[u]
                 if has_bias:
                     v = v + beta * bias[i if Mb > 1 else 0, j if Nb > 1 else 0]
                 c[i, j] = activate_alpha(v, activation, alpha)

@@ -64,6 +64,7 @@ from runtime.ops._cpu_kernels import (
     serial_and_parallel,
 )
 from runtime.ops._gemm_cpu import (
+    CHAIN_MAX_COLUMNS,
     CHAIN_MAX_ROWS,
     MR,
     PARALLEL_FLOPS,
@@ -730,7 +731,7 @@ def _full_window(x, W, B, y, activation: int, alpha: float) -> np.ndarray:
     # packed once per session weight, bias and activation in its epilogue
     N, C_out = y.shape
     bias = None if B is None else B.reshape(1, C_out)
-    if N <= CHAIN_MAX_ROWS and C_out <= CHAIN_MAX_ROWS:  # a few outputs: their fma chains one by one, on W's rows
+    if N <= CHAIN_MAX_ROWS and C_out <= CHAIN_MAX_COLUMNS:  # a few outputs: their fma chains one by one, on W's rows
         bias2, has_bias = bias_operand(bias, y.dtype)
         gemm_chains(x, kernel_operand(W).reshape(C_out, -1), y, bias2, has_bias, y.dtype.type(1.0), activation,
                     y.dtype.type(alpha))  # fmt: skip

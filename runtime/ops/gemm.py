@@ -17,7 +17,16 @@ import numpy as np
 from runtime.errors import InvalidFeed
 from runtime.ops import ABSENT, FLOATS, INTEGERS, _gemm_cpu, onnx_op
 from runtime.ops._cpu_kernels import ACTIVATIONS, LEAKY_RELU_ALPHA, bias_activation_, kernel_operand, packed_weight
-from runtime.ops._gemm_cpu import CHAIN_MAX_ROWS, GEMM_KERNELS, UNUSED, UNUSED_2D, gemm, gemm_chains, packed_b
+from runtime.ops._gemm_cpu import (
+    CHAIN_MAX_COLUMNS,
+    CHAIN_MAX_ROWS,
+    GEMM_KERNELS,
+    UNUSED,
+    UNUSED_2D,
+    gemm,
+    gemm_chains,
+    packed_b,
+)
 
 FUSED_DOMAIN = "ai.deconvzoo"
 
@@ -160,8 +169,8 @@ def _prepare_gemm(constants, *, alpha=1.0, beta=1.0, transA=0, transB=0, activat
     panels = weight_panels(B, transB)
     code, dtype, unused = ACTIVATIONS[activation], B.dtype, UNUSED[B.dtype]
     beta_, alpha_ = dtype.type(beta), dtype.type(LEAKY_RELU_ALPHA)
-    # op(B)ᵀ (N, K) for the few-outputs form (``gemm_chains``): a head of at most CHAIN_MAX_ROWS outputs
-    bt = kernel_operand(np.ascontiguousarray(B if transB else B.T)) if N <= CHAIN_MAX_ROWS else None
+    # op(B)ᵀ (N, K) for the few-outputs form (``gemm_chains``): a head of at most CHAIN_MAX_COLUMNS outputs
+    bt = kernel_operand(np.ascontiguousarray(B if transB else B.T)) if N <= CHAIN_MAX_COLUMNS else None
 
     def run(A, B_=None, C_=None):
         a = kernel_operand(A.T if transA else A)  # (M, K); a read-only feed copied (see kernel_operand)
