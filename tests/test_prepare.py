@@ -81,3 +81,26 @@ def test_a_prepared_gemm_refuses_a_wrong_width_as_the_op_function_does():
     with pytest.raises(InvalidFeed, match="inner dimensions"):
         sess.run(None, {"a": randn(rng, (2, 6))})
     assert sess.run(None, {"a": randn(rng, (2, 7))})[0].shape == (2, 5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("form", ["unit-stride", "projection"])
+def test_prepared_conv_transpose_forms_match_onnxruntime_and_the_op_function(form, batch):
+    """A prepared ConvTranspose of unit strides runs as the Conv over the flipped window through that Conv's
+    per-shape launcher, and one of a 1x1 input as one GEMM: against onnxruntime, and the op function's bits."""
+    rng = case_rng(f"prepare-transpose-{form}-{batch}")
+    x_shape, w_shape, attrs = {
+        "unit-stride": ((batch, 4, 5, 5), (4, 6, 3, 3), dict(pads=[1, 1, 1, 1])),
+        "projection": ((batch, 8, 1, 1), (8, 6, 4, 4), {}),
+    }[form]
+    inits = {"w": randn(rng, w_shape, scale=0.3), "b": randn(rng, (6,))}
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["t"], **attrs), helper.make_node("Relu", ["t"], ["y"])]
+    model = make_model(nodes, [("x", F32, ["N", *x_shape[1:]])], [("y", F32, None)], inits)
+    sess = runtime.InferenceSession(model)
+    assert sum(_steps_prepared(sess)) == 1
+    x = randn(rng, x_shape)
+    got = sess.run(None, {"x": x})
+    assert_close(got, ort_run(model, {"x": x}))
+    plain = runtime.InferenceSession(model)
+    plain._steps = [(node, node.op.impl["cpu"], node.attrs, *rest) for node, _, _, *rest in plain._steps]
+    np.testing.assert_array_equal(plain.run(None, {"x": x})[0], got[0])

@@ -852,12 +852,15 @@ def conv_launcher(W, B, geom: ConvGeometry, activation: int, alpha: float):
     batch-1 LeNet convolution spends ~10 us in ``conv``'s Python around an 8 us kernel call. The direct path
     only; the other paths go through ``conv``."""
     path, _, parallel, _, _, _, _ = _conv_plan(geom, W.itemsize)
-    direct = _direct_plan(geom, W.itemsize)[1]
-    if path == "full-window" or not _takes_direct(geom, W.itemsize) or math.prod(geom.y5_shape) == 0:
+    if path == "full-window" or math.prod(geom.y5_shape) == 0:
         return lambda X: conv(X, W, B, geom, activation, alpha)
     g, C_out = geom.group, geom.C_out
     Cg_out, CKg = C_out // g, W[0].size
+    # made here once, also for a W that is no session weight (ConvTranspose's flipped one)
     panels = _weight_panels(W, "conv", lambda W: _group_panels(W.reshape(g, Cg_out, CKg)))
+    if not _takes_direct(geom, W.itemsize):
+        return lambda X: conv(X, W, B, geom, activation, alpha, panels)
+    direct = _direct_plan(geom, W.itemsize)[1]
     bias = _bias_or_zeros(None if B is None else kernel_operand(B), C_out, W.dtype)
     strides, _, pads = geom.kernel_arguments_cached
     kernel, dtype, x5_shape, y5_shape, y_shape = (
@@ -1155,8 +1158,13 @@ def _prepare(op_type: str, run_op, constants, attrs: dict, activation: str, acti
         if launch is None or X.dtype != W.dtype:
             _check_inputs(op_type, X, W, bias)
             geom = conv_geometry(op_type, X.shape, W.shape, None if bias is None else bias.shape, **attrs)
+            transposed = run_op is conv_transpose and not _is_projection(geom)  # (the projection: one GEMM)
+            as_conv = _transpose_as_conv(geom) if transposed else None
             if run_op is conv:
                 launch = conv_launcher(W, bias, geom, code, activation_alpha)
+            elif as_conv is not None:  # unit strides: the Conv over the flipped window (``_transpose_as_conv``)
+                w_conv = packed(W, f"as_conv/{geom.group}", lambda W: flipped_transposed(W, geom.group))
+                launch = conv_launcher(w_conv, bias, as_conv, code, activation_alpha)
             else:
                 launch = functools.partial(run_op, W=W, B=bias, geom=geom, activation=code, alpha=activation_alpha)
             if len(launchers) >= MAX_KEPT_SHAPES:
