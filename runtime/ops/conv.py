@@ -321,6 +321,21 @@ def _tap_table(out_size, in_size, k, s, d, pad):
 
 
 @numba.njit(inline="always")
+def _copy_row(dst, d0, src, s0, n, lo, hi, step):
+    # dst[d0 : d0 + n] = 0 before lo and from hi on, src[s0 + e·step] for e in [lo, hi) (flat arrays)
+    for e in range(lo):
+        dst[U(d0 + e)] = 0.0
+    if step == 1:  # a contiguous copy, which LLVM vectorises
+        for e in range(lo, hi):
+            dst[U(d0 + e)] = src[U(s0 + e)]
+    else:
+        for e in range(lo, hi):
+            dst[U(d0 + e)] = src[U(s0 + e * step)]
+    for e in range(hi, n):
+        dst[U(d0 + e)] = 0.0
+
+
+@numba.njit(inline="always")
 def _fill_col_row(xf, colf, dst, n, c, kd, kh, kw, od, oh, rows, x_shape, OH, OW, strides, dilations, pads):
     # Row (c, kd, kh, kw) of im2col for ``rows`` output rows of sample n from (od, oh) on, written from colf[dst]
     # on, OW values per output row: x's value under that tap at each output position, or 0 where the window
@@ -346,17 +361,7 @@ def _fill_col_row(xf, colf, dst, n, c, kd, kh, kw, od, oh, rows, x_shape, OH, OW
                 colf[U(dst + ow)] = 0.0
             dst += OW
             continue
-        src = (((n * C + c) * D + id_) * H + ih) * W + off
-        for ow in range(lo):
-            colf[U(dst + ow)] = 0.0
-        if sW == 1:  # a contiguous copy, which LLVM vectorises
-            for ow in range(lo, hi):
-                colf[U(dst + ow)] = xf[U(src + ow)]
-        else:
-            for ow in range(lo, hi):
-                colf[U(dst + ow)] = xf[U(src + ow * sW)]
-        for ow in range(hi, OW):
-            colf[U(dst + ow)] = 0.0
+        _copy_row(colf, dst, xf, (((n * C + c) * D + id_) * H + ih) * W + off, OW, lo, hi, sW)
         dst += OW
 
 
@@ -478,17 +483,7 @@ def _split_planes(xf, xph, x_shape, q3, phases, strides, pads, cs, r0, r1):
                 for e in range(Wq):
                     xph[U(row + e)] = 0.0
                 continue
-            src = ((nc * D + id_) * H + ih) * W + pw - pads[2]
-            for e in range(lo):
-                xph[U(row + e)] = 0.0
-            if sW == 1:  # a contiguous copy, which LLVM vectorises
-                for e in range(lo, hi):
-                    xph[U(row + e)] = xf[U(src + e)]
-            else:
-                for e in range(lo, hi):
-                    xph[U(row + e)] = xf[U(src + e * sW)]
-            for e in range(hi, Wq):
-                xph[U(row + e)] = 0.0
+            _copy_row(xph, row, xf, ((nc * D + id_) * H + ih) * W + pw - pads[2], Wq, lo, hi, sW)
 
 
 @numba.njit(inline="always")
