@@ -289,16 +289,19 @@ class InferenceSession:
                 raise TypeError(f"run_options must be a runtime.RunOptions or None, got {type(run_options).__name__}")
             if run_options.terminate:
                 raise ZooRuntimeError("the run was not started: run_options.terminate is set")
-        threads = self._threads
-        if threads:  # numba's thread count is per calling thread: set for this run, restored after
-            before = numba.get_num_threads()
-            if before != threads:
-                numba.set_num_threads(threads)
-                try:
-                    return self._run(output_names, input_feed)
-                finally:
-                    numba.set_num_threads(before)
-        return self._run(output_names, input_feed)
+        try:
+            threads = self._threads
+            if threads:  # numba's thread count is per calling thread: set for this run, restored after
+                before = numba.get_num_threads()
+                if before != threads:
+                    numba.set_num_threads(threads)
+                    try:
+                        return self._run(output_names, input_feed)
+                    finally:
+                        numba.set_num_threads(before)
+            return self._run(output_names, input_feed)
+        except InvalidFeed as error:  # the caller's feed: reported from this call, not from the checks inside
+            raise error.with_traceback(None) from None
 
     def _run(self, output_names, input_feed) -> list[np.ndarray]:
         wanted = self._declared_outputs if output_names is None else self._check_output_names(output_names)

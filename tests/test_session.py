@@ -815,3 +815,18 @@ def test_subnormal_weights_of_a_product_are_read_as_zero_and_other_constants_are
     zero_w = make_model([helper.make_node(op, ["x", "w"], ["p"]), add], [("x", np.float32, list(x.shape))],
                         [("y", np.float32, None)], {"w": np.zeros(shape, np.float32), "c": np.array(c)})  # fmt: skip
     assert (runtime_run(zero_w, {"x": x})[0] == c).all(), "the Add's subnormal constant was flushed"
+
+
+def test_a_bad_feed_is_reported_from_run_not_from_the_checks_inside():
+    """A missing input raises InvalidFeed, as onnxruntime raises InvalidArgument, with one line naming it; the
+    traceback ends at ``InferenceSession.run`` (the caller's call), not in the session's internals."""
+    import traceback
+
+    sess = runtime.InferenceSession(str(ROOT / "weights" / "cdcgan-mnist.generator.onnx"))
+    with pytest.raises(InvalidFeed) as info:
+        sess.run(None, {"z": np.zeros((1, 100), np.float32)})
+    message = str(info.value)
+    assert "\n" not in message and "'class_code'" in message and "['class_code', 'z']" in message
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert frames[-1].name == "run", [f.name for f in frames]
+    assert info.value.__cause__ is None and info.value.__suppress_context__

@@ -393,7 +393,7 @@ def gemm_chains(a, bt, c, bias, has_bias, beta, activation, alpha):
     # gemm_panels computes it. For few rows and columns (a batch-1 classifier's head, a DCGAN discriminator's
     # last layer), where a panel of b, NR columns wide, would carry NR / N times the weights' bytes (N = 1,
     # K = 6272: 800 KB read for 25 KB of weights, 50 us instead of 6). Eight chains side by side (two FMA pipes
-    # times four cycles of latency), in registers; past the last column they repeat the first, and are dropped.
+    # times four cycles of latency), in registers; past the last column they repeat it, and are dropped.
     M, K = a.shape
     N = bt.shape[0]
     s0, s1 = a.strides[0] // a.itemsize, a.strides[1] // a.itemsize
@@ -401,10 +401,9 @@ def gemm_chains(a, bt, c, bias, has_bias, beta, activation, alpha):
     zero = c.dtype.type(0.0)
     for i in range(M):
         for j0 in range(0, N, 8):
-            r = np.empty(8, np.int64)  # the rows of bt of the eight chains
-            for u in range(8):
-                r[u] = (j0 + u if j0 + u < N else j0) * K
-            r0, r1, r2, r3, r4, r5, r6, r7 = r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+            last = N - 1  # the rows of bt of the eight chains, the last one repeated past N
+            r0, r1, r2, r3 = min(j0, last) * K, min(j0 + 1, last) * K, min(j0 + 2, last) * K, min(j0 + 3, last) * K
+            r4, r5, r6, r7 = min(j0 + 4, last) * K, min(j0 + 5, last) * K, min(j0 + 6, last) * K, min(j0 + 7, last) * K
             c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = zero
             for k in range(K):
                 x = at(a, i * s0 + k * s1)

@@ -45,6 +45,7 @@ import functools
 import inspect
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -789,7 +790,7 @@ def _takes_direct(geom: ConvGeometry, itemsize: int) -> bool:
     if lanes < DIRECT_MIN_LANES:
         return False
     weights = geom.C_out * geom.C_in // geom.group * math.prod(geom.kernel) * itemsize
-    columns = direct[5] * 2 * 64 // itemsize  # per task: panels per task · nr
+    columns = direct.per_task * 2 * 64 // itemsize  # per task: panels · nr
     if weights <= DIRECT_CACHED_WEIGHTS or columns >= DIRECT_MIN_COLUMNS:
         return True
     path, rows = _conv_plan(geom, itemsize)[:2]
@@ -805,12 +806,25 @@ DIRECT_MIN_COLUMNS = 128
 DIRECT_MIN_LANES = 0.5
 
 
+class DirectPlan(NamedTuple):
+    """``_conv_direct``'s arguments from q3 to size, in its order (the plan is passed as ``*plan``)."""
+
+    q3: np.ndarray  # (Dq, Hq, Wq): the phase planes' extent
+    phases: np.ndarray  # (S, 3): the phases some tap reads
+    cs: int  # channel stride of the planes (``_channel_stride``)
+    offs: np.ndarray  # (C_in/g·K,): col's row k at virtual column v is the planes' element offs[k] + v
+    nqs: int  # panels of columns per sample
+    per_task: int  # panels per task
+    row_blocks: int  # blocks of W's row panels per run of panels
+    size: int  # elements of the planes, with the slack past the last sample
+
+
 @functools.lru_cache(maxsize=256)
-def _direct_plan(geom: ConvGeometry, itemsize: int) -> tuple | None:
-    """(the share of the columns ``_conv_direct`` computes that are outputs, its geometry: (q3, phases, offs,
-    panels per sample, panels per task, size of xph)). Along each axis the phase planes hold
-    Oq = O + ⌊(k−1)·d / s⌋ elements, the most that an output row's windows reach; tap k = (c, kd, kh, kw) reads
-    phase (kd·dD mod sD, kh·dH mod sH, kw·dW mod sW) at the offset (⌊kd·dD/sD⌋, ⌊kh·dH/sH⌋, ⌊kw·dW/sW⌋)."""
+def _direct_plan(geom: ConvGeometry, itemsize: int) -> tuple[float, DirectPlan]:
+    """(the share of the columns ``_conv_direct`` computes that are outputs, its ``DirectPlan``). Along each
+    axis the phase planes hold Oq = O + ⌊(k−1)·d / s⌋ elements, the most that an output row's windows reach; tap
+    k = (c, kd, kh, kw) reads phase (kd·dD mod sD, kh·dH mod sH, kw·dW mod sW) at the offset (⌊kd·dD/sD⌋,
+    ⌊kh·dH/sH⌋, ⌊kw·dW/sW⌋)."""
     O3, K3 = geom.as_3d(geom.out_size, 1), geom.as_3d(geom.kernel, 1)
     S3, D3 = geom.as_3d(geom.strides, 1), geom.as_3d(geom.dilations, 1)
     Dq, Hq, Wq = (o + (k - 1) * d // s for o, k, d, s in zip(O3, K3, D3, S3))
@@ -837,8 +851,8 @@ def _direct_plan(geom: ConvGeometry, itemsize: int) -> tuple | None:
     row_blocks = max(1, min(npan, -(-MIN_TASKS // (geom.N * -(-nqs // per_task)))))
     q3 = np.array((Dq, Hq, Wq), np.int64)
     q3.flags.writeable = False
-    return OD * OH * OW / (nqs * nr), (q3, phases, cs, offs, nqs, per_task, row_blocks,
-                                       geom.N * geom.C_in * cs + nqs * nr)  # fmt: skip
+    plan = DirectPlan(q3, phases, cs, offs, nqs, per_task, row_blocks, geom.N * geom.C_in * cs + nqs * nr)
+    return OD * OH * OW / (nqs * nr), plan
 
 
 def conv_launcher(W, B, geom: ConvGeometry, activation: int, alpha: float):
@@ -1042,6 +1056,17 @@ def conv_transpose(X, W, B, geom: ConvGeometry, activation: int = 0, alpha: floa
     return y.reshape(geom.y_shape)  # (N, C_out, *out_size)
 
 
+def conv_transpose_launcher(W, B, geom: ConvGeometry, activation: int, alpha: float):
+    """``conv_launcher``'s counterpart: a unit-stride ConvTranspose (but the projection of a 1x1 input, one GEMM)
+    through the launcher of its Conv over the flipped window, as ``conv_transpose`` dispatches it; any other
+    through ``conv_transpose``."""
+    as_conv = None if _is_projection(geom) else _transpose_as_conv(geom)
+    if as_conv is None:
+        return lambda X: conv_transpose(X, W, B, geom, activation, alpha)
+    w_conv = packed(W, f"as_conv/{geom.group}", lambda W: flipped_transposed(W, geom.group))
+    return conv_launcher(w_conv, B, as_conv, activation, alpha)
+
+
 def run_conv(X, W, B, attrs: dict, activation: str = "", activation_alpha: float = LEAKY_RELU_ALPHA):
     _check_inputs("Conv", X, W, B)
     geom = cached_conv_geometry("Conv", X.shape, W.shape, None if B is None else B.shape, **attrs)
@@ -1137,7 +1162,7 @@ def check_attribute_values(op_type: str, rank: int | None, auto_pad="NOTSET", di
         _per_axis(op_type, name, value, 0, length, minimum)
 
 
-def _prepare(op_type: str, run_op, constants, attrs: dict, activation: str, activation_alpha: float):
+def _prepare(op_type: str, launcher, constants, attrs: dict, activation: str, activation_alpha: float):
     X_c, W, B = constants[:3]
     check_attribute_values(op_type, W.ndim - 2 if isinstance(W, np.ndarray) else None, **attrs)
     if X_c is not None or not isinstance(W, np.ndarray) or W.dtype.type not in DTYPES or B is None:
@@ -1153,15 +1178,7 @@ def _prepare(op_type: str, run_op, constants, attrs: dict, activation: str, acti
         if launch is None or X.dtype != W.dtype:
             _check_inputs(op_type, X, W, bias)
             geom = conv_geometry(op_type, X.shape, W.shape, None if bias is None else bias.shape, **attrs)
-            transposed = run_op is conv_transpose and not _is_projection(geom)  # (the projection: one GEMM)
-            as_conv = _transpose_as_conv(geom) if transposed else None
-            if run_op is conv:
-                launch = conv_launcher(W, bias, geom, code, activation_alpha)
-            elif as_conv is not None:  # unit strides: the Conv over the flipped window (``_transpose_as_conv``)
-                w_conv = packed(W, f"as_conv/{geom.group}", lambda W: flipped_transposed(W, geom.group))
-                launch = conv_launcher(w_conv, bias, as_conv, code, activation_alpha)
-            else:
-                launch = functools.partial(run_op, W=W, B=bias, geom=geom, activation=code, alpha=activation_alpha)
+            launch = launcher(W, bias, geom, code, activation_alpha)
             if len(launchers) >= MAX_KEPT_SHAPES:
                 launchers.clear()
             launchers[X.shape] = launch
@@ -1172,19 +1189,19 @@ def _prepare(op_type: str, run_op, constants, attrs: dict, activation: str, acti
 
 @Conv.prepare
 def _prepare_conv(constants, **attrs):
-    return _prepare("Conv", conv, constants, attrs, "", LEAKY_RELU_ALPHA)
+    return _prepare("Conv", conv_launcher, constants, attrs, "", LEAKY_RELU_ALPHA)
 
 
 @ConvTranspose.prepare
 def _prepare_conv_transpose(constants, **attrs):
-    return _prepare("ConvTranspose", conv_transpose, constants, attrs, "", LEAKY_RELU_ALPHA)
+    return _prepare("ConvTranspose", conv_transpose_launcher, constants, attrs, "", LEAKY_RELU_ALPHA)
 
 
 @FusedConv.prepare
 def _prepare_fused_conv(constants, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
-    return _prepare("Conv", conv, constants, attrs, activation, activation_alpha)
+    return _prepare("Conv", conv_launcher, constants, attrs, activation, activation_alpha)
 
 
 @FusedConvTranspose.prepare
 def _prepare_fused_conv_transpose(constants, activation="", activation_alpha=LEAKY_RELU_ALPHA, **attrs):
-    return _prepare("ConvTranspose", conv_transpose, constants, attrs, activation, activation_alpha)
+    return _prepare("ConvTranspose", conv_transpose_launcher, constants, attrs, activation, activation_alpha)
