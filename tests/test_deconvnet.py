@@ -141,20 +141,64 @@ def test_stages_run_coarse_to_fine_and_unpooling_keeps_the_switches():
             assert torch.equal(windows.sum(dim=(-1, -2)), before)
 
 
-@pytest.mark.parametrize("skip", [False, True])
-def test_input_skip_puts_the_pixels_beside_the_last_features(skip):
+@pytest.mark.parametrize("skip, gain", [(False, 1.0), (True, 1.0), (True, 16.0)])
+def test_input_skip_puts_the_pixels_beside_the_last_features(skip, gain):
     # the score layer is a 1x1 convolution over the last decoder stage's features, and with input_skip over the
-    # input pixels too: written out here as an einsum over the channels
+    # input pixels (times skip_gain) too: written out here as an einsum over the channels
     torch.manual_seed(0)
-    model = zoo.create_model("deconvnet-digits", **SMALL, input_skip=skip).eval()
+    model = zoo.create_model("deconvnet-digits", **SMALL, input_skip=skip, skip_gain=gain).eval()
     x = torch.rand(2, 1, 48, 48)
     with torch.no_grad():
         scores, seen = model.stages(x)
-    features = torch.cat([seen[-1][1], x], 1) if skip else seen[-1][1]  # (2, w (+ 1), 48, 48)
+    features = torch.cat([seen[-1][1], gain * x], 1) if skip else seen[-1][1]  # (2, w (+ 1), 48, 48)
     w, b = model.score.weight[:, :, 0, 0], model.score.bias  # (11, w (+ 1)), (11,)
     expected = torch.einsum("nchw,kc->nkhw", features, w) + b[None, :, None, None]
     assert model.score.in_channels == seen[-1][1].shape[1] + skip
-    assert torch.allclose(scores, expected, atol=1e-5)
+    assert torch.allclose(scores, expected, atol=1e-4)
+
+
+def test_dropout_acts_while_training_only():
+    # dropout after fc6 and fc7: training-time noise on the 1x1 maps, the identity in eval mode (and so absent
+    # from the export, whose graph is checked below)
+    torch.manual_seed(0)
+    plain = zoo.create_model("deconvnet-digits", **SMALL, dropout=0.0)
+    dropped = zoo.create_model("deconvnet-digits", **SMALL, dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())
+    assert sum(isinstance(m, torch.nn.Dropout) for m in dropped.modules()) == 2
+    x = torch.rand(4, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(x), dropped.eval()(x))
+        torch.manual_seed(1)
+        noisy = dropped.train()(x)
+        torch.manual_seed(1)
+        assert not torch.allclose(noisy, plain.train()(x))
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_fc_window_keeps_the_last_map(window, tmp_path):
+    # fc6 over the whole last map is the paper's (one code per image); an fc_window keeps the map, so each
+    # place has its code: fc6 and fc7 are then k x k and 1 x 1 convolutions at the last pool's size, and the
+    # exported graph agrees with torch and onnxruntime
+    torch.manual_seed(0)
+    model = zoo.create_model("deconvnet-digits", **SMALL, fc_window=window).eval()
+    x = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        h = x
+        for stage in model.encoder:
+            h = F.max_pool2d(stage(h), 2, 2)  # (2, w, 48 / 2^k, 48 / 2^k)
+        fc7 = model.fc7(model.fc6(h))
+        assert fc7.shape == (2, SMALL["fc_width"], *h.shape[-2:])
+        assert model.fc6_deconv(fc7).shape == h.shape
+        # a 1x1 window is a per-place linear map: written out as an einsum
+        if window == 1:
+            conv = model.fc6[0]
+            pre = torch.einsum("nchw,kc->nkhw", h, conv.weight[:, :, 0, 0]) + conv.bias[None, :, None, None]
+            assert torch.allclose(model.fc6[:2](h), model.fc6[1](pre), atol=1e-5)
+    report = export_onnx(model, tmp_path / "windowed.onnx")
+    assert report["max_abs_err_runtime_vs_torch"] <= 1e-5
+    assert report["max_abs_err_onnxruntime_vs_torch"] <= 1e-5
+    with pytest.raises(zoo.ZooError, match="odd"):
+        zoo.create_model("deconvnet-digits", **SMALL, fc_window=2)
 
 
 def test_a_checkpoint_from_before_input_skip_is_rebuilt_without_it():
@@ -203,7 +247,7 @@ def test_export_emits_native_switches(small_export):
     ops = [n.op_type for n in graph.node]
     stages = len(model.config.encoder)
     assert ops.count("MaxPool") == ops.count("MaxUnpool") == stages
-    assert not {"ScatterND", "ScatterElements", "Slice", "Sub"} & set(ops), ops
+    assert not {"ScatterND", "ScatterElements", "Slice", "Sub", "Dropout"} & set(ops), ops
     pools = [n for n in graph.node if n.op_type == "MaxPool"]
     unpools = [n for n in graph.node if n.op_type == "MaxUnpool"]
     assert all(len(n.output) == 2 for n in pools)  # values and Indices

@@ -46,11 +46,19 @@ class DeconvNetConfig(Config):
     # conv widths per pooling stage
     encoder: list[list[int]] = setting(factory=lambda: [list(s) for s in VGG16], lo=1, hi=4096)
     fc_width: int = setting(4096, lo=1, hi=1 << 14)  # fc6 and fc7, as convolutions
+    # 0: fc6 spans the whole map the last pool leaves (the paper's, which ran on one object proposal at a
+    # time); an odd k: fc6 is a k x k convolution that keeps that map's size, so that several objects in one
+    # image each keep a code of their own, and fc6-deconv the k x k deconvolution back
+    fc_window: int = setting(0, lo=0, hi=63)
     weight_decay: float = setting(0.0, lo=0, hi=1.0)  # Adam's L2 penalty on every parameter
     background_weight: float = setting(1.0, lo=0, hi=1e3)  # the cross-entropy's weight on background pixels
     # not in Noh et al.: the 1x1 score layer also sees the input pixels beside the last decoder features, so the
     # exact extent of a stroke (which an image's own intensities say) need not survive the pools
     input_skip: bool = setting(False)
+    # the skipped pixels enter the score layer times this: Adam moves a weight by about its step size per
+    # update, so a unit gain leaves the pixels' weights too small for a sharp edge at the stroke level
+    skip_gain: float = setting(1.0, lo=1e-3, hi=1e3)
+    dropout: float = setting(0.0, lo=0.0, hi=0.9)  # after fc6 and fc7 while training, as in VGG16
 
     def __post_init__(self):
         super().__post_init__()
@@ -63,12 +71,22 @@ class DeconvNetConfig(Config):
             raise ZooError(
                 f"image_size {self.image_size} with {len(self.encoder)} 2x2 pools; expected multiples of {scale}"
             )
+        if self.fc_window and self.fc_window % 2 == 0:
+            raise ZooError(f"fc_window={self.fc_window}; expected 0 (the whole map) or an odd size")
 
     @property
     def fc_kernel(self) -> tuple[int, int]:
-        """fc6's kernel: the whole map the last pool leaves (7x7 for 224x224 through five pools)."""
+        """fc6's kernel: the whole map the last pool leaves (7x7 for 224x224 through five pools), or
+        fc_window square."""
+        if self.fc_window:
+            return self.fc_window, self.fc_window
         scale = 2 ** len(self.encoder)
         return self.image_size[0] // scale, self.image_size[1] // scale
+
+    @property
+    def fc_padding(self) -> int:
+        """fc6's padding: none over the whole map; half the window otherwise, so that the map keeps its size."""
+        return self.fc_window // 2
 
     @property
     def decoder(self) -> list[list[int]]:
@@ -130,9 +148,20 @@ class DeconvNet(ZooModel):
             )
             k += len(stage)
         top = c.encoder[-1][-1]
-        self.fc6 = nn.Sequential(nn.Conv2d(top, c.fc_width, c.fc_kernel), nn.BatchNorm2d(c.fc_width), nn.ReLU(True))
-        self.fc7 = nn.Sequential(nn.Conv2d(c.fc_width, c.fc_width, 1), nn.BatchNorm2d(c.fc_width), nn.ReLU(True))
-        self.fc6_deconv = deconv_bn_relu(c.fc_width, top, kernel=c.fc_kernel, padding=0)
+
+        def drop() -> list[nn.Module]:
+            return [nn.Dropout(c.dropout)] if c.dropout else []
+
+        self.fc6 = nn.Sequential(
+            nn.Conv2d(top, c.fc_width, c.fc_kernel, padding=c.fc_padding),
+            nn.BatchNorm2d(c.fc_width),
+            nn.ReLU(True),
+            *drop(),
+        )
+        self.fc7 = nn.Sequential(
+            nn.Conv2d(c.fc_width, c.fc_width, 1), nn.BatchNorm2d(c.fc_width), nn.ReLU(True), *drop()
+        )
+        self.fc6_deconv = deconv_bn_relu(c.fc_width, top, kernel=c.fc_kernel, padding=c.fc_padding)
         self.decoder = nn.ModuleList()
         c_in = top
         for stage in c.decoder:  # each stage: unpool with the mirrored pool's switches, then 3x3 deconvolutions
@@ -152,7 +181,7 @@ class DeconvNet(ZooModel):
             sizes.append(x.shape[-2:])
             x, where = F.max_pool2d(x, 2, 2, return_indices=True)  # (N, w, h/2, w'/2), switches of the same shape
             switches.append(where)
-        x = self.fc7(self.fc6(x))  # (N, fc, 1, 1)
+        x = self.fc7(self.fc6(x))  # (N, fc, 1, 1), or (N, fc, H/2^s, W/2^s) with an fc_window
         x = self.fc6_deconv(x)  # (N, top, H/2^s, W/2^s)
         seen = [("fc6-deconv", x)]
         for depth, stage in enumerate(self.decoder):
@@ -162,7 +191,8 @@ class DeconvNet(ZooModel):
             x = stage(x)  # (N, w_out, 2h, 2w'): dense again
             seen.append((f"deconv{k + 1}", x))
         if self.config.input_skip:
-            x = torch.cat([x, image], 1)  # (N, w + C, H, W): the features and the pixels side by side
+            pixels = image * self.config.skip_gain if self.config.skip_gain != 1 else image  # (N, C, H, W)
+            x = torch.cat([x, pixels], 1)  # (N, w + C, H, W): the features and the pixels side by side
         return self.score(x), seen  # (N, classes, H, W)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
