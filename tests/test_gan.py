@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import zoo
@@ -89,74 +88,6 @@ def test_generator_objectives_match_their_definitions(kind):
     d_real = m.discriminator(real)[:, 0]
     expected_d = -(torch.log(d_real).mean() + torch.log(1 - d).mean())
     assert m.d_loss(real, fake).item() == pytest.approx(expected_d.item(), rel=1e-5)
-
-
-def test_infogan_category_is_read_off_z():
-    # the code is one-hot at the largest of z's first K entries (InfoGAN's categorical code without a second
-    # input), so z ~ N(0, 1) draws each category about equally often; with_category moves a point to a category
-    torch.manual_seed(0)
-    m = zoo.create_model("dcgan-mnist", ngf=8, ndf=8, categories=10)
-    z = torch.randn(4000, 100)
-    code = m.generator.category_code(z)  # (4000, 10)
-    top2 = z[:, :10].topk(2, 1).values
-    clear = top2[:, 0] - top2[:, 1] > 0.02  # exp(-1e4 * 0.02) underflows float32: exactly one-hot there
-    assert clear.float().mean() > 0.97
-    assert torch.equal(code[clear], F.one_hot(z[clear, :10].argmax(1), 10).float())
-    counts = torch.bincount(code.argmax(1), minlength=10)
-    assert counts.min() > 330 and counts.max() < 470  # 400 each, binomial sd 19
-    moved = m.generator.with_category(z[:20], torch.arange(20) % 10)
-    assert torch.equal(moved[:, :10].argmax(1), torch.arange(20) % 10)
-    assert torch.equal(moved[:, 10:], z[:20, 10:]) and torch.equal(moved.sort(1).values, z[:20].sort(1).values)
-    # G sees z beside its one-hot category: the projection's input, written out
-    g = m.generator.eval()
-    with torch.no_grad():
-        assert torch.allclose(g(z[:3]), g.net(torch.cat([z[:3], code[:3]], 1)[:, :, None, None]), atol=1e-6)
-
-
-def test_infogan_term_is_q_cross_entropy_in_both_losses():
-    # both players' losses gain info_weight * CE(Q(G(z)), category of z), Q a head on D's features
-    torch.manual_seed(0)
-    m = zoo.create_model("dcgan-mnist", ngf=8, ndf=8, categories=10, info_weight=0.7)
-    z = torch.randn(6, 100)
-    drawn = z[:, :10].argmax(1)
-    fake, real = m.generator(z), torch.rand(6, 1, 28, 28) * 2 - 1
-    features = m.discriminator.net[:-1](fake)  # (6, 16, 7, 7)
-    q = torch.einsum("nchw,kchw->nk", features, m.discriminator.q_head.weight)  # the head written out
-    info = F.cross_entropy(q, drawn)
-    d_fake, d_real = m.discriminator(fake)[:, 0], m.discriminator(real)[:, 0]
-    expected_g = -torch.log(d_fake).mean() + 0.7 * info
-    expected_d = -(torch.log(d_real).mean() + torch.log(1 - d_fake).mean()) + 0.7 * info
-    assert m.g_loss(fake, drawn).item() == pytest.approx(expected_g.item(), rel=1e-5)
-    assert m.d_loss(real, fake, drawn).item() == pytest.approx(expected_d.item(), rel=1e-5)
-    # and G's gradient includes Q's: the term moves G's weights
-    grad = torch.autograd.grad(0.7 * info, m.generator.net[0].weight, retain_graph=True)[0]
-    assert grad.abs().sum() > 0
-    opts = m.configure_optimizers(zoo.TrainConfig(lr=2e-4, beta1=0.5))
-    q0 = m.discriminator.q_head.weight.detach().clone()
-    m.train().training_step(torch.rand(8, 28, 28), None, opts, 3)
-    assert not torch.equal(q0, m.discriminator.q_head.weight)  # Q learns in D's step
-
-
-def test_infogan_generator_exports_with_one_input(tmp_path):
-    # the category is computed inside the graph (MatMul, Softmax): z stays the only input, and the runtime,
-    # onnxruntime and torch agree
-    import onnx
-
-    from tests.conftest import assert_close, ort_run, runtime_run
-    from zoo.export import export_onnx
-
-    torch.manual_seed(0)
-    m = zoo.create_model("dcgan-mnist", ngf=8, ndf=8, categories=10).eval()
-    path = tmp_path / "g.onnx"
-    export_onnx(m, path, part="generator")
-    graph = onnx.load(str(path)).graph
-    assert [i.name for i in graph.input] == ["z"] and "Softmax" in {n.op_type for n in graph.node}
-    z = np.random.default_rng(0).standard_normal((5, 100)).astype(np.float32)
-    with torch.no_grad():
-        expected = m.generator(torch.from_numpy(z)).numpy()
-    got = runtime_run(str(path), {"z": z})
-    assert_close(got, ort_run(str(path), {"z": z}), atol=1e-5)
-    assert_close(got, [expected], atol=1e-5)
 
 
 def _params(module):

@@ -14,13 +14,6 @@ discriminator sees (Zhao et al. 2020, DiffAugment: the same kind of random trans
 and generated images, so the generator is not taught to produce them), and ``ema``, an exponential moving average
 of the generator's weights (Karras et al. 2018; Yazıcı et al. 2019), which is then the generator evaluated,
 sampled and exported.
-
-One option is InfoGAN's (Chen et al. 2016, §5): ``categories`` K > 0 gives the generator a categorical code,
-read off z itself (one-hot at the largest of z's first K entries, so z ~ N(0, 1) draws each category with
-probability 1/K and the graph keeps its one input), and the discriminator a head Q that names the category a
-generated image was drawn with. Both are trained to make Q right (weight ``info_weight``), which maximises a
-lower bound on the mutual information between the code and the image: the generator is pushed to draw K
-distinguishable kinds of image instead of blends between them. No label is used.
 """
 
 from __future__ import annotations
@@ -63,15 +56,10 @@ class DCGANConfig(Config):
     # decay of the moving average of G's weights that is shipped as the generator, ramped up from the first
     # step as min(ema, (1 + t) / (10 + t)) so that G's random initial weights fade from it; 0: G is shipped
     ema: float = setting(0.0, lo=0.0, hi=0.99999)
-    # InfoGAN's categorical code (see the module's docstring): K categories read off z; 0: off
-    categories: int = setting(0, lo=0, hi=1 << 10)
-    info_weight: float = setting(1.0, lo=0.0, hi=1e3)  # weight of Q's cross-entropy in both players' losses
     samples_per_epoch_grid: int = setting(64, lo=1, hi=1024)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.categories > self.nz:
-            raise ZooError(f"categories={self.categories} are z's first entries; expected at most nz={self.nz}")
         if len(self.image_size) != 2 or self.image_size[0] != self.image_size[1]:
             raise ZooError(f"image_size {self.image_size}: DCGAN here takes square images")
         if self.stages < 1:
@@ -136,21 +124,13 @@ def dcgan_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-# softmax(s * v) is exactly one-hot in float32 at v's largest entry where the two largest differ by > 104 / s
-CATEGORY_SHARPNESS = 1e4
-
-
 class Generator(ZooModel):
     input_names = ("z",)
     output_names = ("image",)
 
-    def __init__(self, c: DCGANConfig, code_width: int | None = None):
+    def __init__(self, c: DCGANConfig, code_width: int = 0):
         super().__init__()
         self.config = c
-        if code_width is None:  # unconditional: InfoGAN's categories, if any, are the code
-            code_width = c.categories
-            # (nz, K): the product z @ pick is z's first K entries (a MatMul in the graph, not a Slice)
-            self.register_buffer("pick", torch.eye(c.nz, c.categories), persistent=False)
         widths = [c.ngf * 2 ** (c.stages - 1 - i) for i in range(c.stages)]  # e.g. [1024, 512, 256, 128]
         layers = [
             # project: (N, nz + code_width, 1, 1) -> (N, widths[0], base, base); code_width: a conditional G's code
@@ -166,24 +146,8 @@ class Generator(ZooModel):
         self.net = nn.Sequential(*layers)
         self.apply(dcgan_init)
 
-    def category_code(self, z: torch.Tensor) -> torch.Tensor:
-        """(N, nz) -> (N, K): the one-hot category each latent point draws (InfoGAN), at the largest of its first
-        K entries; a softmax of sharpness CATEGORY_SHARPNESS, so that the graph needs MatMul and Softmax only."""
-        return torch.softmax((z @ self.pick) * CATEGORY_SHARPNESS, 1)
-
-    def with_category(self, z: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
-        """z (N, nz) with the largest of each row's first K entries swapped into column category[i] (N,): the
-        same latent point, drawing that category."""
-        z, rows = z.clone(), torch.arange(len(z), device=z.device)
-        top = z[:, : self.config.categories].argmax(1)  # (N,)
-        largest, there = z[rows, top].clone(), z[rows, category].clone()
-        z[rows, category], z[rows, top] = largest, there
-        return z
-
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         # z: (N, nz) -> image: (N, C, S, S) in [-1, 1]
-        if self.config.categories:
-            z = torch.cat([z, self.category_code(z)], 1)  # (N, nz + K): z and its one-hot category
         return self.net(z[:, :, None, None])
 
     def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
@@ -217,17 +181,10 @@ class Discriminator(ZooModel):
         # (N, widths[-1], base, base) -> (N, 1, 1, 1): one logit
         layers += [nn.Conv2d(widths[-1], 1, c.base_size, stride=1, padding=0, bias=False)]
         self.net = nn.Sequential(*layers)
-        if c.categories and type(self) is Discriminator:  # InfoGAN's Q on the same features: (N, K, 1, 1)
-            self.q_head = nn.Conv2d(widths[-1], c.categories, c.base_size, stride=1, padding=0, bias=False)
         self.apply(dcgan_init)
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image).flatten(1)  # (N, 1)
-
-    def logits_and_categories(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(real/fake logits (N, 1), Q's category logits (N, K)) of images (N, C, S, S), one pass of the trunk."""
-        h = self.net[:-1](image)  # (N, widths[-1], base, base)
-        return self.net[-1](h).flatten(1), self.q_head(h).flatten(1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # image: (N, C, S, S) in [-1, 1] -> probability that it is real: (N, 1)
@@ -339,49 +296,36 @@ class DCGAN(ZooModel):
             return x
         return diff_augment(x, self.config.augment)
 
-    def scored(self, fake: torch.Tensor, drawn: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(D's logits (N, 1) for generated images (N, C, S, S), InfoGAN's term: Q's cross-entropy against the
-        categories ``drawn`` (N,) they were drawn with, 0 when there are none)."""
-        if drawn is None:
-            return self.discriminator.logits(self.seen_by_d(fake)), fake.new_zeros(())
-        logits, categories = self.discriminator.logits_and_categories(self.seen_by_d(fake))
-        return logits, F.cross_entropy(categories, drawn)
-
-    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, drawn: torch.Tensor | None = None) -> torch.Tensor:
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         # max_D  E[log D(x)] + E[log(1 - D(G(z)))], as a loss to minimise
-        # (+ info_weight * InfoGAN's cross-entropy of Q, given the categories ``drawn``)
         real_logits = self.discriminator.logits(self.seen_by_d(real))
-        fake_logits, info = self.scored(fake, drawn)
-        adversarial = F.binary_cross_entropy_with_logits(
+        fake_logits = self.discriminator.logits(self.seen_by_d(fake))
+        return F.binary_cross_entropy_with_logits(
             real_logits, torch.ones_like(real_logits)
         ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-        return adversarial + self.config.info_weight * info
 
-    def g_loss(self, fake: torch.Tensor, drawn: torch.Tensor | None = None) -> torch.Tensor:
-        logits, info = self.scored(fake, drawn)
+    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        logits = self.discriminator.logits(self.seen_by_d(fake))
         if self.config.g_loss == "minimax":
             # min_G E[log(1 - D(G(z)))] = -BCE(D(G(z)), 0); saturates while D rejects the fakes
-            adversarial = -F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
-        else:  # non-saturating: max_G E[log D(G(z))] = min_G BCE(D(G(z)), 1)
-            adversarial = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-        return adversarial + self.config.info_weight * info
+            return -F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+        # non-saturating: max_G E[log D(G(z))] = min_G BCE(D(G(z)), 1)
+        return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
 
     def training_step(self, x: torch.Tensor, y, optimizers: dict, epoch: int) -> dict:
         real = self.to_model_space(x)  # (M, C, S, S)
         z = torch.randn(len(real), self.config.nz, device=real.device)
-        # InfoGAN: the category each z draws, which Q is to name (from both players' side)
-        drawn = self.generator.category_code(z).argmax(1) if self.config.categories else None  # (M,)
         phase = self.phase(epoch)
         logs = {"phase": float(phase)}
         if phase in (1, 3):
             # update D: its loss on real data and on G's current output (G not updated here)
             fake = self.generator(z).detach()
-            d_loss = self.d_loss(real, fake, drawn)
+            d_loss = self.d_loss(real, fake)
             self.step(optimizers["discriminator"], d_loss)
             logs["d_loss"] = d_loss.item()
         if phase in (2, 3):
             # update G against the current D; D's parameters receive gradients but are not stepped
-            g_loss = self.g_loss(self.generator(z), drawn)
+            g_loss = self.g_loss(self.generator(z))
             self.step(optimizers["generator"], g_loss)
             optimizers["discriminator"].zero_grad(set_to_none=True)
             self.update_average()
@@ -418,15 +362,6 @@ class DCGAN(ZooModel):
         # floor measured the same way: DRAWS training subsets of that size against the same digits
         draws = [((g + 1) / 2).squeeze(1).cpu().numpy() for g in (fake, *(draw(s) for s in range(1, DRAWS)))]
         metrics |= generative_figures(draws, images)  # with fid and inception_score of the first draw
-        if self.config.categories:  # how far InfoGAN's categories came to be digits, by LeNet's reading
-            from zoo.evaluate import classify
-
-            drawn = self.sampler.category_code(self.latent(len(real), 0)).argmax(1).cpu().numpy()  # (M,)
-            read = classify(draws[0])[0].argmax(1)  # (M,)
-            joint = np.zeros((self.config.categories, 10), np.int64)  # (K, 10): category x LeNet's digit
-            np.add.at(joint, (drawn, read), 1)
-            metrics["category_purity"] = float(joint.max(1).sum() / len(drawn))
-            metrics["digits_named_by_a_category"] = int(len(np.unique(joint.argmax(1)[joint.sum(1) > 0])))
         floor = real_data_floor()  # what real digits score: the floor of the FID, the ceiling of the score
         metrics["floor_fid_train_vs_val"] = floor["fid_train_vs_val"]
         metrics["floor_inception_score_val"] = floor["inception_score_val"]
@@ -437,14 +372,9 @@ class DCGAN(ZooModel):
         from zoo.pictures import tile_grid
 
         self.eval()
-        z, cols = self.fixed_z, int(math.sqrt(len(self.fixed_z)))
-        if self.config.categories:  # one row per latent point, one column per InfoGAN category
-            k, rows = self.config.categories, max(1, len(z) // self.config.categories)
-            category = torch.arange(rows * k, device=self.device) % k  # (rows * k,)
-            z, cols = self.sampler.with_category(z[:rows].repeat_interleave(k, 0), category), k
-        g = (self.sampler(z) + 1) / 2  # (n, C, S, S) in [0, 1]
+        g = (self.sampler(self.fixed_z) + 1) / 2  # (n, C, S, S) in [0, 1]
         g = g[:, 0] if self.config.channels == 1 else g.permute(0, 2, 3, 1)
-        return tile_grid(g.cpu().numpy(), cols=cols)
+        return tile_grid(g.cpu().numpy(), cols=int(math.sqrt(len(g))))
 
     def on_epoch_end(self, out_dir, epoch: int) -> list:
         from zoo.pictures import save_png
