@@ -35,27 +35,30 @@ test-cuda: $(STAMP)
 # Retrain and republish every shipped model with the commands on its card, two at a time, each on the number of
 # threads its card records (torch's CPU kernels split their sums by the thread count: LeNet trained on 1 thread
 # instead of its card's 2 ends with other weights, and every figure measured with it moves). LeNet comes first:
-# the generators' figures and DeconvNet's baseline use it; dcgan-mnist-no-phases before dcgan-mnist, whose card
-# shows it as its ablation; the longest runs start first. tests/test_cards.py checks that each card's training
+# the generators' figures and DeconvNet's baseline use it. A model's training (train-NAME) waits only for LeNet;
+# its publishing (retrain-NAME) waits for its training, and dcgan-mnist's also for its ablation's, whose card
+# figures its card shows. The longest runs start first. tests/test_cards.py checks that each card's training
 # settings and thread count are what this trains. Each run's log: runs/NAME.log.
 SHIPPED := lenet-mnist:lenet-mnist sparse-ae:sparse-ae-mnist sparse-ae-digits8:sparse-ae-digits8 cgen-mnist:cgen-mnist dcgan-mnist-no-phases:dcgan-mnist-no-phases dcgan-mnist:dcgan-mnist cdcgan-mnist:cdcgan-mnist deconvnet-digits:deconvnet-digits
 SHIPPED_NAMES := $(foreach pair,$(SHIPPED),$(lastword $(subst :, ,$(pair))))
 model_of = $(firstword $(subst :, ,$(filter %:$(1),$(SHIPPED))))
 threads_of = $(shell $(BIN)/python -c "import json, sys; print(json.load(open(sys.argv[1])).get('threads', 1))" weights/$(1).card.json 2>/dev/null || echo 1)
-LONGEST_FIRST := deconvnet-digits dcgan-mnist cdcgan-mnist sparse-ae-mnist cgen-mnist sparse-ae-digits8
+LONGEST_FIRST := deconvnet-digits dcgan-mnist dcgan-mnist-no-phases cdcgan-mnist cgen-mnist sparse-ae-digits8 sparse-ae-mnist
 
 weights: $(STAMP)
 	$(MAKE) --no-print-directory -j2 $(addprefix retrain-,$(LONGEST_FIRST))
 
-$(addprefix retrain-,$(SHIPPED_NAMES)): retrain-%: $(STAMP)
+$(addprefix train-,$(SHIPPED_NAMES)): train-%: $(STAMP)
 	@mkdir -p runs
 	OMP_NUM_THREADS=$(call threads_of,$*) $(BIN)/zoo train $(call model_of,$*) --seed 0 --out runs/$* --force --quiet > runs/$*.log 2>&1 \
 	  || { tail -n 20 runs/$*.log; exit 1; }
+
+$(addprefix retrain-,$(SHIPPED_NAMES)): retrain-%: train-%
 	$(BIN)/zoo publish runs/$* --name $* --force
 
-$(addprefix retrain-,$(filter-out lenet-mnist sparse-ae-mnist sparse-ae-digits8,$(SHIPPED_NAMES))): retrain-lenet-mnist
+$(addprefix train-,$(filter-out lenet-mnist sparse-ae-mnist sparse-ae-digits8,$(SHIPPED_NAMES))): retrain-lenet-mnist
 retrain-dcgan-mnist: retrain-dcgan-mnist-no-phases
-.PHONY: $(addprefix retrain-,$(SHIPPED_NAMES))
+.PHONY: $(addprefix train-,$(SHIPPED_NAMES)) $(addprefix retrain-,$(SHIPPED_NAMES))
 
 bench: $(STAMP)
 	$(BIN)/zoo bench --batch 1,64 --json runs/bench.json
