@@ -58,6 +58,26 @@ def test_warped_training_canvases_stay_labelled_where_the_strokes_are():
     assert not np.array_equal(images, plain)  # warped digits (and so other places) differ from the plain ones
 
 
+def test_elastic_distortion_is_simards_displacement_field(monkeypatch):
+    # _warp's distortion written out: U(-1, 1) per pixel and axis, smoothed by a Gaussian of sd sigma, times
+    # alpha, sampled bilinearly (scipy's map_coordinates, order 1) after the rotation and scaling
+    from scipy.ndimage import gaussian_filter, map_coordinates
+
+    import zoo.data
+
+    monkeypatch.setattr(zoo.data, "SEG_ELASTIC", (34.0, 4.0))
+    digit = zoo.data._mnist()[0][7]  # (28, 28)
+    affine = zoo.data._warp(digit, 5.0, 1.05)  # no rng: rotation and scaling only
+    got = zoo.data._warp(digit, 5.0, 1.05, np.random.default_rng(4))
+    rng = np.random.default_rng(4)
+    shift = [gaussian_filter(rng.uniform(-1, 1, (28, 28)), 4.0) * 34.0 for _ in range(2)]
+    rows, cols = np.mgrid[0:28, 0:28]
+    expected = np.clip(map_coordinates(affine, [rows + shift[0], cols + shift[1]], order=1), 0, 1)
+    assert np.allclose(got, expected, atol=1e-6) and not np.allclose(got, affine, atol=0.05)
+    monkeypatch.setattr(zoo.data, "SEG_ELASTIC", None)
+    assert np.array_equal(zoo.data._warp(digit, 5.0, 1.05, np.random.default_rng(4)), affine)
+
+
 def test_train_and_val_canvases_come_from_disjoint_digits():
     from zoo.data import _mnist, split_indices
 
@@ -201,21 +221,24 @@ def test_fc_window_keeps_the_last_map(window, tmp_path):
         zoo.create_model("deconvnet-digits", **SMALL, fc_window=2)
 
 
-def test_a_checkpoint_from_before_input_skip_is_rebuilt_without_it():
-    # a config stored before the option existed lacks the key: the run had no skip, whatever the factory's
-    # default is now, and the score layer is rebuilt with the shape that file holds
+def test_a_checkpoint_from_before_the_options_is_rebuilt_without_them():
+    # a config stored before an option existed lacks its key: the run had the paper's network there, whatever
+    # the factory's default is now, and the layers are rebuilt with the shapes that file holds
     from dataclasses import asdict
 
     from zoo.builder import build_model, upgrade_config
 
     with torch.device("meta"):
         stored = asdict(zoo.create_model("deconvnet-digits", **SMALL).config)
-    assert stored.pop("input_skip") is True  # deconvnet-digits' default now
+    for key in ("input_skip", "skip_gain", "fc_window", "dropout"):
+        stored.pop(key)
     config, _ = upgrade_config("deconvnet-digits", stored)
-    assert config["input_skip"] is False
+    assert (config["input_skip"], config["skip_gain"], config["fc_window"], config["dropout"]) == (False, 1.0, 0, 0.0)
     with torch.device("meta"):
         model = build_model("deconvnet-digits", **config)
     assert model.score.in_channels == SMALL["encoder"][0][-1]  # (11, 4, 1, 1): the last decoder stage alone
+    assert model.fc6[0].kernel_size == (6, 6) and model.fc6[0].padding == (0, 0)  # the whole 6x6 map
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())
 
 
 def test_bad_configs_are_refused():
