@@ -58,26 +58,6 @@ def test_warped_training_canvases_stay_labelled_where_the_strokes_are():
     assert not np.array_equal(images, plain)  # warped digits (and so other places) differ from the plain ones
 
 
-def test_elastic_distortion_is_simards_displacement_field(monkeypatch):
-    # _warp's distortion written out: U(-1, 1) per pixel and axis, smoothed by a Gaussian of sd sigma, times
-    # alpha, sampled bilinearly (scipy's map_coordinates, order 1) after the rotation and scaling
-    from scipy.ndimage import gaussian_filter, map_coordinates
-
-    import zoo.data
-
-    monkeypatch.setattr(zoo.data, "SEG_ELASTIC", (34.0, 4.0))
-    digit = zoo.data._mnist()[0][7]  # (28, 28)
-    affine = zoo.data._warp(digit, 5.0, 1.05)  # no rng: rotation and scaling only
-    got = zoo.data._warp(digit, 5.0, 1.05, np.random.default_rng(4))
-    rng = np.random.default_rng(4)
-    shift = [gaussian_filter(rng.uniform(-1, 1, (28, 28)), 4.0) * 34.0 for _ in range(2)]
-    rows, cols = np.mgrid[0:28, 0:28]
-    expected = np.clip(map_coordinates(affine, [rows + shift[0], cols + shift[1]], order=1), 0, 1)
-    assert np.allclose(got, expected, atol=1e-6) and not np.allclose(got, affine, atol=0.05)
-    monkeypatch.setattr(zoo.data, "SEG_ELASTIC", None)
-    assert np.array_equal(zoo.data._warp(digit, 5.0, 1.05, np.random.default_rng(4)), affine)
-
-
 def test_train_and_val_canvases_come_from_disjoint_digits():
     from zoo.data import _mnist, split_indices
 
@@ -177,23 +157,6 @@ def test_input_skip_puts_the_pixels_beside_the_last_features(skip, gain):
     assert torch.allclose(scores, expected, atol=1e-4)
 
 
-def test_dropout_acts_while_training_only():
-    # dropout after fc6 and fc7: training-time noise on the 1x1 maps, the identity in eval mode (and so absent
-    # from the export, whose graph is checked below)
-    torch.manual_seed(0)
-    plain = zoo.create_model("deconvnet-digits", **SMALL, dropout=0.0)
-    dropped = zoo.create_model("deconvnet-digits", **SMALL, dropout=0.5)
-    dropped.load_state_dict(plain.state_dict())
-    assert sum(isinstance(m, torch.nn.Dropout) for m in dropped.modules()) == 2
-    x = torch.rand(4, 1, 48, 48)
-    with torch.no_grad():
-        assert torch.equal(plain.eval()(x), dropped.eval()(x))
-        torch.manual_seed(1)
-        noisy = dropped.train()(x)
-        torch.manual_seed(1)
-        assert not torch.allclose(noisy, plain.train()(x))
-
-
 @pytest.mark.parametrize("window", [1, 3])
 def test_fc_window_keeps_the_last_map(window, tmp_path):
     # fc6 over the whole last map is the paper's (one code per image); an fc_window keeps the map, so each
@@ -230,15 +193,14 @@ def test_a_checkpoint_from_before_the_options_is_rebuilt_without_them():
 
     with torch.device("meta"):
         stored = asdict(zoo.create_model("deconvnet-digits", **SMALL).config)
-    for key in ("input_skip", "skip_gain", "fc_window", "dropout"):
+    for key in ("input_skip", "skip_gain", "fc_window"):
         stored.pop(key)
     config, _ = upgrade_config("deconvnet-digits", stored)
-    assert (config["input_skip"], config["skip_gain"], config["fc_window"], config["dropout"]) == (False, 1.0, 0, 0.0)
+    assert (config["input_skip"], config["skip_gain"], config["fc_window"]) == (False, 1.0, 0)
     with torch.device("meta"):
         model = build_model("deconvnet-digits", **config)
     assert model.score.in_channels == SMALL["encoder"][0][-1]  # (11, 4, 1, 1): the last decoder stage alone
     assert model.fc6[0].kernel_size == (6, 6) and model.fc6[0].padding == (0, 0)  # the whole 6x6 map
-    assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())
 
 
 def test_bad_configs_are_refused():
@@ -270,7 +232,7 @@ def test_export_emits_native_switches(small_export):
     ops = [n.op_type for n in graph.node]
     stages = len(model.config.encoder)
     assert ops.count("MaxPool") == ops.count("MaxUnpool") == stages
-    assert not {"ScatterND", "ScatterElements", "Slice", "Sub", "Dropout"} & set(ops), ops
+    assert not {"ScatterND", "ScatterElements", "Slice", "Sub"} & set(ops), ops
     pools = [n for n in graph.node if n.op_type == "MaxPool"]
     unpools = [n for n in graph.node if n.op_type == "MaxUnpool"]
     assert all(len(n.output) == 2 for n in pools)  # values and Indices

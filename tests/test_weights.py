@@ -211,8 +211,15 @@ def test_shipped_onnx_matches_onnxruntime(file, backend, batch):
     # rtol: a deep model's float32 sums, taken in another order than onnxruntime's, drift by a few ulps of the
     # output (DeconvNet-digits after 26 convolutions: 1.0e-5 on a logit of ~16, 5 ulps)
     assert_close([g[~excused] for g in got], [e[~excused] for e in expected], rtol=1e-6)
-    if excused.any():  # a flipped switch moves one value: the rest of the sample still agrees
-        assert_close([g[excused] for g in got], [e[excused] for e in expected], rtol=1e-6, switch_flips=0.01)
+    if excused.any():
+        # a flipped switch moves one value, and everything downstream of it moves a little: from the first pool
+        # a few pixels, from the deepest one the whole image (fc6 sees every place). The answer stays: the
+        # class of at least 99 % of the excused samples' pixels is the same
+        for g, e in zip(got, expected):
+            assert g.shape == e.shape and np.isfinite(g).all()
+            if g.ndim == 4:  # (N, classes, H, W) scores
+                agree = (g[excused].argmax(1) == e[excused].argmax(1)).mean()
+                assert agree >= 0.99, f"{excused.sum()} near-tie samples: classes agree on {agree:.4f} of pixels"
 
 
 def _data_set_cases():

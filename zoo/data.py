@@ -76,26 +76,16 @@ SEG_MAX_DIGITS = 3
 SEG_STROKE = 0.3  # a pixel belongs to a digit where that digit's intensity is at least this
 SEG_CLASSES = 11  # background + 10 digits
 SEG_ROTATE, SEG_SCALE = 12.0, 0.1  # training digits are drawn rotated up to ±12° and scaled by 1 ± 0.1
-# and then elastically distorted (Simard, Steinkraus & Platt 2003, §2): a displacement field of U(-1, 1) per
-# pixel, smoothed by a Gaussian of sd SEG_ELASTIC[1] px and scaled by SEG_ELASTIC[0] px; None: no distortion
-SEG_ELASTIC: tuple[float, float] | None = None
 
 
-def _warp(digit: np.ndarray, angle: float, scale: float, rng: np.random.Generator | None = None) -> np.ndarray:
-    """A (28, 28) digit rotated by ``angle`` degrees and scaled by ``scale`` about its centre, then distorted
-    with SEG_ELASTIC by ``rng`` when both are given (bilinear throughout)."""
-    from scipy.ndimage import affine_transform, gaussian_filter, map_coordinates
+def _warp(digit: np.ndarray, angle: float, scale: float) -> np.ndarray:
+    """A (28, 28) digit rotated by ``angle`` degrees and scaled by ``scale`` about its centre (bilinear)."""
+    from scipy.ndimage import affine_transform
 
     a = np.deg2rad(angle)
     inverse = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) / scale  # output -> input coordinates
     centre = (np.array(digit.shape) - 1) / 2.0
-    out = affine_transform(digit, inverse, offset=centre - inverse @ centre, order=1)  # (28, 28)
-    if SEG_ELASTIC is not None and rng is not None:
-        alpha, sigma = SEG_ELASTIC
-        shift = [gaussian_filter(rng.uniform(-1, 1, digit.shape), sigma) * alpha for _ in range(2)]  # 2 x (28, 28)
-        rows, cols = np.meshgrid(np.arange(digit.shape[0]), np.arange(digit.shape[1]), indexing="ij")
-        out = map_coordinates(out, [rows + shift[0], cols + shift[1]], order=1)  # (28, 28)
-    return np.clip(out, 0.0, 1.0)
+    return np.clip(affine_transform(digit, inverse, offset=centre - inverse @ centre, order=1), 0.0, 1.0)
 
 
 def digit_canvases(
@@ -121,7 +111,7 @@ def digit_canvases(
                     digit = digits[i]  # (28, 28)
                     if warp:
                         angle, scale = rng.uniform(-SEG_ROTATE, SEG_ROTATE), 1 + rng.uniform(-SEG_SCALE, SEG_SCALE)
-                        digit = _warp(digit, angle, scale, rng)
+                        digit = _warp(digit, angle, scale)
                     crop = digit[m : m + SEG_DIGIT, m : m + SEG_DIGIT]  # (20, 20)
                     window = (slice(top, top + SEG_DIGIT), slice(left, left + SEG_DIGIT))
                     images[k][window] = crop

@@ -58,7 +58,6 @@ class DeconvNetConfig(Config):
     # the skipped pixels enter the score layer times this: Adam moves a weight by about its step size per
     # update, so a unit gain leaves the pixels' weights too small for a sharp edge at the stroke level
     skip_gain: float = setting(1.0, lo=1e-3, hi=1e3)
-    dropout: float = setting(0.0, lo=0.0, hi=0.9)  # after fc6 and fc7 while training, as in VGG16
 
     def __post_init__(self):
         super().__post_init__()
@@ -148,19 +147,10 @@ class DeconvNet(ZooModel):
             )
             k += len(stage)
         top = c.encoder[-1][-1]
-
-        def drop() -> list[nn.Module]:
-            return [nn.Dropout(c.dropout)] if c.dropout else []
-
         self.fc6 = nn.Sequential(
-            nn.Conv2d(top, c.fc_width, c.fc_kernel, padding=c.fc_padding),
-            nn.BatchNorm2d(c.fc_width),
-            nn.ReLU(True),
-            *drop(),
+            nn.Conv2d(top, c.fc_width, c.fc_kernel, padding=c.fc_padding), nn.BatchNorm2d(c.fc_width), nn.ReLU(True)
         )
-        self.fc7 = nn.Sequential(
-            nn.Conv2d(c.fc_width, c.fc_width, 1), nn.BatchNorm2d(c.fc_width), nn.ReLU(True), *drop()
-        )
+        self.fc7 = nn.Sequential(nn.Conv2d(c.fc_width, c.fc_width, 1), nn.BatchNorm2d(c.fc_width), nn.ReLU(True))
         self.fc6_deconv = deconv_bn_relu(c.fc_width, top, kernel=c.fc_kernel, padding=c.fc_padding)
         self.decoder = nn.ModuleList()
         c_in = top
