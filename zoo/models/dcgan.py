@@ -11,9 +11,9 @@ The projection of z is a transposed convolution from 1x1 to the first stage's si
 
 Two options for small training sets, off by default: ``augment``, differentiable augmentation of everything the
 discriminator sees (Zhao et al. 2020, DiffAugment: the same kind of random translation or cutout applied to real
-and generated images, so the generator is not taught to produce them), and ``ema``, an exponential moving average
-of the generator's weights (Karras et al. 2018; Yazıcı et al. 2019), which is then the generator evaluated,
-sampled and exported.
+and generated images, so that the generator is not meant to produce them; on the bundled digits the shift still
+leaks, see the README), and ``ema``, an exponential moving average of the generator's weights (Karras et al. 2018;
+Yazıcı et al. 2019), which is then the generator evaluated, sampled and exported.
 """
 
 from __future__ import annotations
