@@ -154,8 +154,8 @@ def test_input_skip_puts_the_pixels_beside_the_last_features(skip, gain):
     w, b = model.score.weight[:, :, 0, 0], model.score.bias  # (11, w (+ 1)), (11,)
     expected = torch.einsum("nchw,kc->nkhw", features, w) + b[None, :, None, None]
     assert model.score.in_channels == seen[-1][1].shape[1] + skip
-    # float32 sums of the same terms in another order: 1e-5 of the largest term, and the pixels' terms grow
-    # with the gain
+    # float32 sums of the same terms in another order: 1e-5 absolute at unit gain, growing with the gain as
+    # the pixels' terms do
     assert torch.allclose(scores, expected, atol=1e-5 * gain)
 
 
