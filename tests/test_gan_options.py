@@ -1,6 +1,6 @@
 """DCGAN's options for small data sets against their definitions: DiffAugment's translation and cutout
-(against a pixel-loop oracle), the moving average of the generator's weights (against the recursion written
-out), and the trainer's evaluation every N epochs."""
+(against a pixel-loop oracle) and the probability of applying them, the moving average of the generator's
+weights (against the recursion written out), and the trainer's evaluation every N epochs."""
 
 from __future__ import annotations
 
@@ -67,6 +67,55 @@ def test_augmentation_passes_the_gradient_to_what_it_keeps(kinds):
         torch.manual_seed(2)
         delta = ((diff_augment(bumped, kinds) - y) * weights).sum().item() / 0.5
         assert delta == pytest.approx(x.grad[i, 0, r, c].item(), rel=1e-5)
+
+
+def test_at_probability_zero_nothing_is_augmented():
+    x = torch.rand(5, 1, 8, 8) * 2 - 1  # (N, C, H, W)
+    torch.manual_seed(4)
+    assert torch.equal(diff_augment(x, "translation,cutout", p=0.0), x)
+
+
+def test_each_image_is_augmented_with_probability_p_or_kept_as_it_is():
+    # cutout on images strictly above the background: an augmented image has exactly one 6x6 square at -1
+    torch.manual_seed(5)
+    n, p = 2000, 0.3
+    x = torch.rand(n, 1, 12, 12) + 0.5  # (N, 1, 12, 12)
+    y = diff_augment(x, "cutout", p=p)
+    blank = y[:, 0] == -1  # (N, 12, 12)
+    changed = blank.flatten(1).any(1)  # (N,)
+    for i in range(n):
+        if changed[i]:
+            rows, cols = np.nonzero(blank[i].numpy())
+            assert blank[i].sum() == 36 and np.ptp(rows) == 5 and np.ptp(cols) == 5
+            np.testing.assert_array_equal(y[i, 0][~blank[i]].numpy(), x[i, 0][~blank[i]].numpy())
+        else:
+            assert torch.equal(y[i], x[i])
+    share, sd = changed.float().mean().item(), (p * (1 - p) / n) ** 0.5
+    assert abs(share - p) < 4 * sd, f"{share:.3f} of the images augmented, expected {p} +- {4 * sd:.3f}"
+
+
+def test_an_image_kept_as_it_is_passes_the_whole_gradient():
+    x = (torch.rand(64, 1, 8, 8) + 0.5).requires_grad_(True)  # (N, 1, 8, 8)
+    weights = torch.randn(64, 1, 8, 8)
+    torch.manual_seed(6)
+    y = diff_augment(x, "cutout", p=0.5)
+    (y * weights).sum().backward()
+    kept = (y.detach() != -1).flatten(1).all(1)  # (N,): no pixel blanked
+    assert 0 < kept.sum() < len(x)
+    torch.testing.assert_close(x.grad[kept], weights[kept], rtol=0, atol=0)
+
+
+def test_a_checkpoint_from_before_augment_p_augments_every_image():
+    # a run stored before augment_p existed augmented every image: the config class's 1.0, whatever the
+    # factory's default is now
+    from dataclasses import asdict
+
+    from zoo.builder import upgrade_config
+
+    stored = asdict(zoo.create_model("dcgan-mnist", ngf=4, ndf=4, augment="translation").config)
+    stored.pop("augment_p")
+    config, _ = upgrade_config("dcgan-mnist", stored)
+    assert config["augment"] == "translation" and config["augment_p"] == 1.0
 
 
 def test_the_discriminator_sees_augmented_images_only_while_training():

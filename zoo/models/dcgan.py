@@ -53,6 +53,9 @@ class DCGANConfig(Config):
     # DiffAugment of the discriminator's inputs, real and generated alike: a random shift by up to 1/8 of the
     # size ("translation", the background filling in), a blanked square of half the size ("cutout")
     augment: str = setting("none", choices=AUGMENTS)
+    # the probability that each image is augmented; below 1, D also sees images as they are, so that a
+    # transformation it cannot undo does not leak into G (Karras et al. 2020, ADA: no leak at p <= 0.8)
+    augment_p: float = setting(1.0, lo=0.0, hi=1.0)
     # decay of the moving average of G's weights that is shipped as the generator, ramped up from the first
     # step as min(ema, (1 + t) / (10 + t)) so that G's random initial weights fade from it; 0: G is shipped
     ema: float = setting(0.0, lo=0.0, hi=0.99999)
@@ -89,9 +92,19 @@ def _down(c_in: int, c_out: int, k: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, k, stride=2, padding=2 if k == 5 else 1, bias=False)
 
 
-def diff_augment(x: torch.Tensor, kinds: str) -> torch.Tensor:
-    """x (N, C, H, W) in [-1, 1], transformed per image by ``kinds`` (see ``DCGANConfig.augment``) with the
-    torch RNG; differentiable in x (only gathers and selects), so G's gradient flows through it."""
+def diff_augment(x: torch.Tensor, kinds: str, p: float = 1.0) -> torch.Tensor:
+    """x (N, C, H, W) in [-1, 1], each image transformed by ``kinds`` (see ``DCGANConfig.augment``) with
+    probability p, else kept as it is, with the torch RNG; differentiable in x (only gathers and selects), so G's
+    gradient flows through it."""
+    augmented = _augment_all(x, kinds)  # (N, C, H, W)
+    if p >= 1:
+        return augmented
+    chosen = torch.rand(len(x), device="cpu").to(x.device) < p  # (N,)
+    return torch.where(chosen[:, None, None, None], augmented, x)
+
+
+def _augment_all(x: torch.Tensor, kinds: str) -> torch.Tensor:
+    """x (N, C, H, W), every image transformed by ``kinds``."""
     n, _, h, w = x.shape
     rows = torch.arange(h, device=x.device)[None, :, None]  # (1, H, 1)
     cols = torch.arange(w, device=x.device)[None, None, :]  # (1, 1, W)
@@ -294,7 +307,7 @@ class DCGAN(ZooModel):
         """What the discriminator is shown of images x (N, C, S, S): x, or x augmented while training."""
         if self.config.augment == "none" or not self.training:
             return x
-        return diff_augment(x, self.config.augment)
+        return diff_augment(x, self.config.augment, self.config.augment_p)
 
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         # max_D  E[log D(x)] + E[log(1 - D(G(z)))], as a loss to minimise
