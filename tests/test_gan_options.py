@@ -1,6 +1,7 @@
 """DCGAN's options for small data sets against their definitions: DiffAugment's translation and cutout
 (against a pixel-loop oracle) and the probability of applying them, the moving average of the generator's
-weights (against the recursion written out), and the trainer's evaluation every N epochs."""
+weights (against the recursion written out), the class head and CatGAN's entropies (against scipy), and the
+trainer's evaluation every N epochs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.models.dcgan import diff_augment
+from zoo.models.dcgan import class_entropies, diff_augment
 
 
 def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -163,3 +164,90 @@ def test_evaluation_every_n_epochs(tmp_path, monkeypatch):
     assert run["final"]["epoch"] == 5 and "d_accuracy" in run["final"]
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["train"]["eval_every"] == 2
+
+
+def test_class_entropies_match_scipy():
+    from scipy.special import softmax
+    from scipy.stats import entropy
+
+    logits = np.random.default_rng(7).normal(0, 3, (9, 6))  # (N, K)
+    p = softmax(logits, axis=1)
+    per_sample, shares = class_entropies(torch.from_numpy(logits))
+    assert per_sample.item() == pytest.approx(np.mean([entropy(row) for row in p]), rel=1e-12)
+    assert shares.item() == pytest.approx(entropy(p.mean(0)), rel=1e-12)
+    # one class for sure, every class as often: 0 and log K
+    per_sample, shares = class_entropies(torch.eye(6, dtype=torch.float64) * 80)
+    assert per_sample.item() == pytest.approx(0, abs=1e-12) and shares.item() == pytest.approx(np.log(6))
+
+
+def _digits(n: int) -> tuple[torch.Tensor, np.ndarray]:
+    from zoo.data import load_dataset
+
+    data = load_dataset("mnist", "train")
+    pick = np.random.default_rng(0).choice(len(data.images), n, replace=False)
+    return torch.from_numpy(data.images[pick]), data.labels[pick]  # (n, 28, 28) in [0, 1], (n,)
+
+
+def test_the_class_head_learns_the_labels_of_real_digits():
+    torch.manual_seed(8)
+    m = zoo.create_model("dcgan-mnist", ngf=8, ndf=8, class_weight=1.0)
+    opt = m.configure_optimizers(zoo.get_model_entry("dcgan-mnist").train)
+    x, y = _digits(32)
+    losses = [m.training_step(x, y, opt, 1)["d_class_loss"] for _ in range(60)]  # phase 1: D alone
+    assert losses[0] > 1.5 and losses[-1] < losses[0] / 4, losses[::10]
+    with torch.no_grad():
+        _, classes = m.discriminator.logits_and_classes(m.to_model_space(x))
+    assert (classes.argmax(1).numpy() == y).mean() == 1.0
+
+
+def test_catgan_terms_make_each_sample_one_class_and_every_class_as_often():
+    # phase 2 (G against the frozen D): with the class terms weighed far above the adversarial one, G's
+    # samples move to lower per-sample entropy and higher share entropy of D's class estimates
+    torch.manual_seed(9)
+    m = zoo.create_model("dcgan-mnist", ngf=8, ndf=8, nz=16, class_weight=50.0)
+    opt = m.configure_optimizers(zoo.get_model_entry("dcgan-mnist").train)
+    x, y = _digits(64)
+    for _ in range(40):  # phase 1: a class head worth following
+        m.training_step(x, y, opt, 1)
+    z = torch.randn(256, 16)
+
+    def entropies():
+        with torch.no_grad():
+            return [v.item() for v in class_entropies(m.discriminator.logits_and_classes(m.generator(z))[1])]
+
+    before = entropies()
+    d_before = {k: v.clone() for k, v in m.discriminator.named_parameters()}
+    for _ in range(60):
+        m.training_step(x, y, opt, 2)
+    after = entropies()
+    assert after[0] < before[0] - 0.3 and after[0] - after[1] < before[0] - before[1] - 0.3, (before, after)
+    for k, v in m.discriminator.named_parameters():
+        assert torch.equal(v, d_before[k]), f"phase 2 changed D's {k}"
+
+
+def test_the_class_head_needs_labels_in_range():
+    m = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, class_weight=1.0, classes=3)
+    opt = m.configure_optimizers(zoo.get_model_entry("dcgan-mnist").train)
+    x = torch.rand(4, 28, 28)
+    with pytest.raises(zoo.ZooError, match="needs labelled training images"):
+        m.training_step(x, None, opt, 3)
+    with pytest.raises(zoo.ZooError, match=r"labels 0\.\.3: expected 0\.\.2"):
+        m.training_step(x, np.array([0, 1, 2, 3]), opt, 3)
+    with pytest.raises(zoo.ZooError, match="own class head"):
+        zoo.create_model("cdcgan-mnist", ngf=4, ndf=4, class_weight=1.0)
+
+
+def test_without_the_class_head_d_is_the_plain_dcgan_one():
+    from dataclasses import asdict
+
+    from zoo.builder import upgrade_config
+
+    plain = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, class_weight=0.0).discriminator
+    headed = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, class_weight=1.0).discriminator
+    assert not hasattr(plain, "class_head")
+    assert set(headed.state_dict()) - set(plain.state_dict()) == {"class_head.weight"}
+    # a run stored before class_weight existed had no class head
+    stored = asdict(zoo.create_model("dcgan-mnist", ngf=4, ndf=4).config)
+    stored.pop("class_weight"), stored.pop("classes")
+    config, _ = upgrade_config("dcgan-mnist", stored)
+    assert config["class_weight"] == 0.0

@@ -23,18 +23,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.config import setting
+from zoo.errors import ZooError
 from zoo.models.dcgan import DCGAN, DCGANConfig, Discriminator, Generator, dcgan_init
 from zoo.registry import register_model
 
 
 @dataclass
 class CDCGANConfig(DCGANConfig):
-    classes: int = setting(10, lo=2, hi=1 << 12)  # the width of the one-hot class code
     # weight of the classification losses (D's on real images, G's on its own) beside the adversarial ones
     aux_weight: float = setting(1.0, lo=0.0, hi=1e3)
     # mode seeking (Mao et al. 2019): G's loss adds this times 1 / (|G(z1, y) - G(z2, y)| / |z1 - z2|) for
     # pairs of latent points with the same class, so that z is not ignored; 0: off
     mode_seeking: float = setting(0.0, lo=0.0, hi=1e3)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.class_weight > 0:
+            raise ZooError(
+                f"class_weight {self.class_weight}: cdcgan's discriminator has its own class head; set aux_weight"
+            )
 
 
 class ConditionalGenerator(Generator):

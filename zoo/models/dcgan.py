@@ -14,6 +14,11 @@ discriminator sees (Zhao et al. 2020, DiffAugment: the same kind of random trans
 and generated images, so that the generator is not meant to produce them; on the bundled digits the shift still
 leaks, see the README), and ``ema``, an exponential moving average of the generator's weights (Karras et al. 2018;
 Yazıcı et al. 2019), which is then the generator evaluated, sampled and exported.
+
+With labelled images, ``class_weight`` gives the discriminator a class head beside its real/fake one, learnt
+from the real images' labels, and asks the generator for Springenberg's (2016, CatGAN) two properties of its
+samples under that head: each one clearly one class, all classes equally often. The generator is still not
+told a class (that is ``cdcgan-mnist``); the labels shape the discriminator's features and what it asks of G.
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ class DCGANConfig(Config):
     # decay of the moving average of G's weights that is shipped as the generator, ramped up from the first
     # step as min(ema, (1 + t) / (10 + t)) so that G's random initial weights fade from it; 0: G is shipped
     ema: float = setting(0.0, lo=0.0, hi=0.99999)
+    # a class head on D, learnt from the labelled real images (cross-entropy), and for G Springenberg's (2016)
+    # CatGAN terms on it: each sample confidently one class (low entropy of D's class estimate), the classes
+    # equally often over the batch (high entropy of the batch's mean estimate); this weight on both; 0: no head
+    class_weight: float = setting(0.0, lo=0.0, hi=1e3)
+    classes: int = setting(10, lo=2, hi=1 << 12)  # labels 0 .. classes - 1 (the class head's width)
     samples_per_epoch_grid: int = setting(64, lo=1, hi=1024)
 
     def __post_init__(self):
@@ -124,6 +134,16 @@ def _augment_all(x: torch.Tensor, kinds: str) -> torch.Tensor:
         hole = (rows >= top) & (rows < top + ch) & (cols >= left) & (cols < left + cw)  # (N, H, W)
         x = torch.where(hole[:, None], background, x)
     return x
+
+
+def class_entropies(class_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CatGAN's two entropies (nats) of class estimates softmax(class_logits) (N, K): the mean over the samples
+    of each one's entropy (low: each sample is clearly one class), and the entropy of their mean, the batch's
+    class shares (high, at most log K: every class as often)."""
+    log_p = F.log_softmax(class_logits, 1)  # (N, K)
+    per_sample = -(log_p.exp() * log_p).sum(1).mean()
+    shares = log_p.exp().mean(0)  # (K,)
+    return per_sample, -(shares * shares.clamp_min(1e-30).log()).sum()
 
 
 def dcgan_init(m: nn.Module) -> None:
@@ -194,10 +214,18 @@ class Discriminator(ZooModel):
         # (N, widths[-1], base, base) -> (N, 1, 1, 1): one logit
         layers += [nn.Conv2d(widths[-1], 1, c.base_size, stride=1, padding=0, bias=False)]
         self.net = nn.Sequential(*layers)
+        if c.class_weight > 0:  # class scores from the same features; used in training, not exported
+            self.class_head = nn.Conv2d(widths[-1], c.classes, c.base_size, stride=1, padding=0, bias=False)
         self.apply(dcgan_init)
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image).flatten(1)  # (N, 1)
+
+    def logits_and_classes(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(real/fake logits (N, 1), class logits (N, classes)) of images (N, C, S, S), from one pass of the
+        convolutional trunk; only with the class head (``class_weight`` > 0)."""
+        h = self.net[:-1](image)  # (N, widths[-1], base, base)
+        return self.net[-1](h).flatten(1), self.class_head(h).flatten(1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # image: (N, C, S, S) in [-1, 1] -> probability that it is real: (N, 1)
@@ -309,40 +337,71 @@ class DCGAN(ZooModel):
             return x
         return diff_augment(x, self.config.augment, self.config.augment_p)
 
-    def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        # max_D  E[log D(x)] + E[log(1 - D(G(z)))], as a loss to minimise
-        real_logits = self.discriminator.logits(self.seen_by_d(real))
-        fake_logits = self.discriminator.logits(self.seen_by_d(fake))
-        return F.binary_cross_entropy_with_logits(
-            real_logits, torch.ones_like(real_logits)
-        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    def d_losses(self, real: torch.Tensor, fake: torch.Tensor, labels=None) -> dict[str, torch.Tensor]:
+        """D's losses on real (M, C, S, S) and generated images: "d_loss", max_D E[log D(x)] + E[log(1 - D(G(z)))]
+        as a loss to minimise; with the class head, "d_class_loss", its cross-entropy on the real images'
+        labels (M,)."""
+        d, heads = self.discriminator, self.config.class_weight > 0
+        real_logits, real_classes = (
+            d.logits_and_classes(self.seen_by_d(real)) if heads else (d.logits(self.seen_by_d(real)), None)
+        )
+        fake_logits = d.logits(self.seen_by_d(fake))  # (M, 1)
+        losses = {
+            "d_loss": F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        }
+        if heads:
+            losses["d_class_loss"] = F.cross_entropy(real_classes, labels)
+        return losses
 
-    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
-        logits = self.discriminator.logits(self.seen_by_d(fake))
+    def g_losses(self, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        """G's losses on its images (M, C, S, S): "g_loss", the adversarial one; with the class head, CatGAN's
+        "g_class_entropy" (to lower) and "g_share_entropy" (to raise) of D's class estimates."""
+        d, heads = self.discriminator, self.config.class_weight > 0
+        logits, classes = (
+            d.logits_and_classes(self.seen_by_d(fake)) if heads else (d.logits(self.seen_by_d(fake)), None)
+        )
         if self.config.g_loss == "minimax":
             # min_G E[log(1 - D(G(z)))] = -BCE(D(G(z)), 0); saturates while D rejects the fakes
-            return -F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
-        # non-saturating: max_G E[log D(G(z))] = min_G BCE(D(G(z)), 1)
-        return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+            losses = {"g_loss": -F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))}
+        else:  # non-saturating: max_G E[log D(G(z))] = min_G BCE(D(G(z)), 1)
+            losses = {"g_loss": F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))}
+        if heads:
+            losses["g_class_entropy"], losses["g_share_entropy"] = class_entropies(classes)
+        return losses
+
+    def class_labels(self, y, device) -> torch.Tensor | None:
+        """The labels (M,) the class head learns, checked; None without the head."""
+        if self.config.class_weight <= 0:
+            return None
+        if y is None:
+            raise ZooError("class_weight > 0 needs labelled training images; this data set has no labels")
+        labels = torch.as_tensor(y, device=device).long()  # (M,)
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.config.classes):
+            raise ZooError(f"labels {int(labels.min())}..{int(labels.max())}: expected 0..{self.config.classes - 1}")
+        return labels
 
     def training_step(self, x: torch.Tensor, y, optimizers: dict, epoch: int) -> dict:
         real = self.to_model_space(x)  # (M, C, S, S)
+        labels = self.class_labels(y, real.device)  # (M,) or None
         z = torch.randn(len(real), self.config.nz, device=real.device)
-        phase = self.phase(epoch)
+        phase, w = self.phase(epoch), self.config.class_weight
         logs = {"phase": float(phase)}
         if phase in (1, 3):
             # update D: its loss on real data and on G's current output (G not updated here)
-            fake = self.generator(z).detach()
-            d_loss = self.d_loss(real, fake)
-            self.step(optimizers["discriminator"], d_loss)
-            logs["d_loss"] = d_loss.item()
+            d = self.d_losses(real, self.generator(z).detach(), labels)
+            self.step(optimizers["discriminator"], d["d_loss"] + w * d.get("d_class_loss", 0.0))
+            logs |= {k: v.item() for k, v in d.items()}
         if phase in (2, 3):
             # update G against the current D; D's parameters receive gradients but are not stepped
-            g_loss = self.g_loss(self.generator(z))
-            self.step(optimizers["generator"], g_loss)
+            g = self.g_losses(self.generator(z))
+            self.step(
+                optimizers["generator"],
+                g["g_loss"] + w * (g.get("g_class_entropy", 0.0) - g.get("g_share_entropy", 0.0)),
+            )
             optimizers["discriminator"].zero_grad(set_to_none=True)
             self.update_average()
-            logs["g_loss"] = g_loss.item()
+            logs |= {k: v.item() for k, v in g.items()}
         return logs
 
     def latent(self, count: int, seed: int) -> torch.Tensor:
