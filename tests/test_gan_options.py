@@ -233,6 +233,8 @@ def test_the_class_head_needs_labels_in_range():
         m.training_step(x, None, opt, 3)
     with pytest.raises(zoo.ZooError, match=r"labels 0\.\.3: expected 0\.\.2"):
         m.training_step(x, np.array([0, 1, 2, 3]), opt, 3)
+    with pytest.raises(zoo.ZooError, match=r"one class label per image; got labels of shape \(4, 28, 28\)"):
+        m.training_step(x, np.zeros((4, 28, 28), np.uint8), opt, 3)  # mnist-seg's label maps
     with pytest.raises(zoo.ZooError, match="own class head"):
         zoo.create_model("cdcgan-mnist", ngf=4, ndf=4, class_weight=1.0)
 

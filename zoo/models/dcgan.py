@@ -377,6 +377,10 @@ class DCGAN(ZooModel):
         if y is None:
             raise ZooError("class_weight > 0 needs labelled training images; this data set has no labels")
         labels = torch.as_tensor(y, device=device).long()  # (M,)
+        if labels.ndim != 1:
+            raise ZooError(
+                f"class_weight > 0 needs one class label per image; got labels of shape {tuple(labels.shape)}"
+            )
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.config.classes):
             raise ZooError(f"labels {int(labels.min())}..{int(labels.max())}: expected 0..{self.config.classes - 1}")
         return labels
