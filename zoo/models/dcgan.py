@@ -260,6 +260,8 @@ class DCGAN(ZooModel):
             "Sample quality is what its FID and Inception-style score say, both measured with the zoo's LeNet "
             "(not Inception), so they compare runs of this zoo, not published GAN figures.",
             "A GAN may drop modes (some classes rare or missing) and cannot be asked for a class.",
+            "With class_weight > 0 (dcgan-mnist) training used the images' labels, through the discriminator's "
+            "class head; the generator takes z alone.",
             "The discriminator is a training by-product, not a calibrated real/fake detector.",
         ],
         "tensors": {
@@ -471,7 +473,14 @@ def dcgan_64(**cfg) -> DCGAN:
 
 
 MNIST_TRAIN = dict(data="mnist", epochs=80, batch_size=64, lr=2e-4, beta1=0.5, eval_every=10)
-MNIST_DEFAULTS = dict(ngf=64, ndf=64, channels=1, image_size=[28, 28])
+# measured on the bundled digits (80 epochs, seed 0, 1 thread; LeNet-FID mean of 5 draws / pixel-PCA FD / Inception-
+# style score / smallest and largest class share): no class head 56.9 / 2.73 / 7.27 / 0.042-0.160; class_weight 1
+# 39.1 / 2.50 / 7.74 / 0.057-0.145; 3 35.9 / 2.47 / 7.86 / 0.053-0.150; 10 32.4 / 3.17 / 7.98 / 0.074-0.128
+# (nearer under LeNet, further under the pixel instrument). With class_weight 3, a moving average of G (ema 0.99)
+# moved LeNet-FID both ways (40.9 / 35.5 / 50.4 / 34.7 at epochs 30-60 against 42.1 / 39.7 / 43.4 / 35.6) and
+# the pixel FD up at 40 (4.20 against 3.18). DiffAugment's translation at augment_p 0.2, no class head: 74.5 at
+# 40 epochs, against ~83 for the run without.
+MNIST_DEFAULTS = dict(ngf=64, ndf=64, channels=1, image_size=[28, 28], class_weight=3.0)
 
 
 @register_model(config=DCGANConfig, train=MNIST_TRAIN)
