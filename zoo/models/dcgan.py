@@ -477,9 +477,9 @@ MNIST_TRAIN = dict(data="mnist", epochs=80, batch_size=64, lr=2e-4, beta1=0.5, e
 # style score / smallest and largest class share): no class head 56.9 / 2.73 / 7.27 / 0.042-0.160; class_weight 1
 # 39.1 / 2.50 / 7.74 / 0.057-0.145; 3 35.9 / 2.47 / 7.86 / 0.053-0.150; 10 32.4 / 3.17 / 7.98 / 0.074-0.128
 # (nearer under LeNet, further under the pixel instrument). With class_weight 3, a moving average of G (ema 0.99)
-# moved LeNet-FID both ways (40.9 / 35.5 / 50.4 / 34.7 at epochs 30-60 against 42.1 / 39.7 / 43.4 / 35.6) and
-# the pixel FD up at 40 (4.20 against 3.18). DiffAugment's translation at augment_p 0.2, no class head: 74.5 at
-# 40 epochs, against ~83 for the run without.
+# moved LeNet-FID both ways, by about one draw's spread (40.9 / 35.5 / 50.4 / 34.7 / 36.3 / 32.2 at epochs 30-80
+# against 42.1 / 39.7 / 43.4 / 35.6 / 31.6 / 35.9). DiffAugment's translation at augment_p 0.2, no class head:
+# 74.5 at 40 epochs, against ~83 for the run without.
 MNIST_DEFAULTS = dict(ngf=64, ndf=64, channels=1, image_size=[28, 28], class_weight=3.0)
 
 
