@@ -107,10 +107,11 @@ def test_three_phase_schedule(epoch, g_moves, d_moves):
     opts = m.configure_optimizers(zoo.TrainConfig(lr=2e-4, beta1=0.5))
     assert opts["generator"].defaults["betas"] == (0.5, 0.999) and opts["generator"].defaults["lr"] == 2e-4
     g0, d0 = _params(m.generator), _params(m.discriminator)
-    logs = m.training_step(torch.rand(8, 28, 28), None, opts, epoch)
+    logs = m.training_step(torch.rand(8, 28, 28), np.arange(8) % 10, opts, epoch)  # labels for its class head
     assert _changed(g0, m.generator) == g_moves
     assert _changed(d0, m.discriminator) == d_moves
     assert ("g_loss" in logs) == g_moves and ("d_loss" in logs) == d_moves
+    assert ("g_class_entropy" in logs) == g_moves and ("d_class_loss" in logs) == d_moves
 
 
 def test_train_dcgan_on_a_folder_of_images(tmp_path):

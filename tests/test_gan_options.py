@@ -136,7 +136,7 @@ def test_the_moving_average_follows_its_ramped_recursion_and_is_what_ships():
     opt = m.configure_optimizers(zoo.get_model_entry("dcgan-mnist").train)
     expected = {k: v.clone() for k, v in m.generator.named_parameters()}
     for t in range(90):  # phase 3: both players step
-        m.training_step(torch.rand(8, 28, 28), None, opt, 3)
+        m.training_step(torch.rand(8, 28, 28), np.arange(8) % 10, opt, 3)
         decay = min(0.9, (1 + t) / (10 + t))  # 0.1, 0.18, 0.25, ..., then 0.9 from t = 80 on
         for k, v in m.generator.named_parameters():
             expected[k] = decay * expected[k] + (1 - decay) * v.detach()

@@ -341,9 +341,9 @@ class DCGAN(ZooModel):
 
     def d_losses(self, real: torch.Tensor, fake: torch.Tensor, labels=None) -> dict[str, torch.Tensor]:
         """D's losses on real (M, C, S, S) and generated images: "d_loss", max_D E[log D(x)] + E[log(1 - D(G(z)))]
-        as a loss to minimise; with the class head, "d_class_loss", its cross-entropy on the real images'
-        labels (M,)."""
-        d, heads = self.discriminator, self.config.class_weight > 0
+        as a loss to minimise; with the class head and labels, "d_class_loss", its cross-entropy on the real
+        images' labels (M,)."""
+        d, heads = self.discriminator, self.config.class_weight > 0 and labels is not None
         real_logits, real_classes = (
             d.logits_and_classes(self.seen_by_d(real)) if heads else (d.logits(self.seen_by_d(real)), None)
         )
@@ -377,7 +377,10 @@ class DCGAN(ZooModel):
         if self.config.class_weight <= 0:
             return None
         if y is None:
-            raise ZooError("class_weight > 0 needs labelled training images; this data set has no labels")
+            raise ZooError(
+                f"class_weight {self.config.class_weight} needs labelled training images and this data set has "
+                "none; train with --set class_weight=0"
+            )
         labels = torch.as_tensor(y, device=device).long()  # (M,)
         if labels.ndim != 1:
             raise ZooError(
