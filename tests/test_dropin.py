@@ -100,7 +100,9 @@ def test_one_user_script_runs_unchanged_on_both(user_inputs, tmp_path):
     with np.load(tmp_path / "with_onnxruntime.npz") as a, np.load(tmp_path / "with_runtime.npz") as b:
         assert sorted(a.files) == sorted(b.files)
         for name in a.files:
-            np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-5, err_msg=name)
+            # rtol as in tests/test_weights.py: float32 sums taken in another order than onnxruntime's drift by
+            # a few ulps of the output (deconvnet-digits: 1.2e-5 on a score of ~7, 1.9e-6 relative)
+            np.testing.assert_allclose(b[name], a[name], rtol=1e-6, atol=1e-5, err_msg=name)
 
 
 # --- providers ------------------------------------------------------------------------------------------------
