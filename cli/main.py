@@ -628,7 +628,8 @@ MAX_LATENT_WIDTH = 1 << 16  # a generator's input (batch, width); more is no gen
     "wanted",
     type=click.IntRange(min=0),
     default=None,
-    help="Only this class (a generator with a class code: cdcgan-mnist, cgen-mnist).",
+    help="Only this class (a generator with a class code, cdcgan-mnist or cgen-mnist, or one that reads its class "
+    "from z, dcgan-mnist).",
 )
 @click.option("--interpolate", is_flag=True, help="A row of images between two latent points (or two class codes).")
 @click.option("--steps", type=click.IntRange(2, 64), default=10, help="Images in the --interpolate row.")
@@ -657,12 +658,13 @@ def sample(model, count, seed, backend, wanted, interpolate, steps, classes, out
     sess = open_session(str(path), backend)
     latent, code = _generator_inputs(path, sess.get_inputs())
     k = code.shape[1] if code is not None else 0  # classes
-    if wanted is not None and code is None:
+    in_latent = _latent_classes(path, sess, latent) if code is None else 0  # classes read from z's first entries
+    if wanted is not None and code is None and not in_latent:
         raise click.BadParameter(
             f"'{path}' takes no class code (inputs: {latent.name}); drop --class", param_hint="--class"
         )
-    if wanted is not None and wanted >= k:
-        raise click.BadParameter(f"{wanted}: '{path}' has classes 0 to {k - 1}", param_hint="--class")
+    if wanted is not None and wanted >= (k or in_latent):
+        raise click.BadParameter(f"{wanted}: '{path}' has classes 0 to {(k or in_latent) - 1}", param_hint="--class")
     rng = np.random.default_rng(seed)
     by_column = code is not None and wanted is None and not interpolate  # one column per class
     if count is None:
@@ -690,6 +692,8 @@ def sample(model, count, seed, backend, wanted, interpolate, steps, classes, out
             rows = math.ceil(count / k) if by_column else count
             z = rng.standard_normal((rows, latent.shape[1])).astype(np.float32)  # (rows, nz)
             feed[latent.name] = np.repeat(z, k, 0)[:count] if by_column else z  # a row shares its z
+    if wanted is not None and in_latent:  # on a line between two such points the largest stays at the class
+        feed[latent.name] = latent_of_class(feed[latent.name], in_latent, wanted)
     images = sess.run(None, {name: np.ascontiguousarray(v) for name, v in feed.items()})[0]  # (n, C, H, W)
     if images.ndim != 4 or images.shape[1] not in (1, 3) or 0 in images.shape or images.dtype.kind not in "fiu":
         raise click.BadParameter(
@@ -710,6 +714,35 @@ def sample(model, count, seed, backend, wanted, interpolate, steps, classes, out
         save_png(out, picture)
     of_class = f" of class {wanted}" if wanted is not None else ""
     click.echo(printable(f"wrote {out} ({len(images)} samples{of_class} of {path.name}, {backend})"))
+
+
+def latent_of_class(z, classes: int, wanted: int):
+    """Latent points z (n, nz) with, in each row, the largest of the first ``classes`` entries swapped with entry
+    ``wanted``: points of that class for a generator that draws the index of the largest, each drawn with the
+    distribution N(0, 1) has given that class."""
+    import numpy as np
+
+    z = z.copy()  # (n, nz)
+    rows, top = np.arange(len(z)), z[:, :classes].argmax(1)  # (n,)
+    z[rows, top], z[rows, wanted] = z[rows, wanted], z[rows, top]
+    return z
+
+
+def _latent_classes(path: Path, sess, latent) -> int:
+    """The classes a generator reads from its latent's first entries (the ``latent_classes`` metadata of
+    dcgan-mnist: the class drawn is the index of the largest), or 0."""
+    from zoo.text import printable
+
+    value = sess.get_modelmeta().custom_metadata_map.get("latent_classes")
+    if value is None:
+        return 0
+    if not (value.isascii() and value.isdigit() and 2 <= int(value) <= latent.shape[1]):
+        raise click.BadParameter(
+            f"'{path}' has metadata latent_classes '{printable(value[:40])}'; expected a count from 2 to its "
+            f"latent width {latent.shape[1]}",
+            param_hint="MODEL",
+        )
+    return int(value)
 
 
 def _generator_inputs(path: Path, inputs: list):

@@ -21,7 +21,7 @@ SMALL = {
     "sparse-ae-digits8": {},
     "lenet-mnist": {},
     "cgen-mnist": {"hidden": [16]},
-    "dcgan-mnist": {"ngf": 4, "ndf": 4, "nz": 8, "samples_per_epoch_grid": 4, "phase1_epochs": 1, "phase2_epochs": 1},
+    "dcgan-mnist": {"ngf": 4, "ndf": 4, "nz": 16, "samples_per_epoch_grid": 4, "phase1_epochs": 1, "phase2_epochs": 1},
     "deconvnet-digits": {"encoder": [[4], [4]], "fc_width": 8},
 }
 

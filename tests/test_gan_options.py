@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.models.dcgan import class_entropies, diff_augment
+from zoo.models.dcgan import DCGANConfig, class_entropies, diff_augment
 
 
 def _shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -120,19 +120,20 @@ def test_a_checkpoint_from_before_augment_p_augments_every_image():
 
 
 def test_the_discriminator_sees_augmented_images_only_while_training():
-    m = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, augment="translation")
+    m = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, augment="translation", augment_p=1.0)
     x = torch.rand(3, 1, 28, 28) * 2 - 1
     m.eval()
     assert m.seen_by_d(x) is x
     m.train()
     torch.manual_seed(3)
     assert not torch.equal(m.seen_by_d(x), x)
-    assert zoo.create_model("dcgan-mnist", ngf=4, ndf=4).train().seen_by_d(x) is x  # "none" by default
+    assert DCGANConfig().augment == "none"  # off unless asked for (dcgan-mnist asks for it)
+    assert zoo.create_model("dcgan-mnist", ngf=4, ndf=4, augment="none").train().seen_by_d(x) is x
 
 
 def test_the_moving_average_follows_its_ramped_recursion_and_is_what_ships():
     torch.manual_seed(4)
-    m = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, nz=8, ema=0.9, samples_per_epoch_grid=4)
+    m = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, nz=8, ema=0.9, samples_per_epoch_grid=4, class_latent=False)
     opt = m.configure_optimizers(zoo.get_model_entry("dcgan-mnist").train)
     expected = {k: v.clone() for k, v in m.generator.named_parameters()}
     for t in range(90):  # phase 3: both players step
@@ -147,7 +148,7 @@ def test_the_moving_average_follows_its_ramped_recursion_and_is_what_ships():
     for averaged, trained in zip(m.generator_ema.buffers(), m.generator.buffers()):
         assert torch.equal(averaged, trained)  # BatchNorm's running statistics: G's own
     assert m.sampler is m.generator_ema and m.export_parts()["generator"] is m.generator_ema
-    plain = zoo.create_model("dcgan-mnist", ngf=4, ndf=4)
+    plain = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, ema=0.0)
     assert plain.sampler is plain.generator and not hasattr(plain, "generator_ema")
 
 
@@ -157,6 +158,7 @@ def test_evaluation_every_n_epochs(tmp_path, monkeypatch):
 
     monkeypatch.setattr(zoo.evaluate, "available", lambda weights_dir=None: False)
     kw = dict(batch_size=8, seed=0, limit=16, progress=False, ngf=4, ndf=4, nz=8, samples_per_epoch_grid=4)
+    kw["class_latent"] = False  # nz 8 holds no class of 10
     run = train("dcgan-mnist", tmp_path / "run", epochs=5, eval_every=2, **kw)
     evaluated = [h["epoch"] for h in run["history"] if "d_accuracy" in h]
     assert evaluated == [2, 4, 5]  # every second epoch and the last
@@ -190,7 +192,7 @@ def _digits(n: int) -> tuple[torch.Tensor, np.ndarray]:
 
 def test_the_class_head_learns_the_labels_of_real_digits():
     torch.manual_seed(8)
-    m = zoo.create_model("dcgan-mnist", ngf=8, ndf=8, class_weight=1.0)
+    m = zoo.create_model("dcgan-mnist", ngf=8, ndf=8, class_weight=1.0, augment="none")
     opt = m.configure_optimizers(zoo.get_model_entry("dcgan-mnist").train)
     x, y = _digits(32)
     losses = [m.training_step(x, y, opt, 1)["d_class_loss"] for _ in range(60)]  # phase 1: D alone
@@ -204,7 +206,7 @@ def test_catgan_terms_make_each_sample_one_class_and_every_class_as_often():
     # phase 2 (G against the frozen D): with the class terms weighed far above the adversarial one, G's
     # samples move to lower per-sample entropy and higher share entropy of D's class estimates
     torch.manual_seed(9)
-    m = zoo.create_model("dcgan-mnist", ngf=8, ndf=8, nz=16, class_weight=50.0)
+    m = zoo.create_model("dcgan-mnist", ngf=8, ndf=8, nz=16, class_weight=50.0, class_latent=False, augment="none")
     opt = m.configure_optimizers(zoo.get_model_entry("dcgan-mnist").train)
     x, y = _digits(64)
     for _ in range(40):  # phase 1: a class head worth following
@@ -244,12 +246,133 @@ def test_without_the_class_head_d_is_the_plain_dcgan_one():
 
     from zoo.builder import upgrade_config
 
-    plain = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, class_weight=0.0).discriminator
+    plain = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, class_weight=0.0, class_latent=False).discriminator
     headed = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, class_weight=1.0).discriminator
     assert not hasattr(plain, "class_head")
     assert set(headed.state_dict()) - set(plain.state_dict()) == {"class_head.weight"}
     # a run stored before class_weight existed had no class head
     stored = asdict(zoo.create_model("dcgan-mnist", ngf=4, ndf=4).config)
-    stored.pop("class_weight"), stored.pop("classes")
+    stored.pop("class_weight"), stored.pop("classes"), stored.pop("class_latent")
     config, _ = upgrade_config("dcgan-mnist", stored)
-    assert config["class_weight"] == 0.0
+    assert config["class_weight"] == 0.0 and config["class_latent"] is False
+
+
+def test_class_latent_draws_the_one_hot_of_zs_largest_first_entries():
+    torch.manual_seed(10)
+    g = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, nz=12, classes=5, class_weight=1.0, class_latent=True)
+    g = g.generator.eval()
+    z = torch.randn(4096, 12)
+    wanted = z[:, :5].numpy().argmax(1)  # (N,): the oracle, numpy's argmax
+    assert np.array_equal(g.latent_class(z).numpy(), wanted)
+    assert np.bincount(wanted, minlength=5).min() > 4096 / 5 * 0.85  # every class about as likely
+    # the image is the plain network's on [z, one_hot(argmax)]: bit-exact, the code exactly one-hot
+    code = torch.nn.functional.one_hot(torch.from_numpy(wanted), 5).float()  # (N, 5)
+    with torch.no_grad():
+        expected = g.net(torch.cat([z, code], 1)[:, :, None, None])
+        assert torch.equal(g(z), expected)
+    # the exported graph gives what torch gives, through onnxruntime and through this runtime
+    import onnxruntime as ort
+
+    import runtime
+    from zoo.export import torch_to_onnx
+
+    proto = torch_to_onnx(g, (z[:8],)).SerializeToString()
+    with torch.no_grad():
+        ref = g(z[:256]).numpy()
+    got_ort = ort.InferenceSession(proto, providers=["CPUExecutionProvider"]).run(None, {"z": z[:256].numpy()})[0]
+    got = runtime.InferenceSession(proto).run(None, {"z": z[:256].numpy()})[0]
+    np.testing.assert_allclose(got_ort, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, got_ort, rtol=1e-5, atol=1e-5)
+
+
+def test_class_latent_asks_the_class_head_for_the_class_read_from_z():
+    # phase 2 (G against the frozen D): with AC-GAN's term weighed far above the adversarial one, D's class head
+    # names the class read from z more often than before
+    torch.manual_seed(11)
+    m = zoo.create_model("dcgan-mnist", ngf=8, ndf=8, nz=16, class_weight=50.0, class_latent=True, augment="none")
+    opt = m.configure_optimizers(zoo.get_model_entry("dcgan-mnist").train)
+    x, y = _digits(64)
+    for _ in range(40):  # phase 1: a class head worth following
+        m.training_step(x, y, opt, 1)
+    z = torch.randn(256, 16)
+    wanted = z[:, :10].argmax(1)  # (256,)
+
+    def named():
+        with torch.no_grad():
+            fake = m.generator(z)
+            loss = m.g_losses(fake, wanted)["g_class_loss"].item()
+            classes = m.discriminator.logits_and_classes(fake)[1]
+        expected = torch.nn.functional.cross_entropy(classes, wanted).item()  # the loss is that cross-entropy
+        assert loss == pytest.approx(expected, rel=1e-6)
+        return (classes.argmax(1) == wanted).float().mean().item(), loss
+
+    before = named()
+    d_before = {k: v.clone() for k, v in m.discriminator.named_parameters()}
+    for _ in range(60):
+        logs = m.training_step(x, y, opt, 2)
+    after = named()
+    assert "g_class_loss" in logs and "g_class_entropy" not in logs
+    assert after[0] > before[0] + 0.3 and after[1] < before[1] / 2, (before, after)
+    for k, v in m.discriminator.named_parameters():
+        assert torch.equal(v, d_before[k]), f"phase 2 changed D's {k}"
+
+
+def test_class_latent_refusals():
+    with pytest.raises(zoo.ZooError, match=r"class_latent needs the class head.*class_weight > 0"):
+        zoo.create_model("dcgan-mnist", ngf=4, ndf=4, class_weight=0.0, class_latent=True)
+    with pytest.raises(zoo.ZooError, match=r"first 10 entries; nz is 8"):
+        zoo.create_model("dcgan-mnist", ngf=4, ndf=4, nz=8, class_weight=1.0, class_latent=True)
+    with pytest.raises(zoo.ZooError, match="given its class as an input"):
+        zoo.create_model("cdcgan-mnist", ngf=4, ndf=4, class_latent=True)
+
+
+def test_latent_of_class_moves_each_points_largest_entry_to_the_class():
+    from cli.main import latent_of_class
+
+    z = np.random.default_rng(4).standard_normal((500, 12)).astype(np.float32)
+    got = latent_of_class(z, 5, 3)
+    assert (got[:, :5].argmax(1) == 3).all() and np.array_equal(got[:, 5:], z[:, 5:])
+    assert np.array_equal(np.sort(got[:, :5], 1), np.sort(z[:, :5], 1))  # the same values, rearranged
+    kept = z[:, :5].argmax(1) == 3
+    assert kept.any() and np.array_equal(got[kept], z[kept])  # points already of class 3 as they were
+
+
+def test_zoo_sample_class_on_a_generator_that_reads_it_from_z(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from zoo.export import export_onnx
+
+    m = zoo.create_model("dcgan-mnist", ngf=4, ndf=4, class_weight=1.0, class_latent=True).eval()
+    path = tmp_path / "g.onnx"
+    export_onnx(m, path, part="generator")
+    out = tmp_path / "sevens.png"
+    result = CliRunner().invoke(cli, ["sample", str(path), "--class", "7", "--n", "8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "8 samples of class 7" in result.output and out.is_file()
+    refused = CliRunner().invoke(cli, ["sample", str(path), "--class", "10", "--out", str(tmp_path / "x.png")])
+    assert refused.exit_code == 2 and "classes 0 to 9" in refused.output
+    plain = tmp_path / "plain.onnx"
+    export_onnx(zoo.create_model("dcgan-mnist", ngf=4, ndf=4, class_latent=False).eval(), plain, part="generator")
+    refused = CliRunner().invoke(cli, ["sample", str(plain), "--class", "7", "--out", str(tmp_path / "y.png")])
+    assert refused.exit_code == 2 and "takes no class code" in refused.output
+
+
+def test_zoo_sample_refuses_a_latent_class_count_it_cannot_use(tmp_path):
+    import onnx
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from zoo.export import export_onnx
+
+    path = tmp_path / "g.onnx"
+    export_onnx(zoo.create_model("dcgan-mnist", ngf=4, ndf=4).eval(), path, part="generator")
+    proto = onnx.load(path)
+    for bad in ("\x1b[31m7", "101"):  # a terminal escape; more classes than z has entries
+        for p in proto.metadata_props:
+            if p.key == "latent_classes":
+                p.value = bad
+        onnx.save(proto, path)
+        result = CliRunner().invoke(cli, ["sample", str(path), "--class", "7", "--out", str(tmp_path / "x.png")])
+        assert result.exit_code == 2 and "expected a count from 2 to its latent width 100" in result.output
+        assert "\x1b" not in result.output and not (tmp_path / "x.png").exists()

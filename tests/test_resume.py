@@ -140,7 +140,7 @@ def test_gan_phases_resume_consistently(tmp_path, monkeypatch):
 
     # FID and Inception score (LeNet over the whole digit set) are beside the point here, and slow
     monkeypatch.setattr(zoo.evaluate, "available", lambda weights_dir=None: False)
-    kw = dict(batch_size=8, seed=3, limit=32, progress=False, ngf=4, ndf=4, nz=8, samples_per_epoch_grid=4)
+    kw = dict(batch_size=8, seed=3, limit=32, progress=False, ngf=4, ndf=4, nz=16, samples_per_epoch_grid=4)
     full, parts = tmp_path / "full", tmp_path / "parts"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

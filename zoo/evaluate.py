@@ -115,16 +115,17 @@ def per_class_figures(
     draws: list[np.ndarray], intended: np.ndarray, real: np.ndarray, real_labels: np.ndarray, weights_dir=None
 ) -> dict:
     """A class-conditional generator's figures, pooled over ``draws`` (each (n, 28, 28) in [0, 1] with the
-    intended classes ``intended`` (n,)): per class, the accuracy of LeNet and of the pixel SVM, and LeNet's FID
-    against the held-out digits of that class beside its floor, as many training digits of the class (seed 0)
-    against the same held-out ones; ``*_min`` the worst class. The same accuracies of the held-out digits
+    intended classes ``intended`` (n,), or a list of them, one per draw): per class, the accuracy of LeNet and of
+    the pixel SVM, and LeNet's FID against the held-out digits of that class beside its floor, as many training
+    digits of the class (seed 0) against the same held-out ones (where both hold 2 or more); ``*_min`` the worst
+    class. The same accuracies of the held-out digits
     (``real_*``) say where each instrument's ceiling is. Empty without the classifier or 28x28 images."""
     if not draws or draws[0].shape[1:] != IMAGE_SIZE or not available(weights_dir):
         return {}
     from zoo.data import load_dataset
 
     generated = np.concatenate(draws)  # (D * n, 28, 28)
-    wanted = np.tile(intended, len(draws))  # (D * n,)
+    wanted = np.concatenate(intended) if isinstance(intended, list) else np.tile(intended, len(draws))  # (D * n,)
     g_logits, g_features = classify(generated, weights_dir)
     r_logits, r_features = classify(real, weights_dir)
     train = load_dataset("mnist", "train", size=IMAGE_SIZE)
@@ -138,18 +139,22 @@ def per_class_figures(
         "real_class_accuracy_svm": float((real_svm == real_labels).mean()),
     }
     rng = np.random.default_rng(0)
-    for k in np.unique(intended):
+    for k in np.unique(wanted):
         mine, theirs = wanted == k, real_labels == k
         pool = np.flatnonzero(train.labels == k)
         subset = rng.choice(pool, min(int(mine.sum()), len(pool)), replace=False)  # the floor at matched size
         out |= {
             f"class_accuracy_{k}": float((lenet[mine] == k).mean()),
             f"class_accuracy_svm_{k}": float((svm[mine] == k).mean()),
+        }
+        if min(len(subset), int(theirs.sum())) < 2:  # no covariance from fewer than 2 digits (a tiny held-out set)
+            continue
+        out |= {
             f"fid_class_{k}": frechet_distance(g_features[mine][: len(subset)], r_features[theirs]),
             f"floor_fid_class_{k}": frechet_distance(t_features[subset], r_features[theirs]),
         }
     for key in ("class_accuracy", "class_accuracy_svm"):
-        out[f"{key}_min"] = min(out[f"{key}_{k}"] for k in np.unique(intended))
+        out[f"{key}_min"] = min(out[f"{key}_{k}"] for k in np.unique(wanted))
     return out
 
 

@@ -37,6 +37,8 @@ class CDCGANConfig(DCGANConfig):
     mode_seeking: float = setting(0.0, lo=0.0, hi=1e3)
 
     def __post_init__(self):
+        if self.class_latent:
+            raise ZooError("class_latent: cdcgan's generator is given its class as an input (class_code)")
         super().__post_init__()
         if self.class_weight > 0:
             raise ZooError(
