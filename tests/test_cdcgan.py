@@ -97,24 +97,6 @@ def test_sample_grid_holds_z_along_a_row():
     assert grid.shape[1] == 10 * 28 + 11 and grid.shape[0] == 6 * 28 + 7
 
 
-def test_zoo_sample_draws_the_class_asked_for(tmp_path):
-    """`zoo sample --class` feeds that one-hot code with N(0, 1) z to an exported conditional generator."""
-    from click.testing import CliRunner
-
-    from cli.main import cli
-    from zoo.export import export_onnx
-
-    model = _model().eval()
-    path = tmp_path / "g.onnx"
-    export_onnx(model, path, part="generator")
-    out = tmp_path / "sevens.png"
-    result = CliRunner().invoke(cli, ["sample", str(path), "--class", "7", "--n", "8", "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert "8 samples of class 7" in result.output and out.is_file()
-    refused = CliRunner().invoke(cli, ["sample", str(path), "--class", "10", "--out", str(tmp_path / "x.png")])
-    assert refused.exit_code == 2 and "classes 0 to 9" in refused.output
-
-
 def test_mode_seeking_pairs_share_a_class_and_penalise_alike_images():
     """With mode_seeking on, the batch's second half asks for the first half's classes, and G's loss adds
     weight / mean_i(|G(z_i) - G(z_i')| / |z_i - z_i'|) over those pairs (Mao et al. 2019), replayed here."""
