@@ -301,7 +301,8 @@ def deconvnet_digits(**cfg) -> DeconvNet:
         # level); 0.956 with skip_gain 16, background weighed 1 and fc_window 3 (a code per place: the
         # digits of one canvas no longer share one 512-wide code); binary IoU 0.936 -> 0.996. The same 7,500
         # steps over more distinct canvases did worse: 40,000 canvases for 6 epochs 0.951, 60,000 for 4 epochs
-        # 0.934 (digit pixels given another class: 2.1 % with 20,000 x 12, 2.4 % with 40,000 x 6)
+        # 0.934 (digit pixels given another class: 2.1 % with 20,000 x 12, 2.4 % with 40,000 x 6). Not taken
+        # either: weight_decay 1e-4, 0.930; 16 epochs (the cosine over 16), 0.956 (digit 9 at 0.911)
         input_skip=True,
         skip_gain=16.0,
         background_weight=1.0,
