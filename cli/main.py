@@ -659,12 +659,12 @@ def sample(model, count, seed, backend, wanted, interpolate, steps, classes, out
     latent, code = _generator_inputs(path, sess.get_inputs())
     k = code.shape[1] if code is not None else 0  # classes
     in_latent = _latent_classes(path, sess, latent) if code is None else 0  # classes read from z's first entries
-    if wanted is not None and code is None and not in_latent:
+    if wanted is not None and not (k or in_latent):
         raise click.BadParameter(
             f"'{path}' takes no class code (inputs: {latent.name}); drop --class", param_hint="--class"
         )
-    if wanted is not None and wanted >= (k or in_latent):
-        raise click.BadParameter(f"{wanted}: '{path}' has classes 0 to {(k or in_latent) - 1}", param_hint="--class")
+    if wanted is not None and wanted >= max(k, in_latent):
+        raise click.BadParameter(f"{wanted}: '{path}' has classes 0 to {max(k, in_latent) - 1}", param_hint="--class")
     rng = np.random.default_rng(seed)
     by_column = code is not None and wanted is None and not interpolate  # one column per class
     if count is None:

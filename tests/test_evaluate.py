@@ -114,7 +114,7 @@ def test_per_class_figures_of_real_digits():
     rng = np.random.default_rng(7)
     picks = np.concatenate([rng.choice(np.flatnonzero(train.labels == k), 50, replace=False) for k in range(10)])
     draws, intended = [train.images[picks]], train.labels[picks]
-    got = per_class_figures(draws, intended, val.images, val.labels)
+    got = per_class_figures(draws, [intended], val.images, val.labels)
     lenet = classify(train.images[picks])[0].argmax(1)
     assert got["class_accuracy"] == pytest.approx(float((lenet == intended).mean()), abs=1e-12)
     svm = SVC(C=10.0, gamma=0.02).fit(train.images.reshape(len(train.images), -1), train.labels)
@@ -124,6 +124,6 @@ def test_per_class_figures_of_real_digits():
     for k in range(10):
         assert got[f"class_accuracy_{k}"] > 0.9
         assert got[f"fid_class_{k}"] < 3 * got[f"floor_fid_class_{k}"], k
-    wrong = per_class_figures(draws, (intended + 1) % 10, val.images, val.labels)
+    wrong = per_class_figures(draws, [(intended + 1) % 10], val.images, val.labels)
     assert wrong["class_accuracy_min"] < 0.1 and wrong["class_accuracy_svm"] < 0.1
     assert all(wrong[f"fid_class_{k}"] > got[f"fid_class_{k}"] for k in range(10))

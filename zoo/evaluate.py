@@ -112,20 +112,20 @@ def svm_classify(images: np.ndarray) -> np.ndarray:
 
 
 def per_class_figures(
-    draws: list[np.ndarray], intended: np.ndarray, real: np.ndarray, real_labels: np.ndarray, weights_dir=None
+    draws: list[np.ndarray], intended: list[np.ndarray], real: np.ndarray, real_labels: np.ndarray, weights_dir=None
 ) -> dict:
-    """A class-conditional generator's figures, pooled over ``draws`` (each (n, 28, 28) in [0, 1] with the
-    intended classes ``intended`` (n,), or a list of them, one per draw): per class, the accuracy of LeNet and of
-    the pixel SVM, and LeNet's FID against the held-out digits of that class beside its floor, as many training
-    digits of the class (seed 0) against the same held-out ones (where both hold 2 or more); ``*_min`` the worst
-    class. The same accuracies of the held-out digits
-    (``real_*``) say where each instrument's ceiling is. Empty without the classifier or 28x28 images."""
+    """A class-conditional generator's figures, pooled over ``draws`` (each (n, 28, 28) in [0, 1], with its
+    intended classes (n,) in ``intended``): per class, the accuracy of LeNet and of the pixel SVM, and LeNet's FID
+    against the held-out digits of that class beside its floor, as many training digits of the class (seed 0)
+    against the same held-out ones (where both hold 2 or more); ``*_min`` the worst class. The same accuracies of
+    the held-out digits (``real_*``) say where each instrument's ceiling is. Empty without the classifier or 28x28
+    images."""
     if not draws or draws[0].shape[1:] != IMAGE_SIZE or not available(weights_dir):
         return {}
     from zoo.data import load_dataset
 
     generated = np.concatenate(draws)  # (D * n, 28, 28)
-    wanted = np.concatenate(intended) if isinstance(intended, list) else np.tile(intended, len(draws))  # (D * n,)
+    wanted = np.concatenate(intended)  # (D * n,)
     g_logits, g_features = classify(generated, weights_dir)
     r_logits, r_features = classify(real, weights_dir)
     train = load_dataset("mnist", "train", size=IMAGE_SIZE)

@@ -203,10 +203,11 @@ class CDCGAN(DCGAN):
         }
         # DRAWS draws of as many images as held-out digits, every class in turn: the unconditional figures
         # beside their real-data floor, then class by class
-        draws, intended = [], None
+        draws, intended = [], []
         for seed in range(DRAWS):
-            images_k, intended = self.draw(len(real), seed)
+            images_k, classes = self.draw(len(real), seed)
             draws.append(((images_k + 1) / 2).squeeze(1).cpu().numpy())  # (M, S, S) in [0, 1]
+            intended.append(classes)  # (M,)
         figures = generative_figures(draws, images)
         if figures:
             metrics |= figures | {k: v for k, v in real_data_floor().items() if k.startswith("floor_")}
