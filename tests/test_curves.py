@@ -66,3 +66,23 @@ def test_gan_curves_shade_the_phases_and_break_lines_between_them():
     assert [p.get_label() for p in loss.patches] == ["phase 1", "phase 2"]
     fid = next(ax for ax in fig.axes if ax.get_title() == "fid")
     assert any(np.allclose(line.get_ydata(), 9.0) and line.get_linestyle() == "--" for line in fid.lines)
+
+
+def test_deconvnet_curves_draw_the_baseline_on_the_networks_figures():
+    # the threshold-and-classify baseline is the same every epoch: a dashed line on the network's panel of the
+    # same figure, and no flat panel of its own
+    import zoo
+
+    model = zoo.create_model("deconvnet-digits")
+    history = [
+        {"epoch": e, "val_miou": 0.5 + 0.1 * e, "val_iou_class_3": 0.4 + 0.1 * e, "baseline_val_miou": 0.94,
+         "baseline_val_iou_class_3": 0.96}
+        for e in (1, 2, 3)
+    ]  # fmt: skip
+    fig = training_curves_figure({"history": history}, model.curve_references)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert sorted(titles) == ["val_iou_class_3", "val_miou"]
+    for title, value in (("val_miou", 0.94), ("val_iou_class_3", 0.96)):
+        ax = fig.axes[titles.index(title)]
+        dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+        assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(value)

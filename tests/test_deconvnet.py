@@ -186,6 +186,35 @@ def test_fc_window_keeps_the_last_map(window, tmp_path):
         zoo.create_model("deconvnet-digits", **SMALL, fc_window=2)
 
 
+def test_fc_dropout_drops_while_training_and_leaves_the_exported_network_as_it_was(tmp_path):
+    # VGG16's dropout after fc6 and fc7: while training, each output is zeroed with probability p and the rest
+    # scaled by 1 / (1 - p) (checked against the same stage without it); in eval mode, and in the export, the
+    # network is the one without dropout, with the same state (no new tensors, so either loads the other's)
+    p = 0.5
+    torch.manual_seed(0)
+    plain = zoo.create_model("deconvnet-digits", **SMALL, fc_window=3).eval()
+    dropped = zoo.create_model("deconvnet-digits", **SMALL, fc_window=3, fc_dropout=p)
+    dropped.load_state_dict(plain.state_dict())  # strict: the same tensors under the same names
+    dropped.eval()  # first, while both hold the same BatchNorm statistics
+    x = torch.rand(2, 1, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(dropped(x), plain(x))
+    report = export_onnx(dropped, tmp_path / "dropout.onnx")
+    assert "Dropout" not in {n.op_type for n in onnx.load(str(tmp_path / "dropout.onnx")).graph.node}
+    assert report["max_abs_err_runtime_vs_torch"] <= 1e-5
+    assert report["max_abs_err_onnxruntime_vs_torch"] <= 1e-5
+    dropped.train()
+    inputs = {"fc6": torch.rand(64, SMALL["encoder"][-1][-1], 6, 6), "fc7": torch.rand(64, SMALL["fc_width"], 6, 6)}
+    for name, x in inputs.items():  # x: what the last pool hands fc6, or what fc6 hands fc7
+        stage = getattr(dropped, name)
+        with torch.no_grad():
+            before = stage[:3](x)  # (64, fc, 6, 6): conv, BatchNorm (batch statistics), ReLU
+            after = stage(x)  # the same, then dropout
+        zeroed = (after == 0) & (before != 0)
+        assert torch.allclose(after[~zeroed], before[~zeroed] / (1 - p), rtol=1e-6, atol=0)
+        assert abs(float(zeroed.sum() / (before != 0).sum()) - p) < 0.02  # ~18k live outputs: p within 2 points
+
+
 def test_a_checkpoint_from_before_the_options_is_rebuilt_without_them():
     # a config stored before an option existed lacks its key: the run had the paper's network there, whatever
     # the factory's default is now, and the layers are rebuilt with the shapes that file holds
@@ -195,10 +224,10 @@ def test_a_checkpoint_from_before_the_options_is_rebuilt_without_them():
 
     with torch.device("meta"):
         stored = asdict(zoo.create_model("deconvnet-digits", **SMALL).config)
-    for key in ("input_skip", "skip_gain", "fc_window"):
+    for key in ("input_skip", "skip_gain", "fc_window", "fc_dropout"):
         stored.pop(key)
     config, _ = upgrade_config("deconvnet-digits", stored)
-    assert (config["input_skip"], config["skip_gain"], config["fc_window"]) == (False, 1.0, 0)
+    assert (config["input_skip"], config["skip_gain"], config["fc_window"], config["fc_dropout"]) == (False, 1.0, 0, 0)
     with torch.device("meta"):
         model = build_model("deconvnet-digits", **config)
     assert model.score.in_channels == SMALL["encoder"][0][-1]  # (11, 4, 1, 1): the last decoder stage alone

@@ -60,6 +60,9 @@ class DeconvNetConfig(Config):
     # the skipped pixels enter the score layer times this: Adam moves a weight by about its step size per
     # update, so a unit gain leaves the pixels' weights too small for a sharp edge at the stroke level
     skip_gain: float = setting(1.0, lo=1e-3, hi=1e3)
+    # VGG16's dropout after fc6 and fc7 (Simonyan & Zisserman; 0.5 there), off in the paper's BatchNorm network:
+    # the probability of zeroing each of their outputs while training (the exported graph has none)
+    fc_dropout: float = setting(0.0, lo=0, hi=0.9)
 
     def __post_init__(self):
         super().__post_init__()
@@ -111,6 +114,11 @@ def deconv_bn_relu(c_in: int, c_out: int, kernel=3, padding=1) -> nn.Sequential:
     )
 
 
+def dropout(p: float) -> list[nn.Module]:
+    """A dropout layer to append to a stage, or none at all when ``p`` is 0 (no module in the state either)."""
+    return [nn.Dropout(p)] if p else []
+
+
 def unpool_with_switches(x: torch.Tensor, switches: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """(N, C, h, w) -> (N, C, H, W): each value goes back to the position its 2x2 window's maximum came from."""
     return F.max_unpool2d(x, switches, 2, 2, output_size=size)
@@ -137,6 +145,14 @@ class DeconvNet(ZooModel):
         },
     }
 
+    @property
+    def curve_references(self) -> dict[str, str]:
+        """The training-free baseline's figures (constant over the epochs), each drawn as a dashed line on the
+        network's same figure instead of a flat panel of its own."""
+        names = ["miou", "miou_digits", "pixel_accuracy", "iou_background"]
+        names += [f"iou_class_{k}" for k in range(1, self.config.classes)]
+        return {f"baseline_val_{n}": f"val_{n}" for n in names}
+
     def __init__(self, config: DeconvNetConfig):
         super().__init__()
         self.config = c = config
@@ -150,9 +166,14 @@ class DeconvNet(ZooModel):
             k += len(stage)
         top = c.encoder[-1][-1]
         self.fc6 = nn.Sequential(
-            nn.Conv2d(top, c.fc_width, c.fc_kernel, padding=c.fc_padding), nn.BatchNorm2d(c.fc_width), nn.ReLU(True)
+            nn.Conv2d(top, c.fc_width, c.fc_kernel, padding=c.fc_padding),
+            nn.BatchNorm2d(c.fc_width),
+            nn.ReLU(True),
+            *dropout(c.fc_dropout),
         )
-        self.fc7 = nn.Sequential(nn.Conv2d(c.fc_width, c.fc_width, 1), nn.BatchNorm2d(c.fc_width), nn.ReLU(True))
+        self.fc7 = nn.Sequential(
+            nn.Conv2d(c.fc_width, c.fc_width, 1), nn.BatchNorm2d(c.fc_width), nn.ReLU(True), *dropout(c.fc_dropout)
+        )
         self.fc6_deconv = deconv_bn_relu(c.fc_width, top, kernel=c.fc_kernel, padding=c.fc_padding)
         self.decoder = nn.ModuleList()
         c_in = top
