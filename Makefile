@@ -40,8 +40,8 @@ test-cuda: $(STAMP)
 # figures its card shows. The longest runs start first, so the small 2-thread runs come last, beside one 1-thread
 # run. Idle OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE; the sums are split as before, the
 # weights are the same): beside a 1-thread run, LeNet's training took 79 s spinning and 40 s so (32 s alone);
-# beside a 2-thread run, spinning, 163 s. tests/test_cards.py checks that each card's training settings and thread count are what this
-# trains. Each run's log: runs/NAME.log.
+# beside a 2-thread run, spinning, 163 s. tests/test_cards.py checks that each card's training settings and
+# thread count are what this trains. Each run's log: runs/NAME.log.
 SHIPPED := lenet-mnist:lenet-mnist sparse-ae:sparse-ae-mnist sparse-ae-digits8:sparse-ae-digits8 cgen-mnist:cgen-mnist dcgan-mnist-no-phases:dcgan-mnist-no-phases dcgan-mnist:dcgan-mnist cdcgan-mnist:cdcgan-mnist deconvnet-digits:deconvnet-digits
 SHIPPED_NAMES := $(foreach pair,$(SHIPPED),$(lastword $(subst :, ,$(pair))))
 model_of = $(firstword $(subst :, ,$(filter %:$(1),$(SHIPPED))))
