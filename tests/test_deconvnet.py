@@ -273,6 +273,38 @@ def test_export_emits_native_switches(small_export):
     assert report["max_abs_err_onnxruntime_vs_torch"] <= 1e-5
 
 
+def test_the_onnx_sample_keeps_away_from_pool_ties(small_export):
+    # the export's check and the test data set use held-out canvases whose every 2x2 pool window has its two
+    # largest values apart by at least TIE_MARGIN (relative; exact ties and windows of zeros do not count):
+    # pool_margins against its definition written in numpy over the encoder's activations, and onnxruntime's
+    # own activations find no near tie in the chosen canvases
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from tests.conftest import near_tie_samples
+    from zoo.models.deconvnet import TIE_MARGIN
+
+    model, path, _ = small_export
+    val = load_dataset("mnist-seg", "val")
+    x = val.images[:64]  # (64, 48, 48)
+    expected = np.full(len(x), np.inf, np.float32)
+    h = torch.from_numpy(x[:, None])  # (64, 1, 48, 48)
+    with torch.no_grad():
+        for stage in model.encoder:
+            h = stage(h)  # (64, c, s, s)
+            a = h.numpy()
+            windows = sliding_window_view(a, (2, 2), axis=(2, 3))[:, :, ::2, ::2]  # (64, c, s/2, s/2, 2, 2)
+            top = np.sort(windows.reshape(*windows.shape[:4], 4), axis=-1)[..., -2:]  # (64, c, s/2, s/2, 2)
+            gap = (top[..., 1] - top[..., 0]) / np.where(top[..., 1] > 0, top[..., 1], 1)
+            gap = np.where((top[..., 1] > 0) & (gap > 0), gap, np.inf)
+            expected = np.minimum(expected, gap.reshape(len(x), -1).min(1))
+            h = F.max_pool2d(h, 2, 2)
+    assert np.allclose(model.pool_margins(x), expected, rtol=1e-6, atol=0)
+    sample = model.onnx_sample(val.images)  # (8, 1, 48, 48)
+    chosen = np.flatnonzero(model.pool_margins(val.images[:256]) >= TIE_MARGIN)[:8]
+    assert len(chosen) == 8 and np.array_equal(sample[:, 0], val.images[chosen])
+    assert not near_tie_samples(str(path), {"image": sample}).any()
+
+
 @pytest.mark.parametrize("batch", [1, 5])
 def test_exported_graph_agrees_with_torch_and_onnxruntime(small_export, batch):
     model, path, _ = small_export

@@ -34,6 +34,9 @@ from zoo.models.base import ZooModel
 from zoo.registry import register_model
 
 VGG16 = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
+# the smallest relative gap between a pool window's two largest values for the ONNX sample: well above the few
+# ulps by which another summation order moves them (a logit of ~16 moves by 1e-5 after 26 convolutions)
+TIE_MARGIN = 1e-5
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -245,8 +248,38 @@ class DeconvNet(ZooModel):
     def example_input(self, batch: int = 2) -> tuple[torch.Tensor, ...]:
         return (torch.rand(batch, self.config.channels, *self.config.image_size),)
 
+    @torch.no_grad()
+    def pool_margins(self, images: np.ndarray) -> np.ndarray:
+        """(N,) for (N, H, W) images: over every 2x2 pool window of the encoder, the smallest gap between its two
+        largest values relative to the largest. Exact ties (every implementation keeps the first) and windows
+        of zeros do not count: a window whose two values are apart by a few ulps is where another summation
+        order may pick the other switch, and the unpooling then sends that value elsewhere."""
+        was_training = self.training
+        self.eval()
+        x = self.as_tensor(np.asarray(images, np.float32))[:, None]  # (N, 1, H, W)
+        margin = torch.full((len(x),), float("inf"))  # (N,)
+        for stage in self.encoder:
+            x = stage(x)  # (N, c, h, w)
+            n, c, h, w = x.shape
+            windows = x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
+            windows = windows.permute(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)  # (N, c, h/2, w/2, 4)
+            top = windows.topk(2, dim=-1).values  # (N, c, h/2, w/2, 2), largest first
+            gap = (top[..., 0] - top[..., 1]) / top[..., 0].clamp_min(torch.finfo(x.dtype).tiny)
+            gap = torch.where((top[..., 0] > 0) & (gap > 0), gap, torch.inf)  # (N, c, h/2, w/2)
+            margin = torch.minimum(margin, gap.reshape(n, -1).amin(1).cpu())
+            x = F.max_pool2d(x, 2, 2)  # (N, c, h/2, w/2)
+        self.train(was_training)
+        return margin.numpy()
+
     def onnx_sample(self, images: np.ndarray, labels=None) -> np.ndarray:
-        return images[:8, None]  # (8, 1, H, W)
+        """The export's check and its test data set: the first 8 held-out images whose answer does not hinge on
+        rounding (no pool window within TIE_MARGIN of a tie); if fewer than 8 of the first 256 qualify, the 8
+        farthest from one. A flipped switch moves a value by up to its size, past any tolerance."""
+        margins = self.pool_margins(images[:256])  # (n,)
+        chosen = np.flatnonzero(margins >= TIE_MARGIN)[:8]
+        if len(chosen) < min(8, len(margins)):
+            chosen = np.sort(np.argsort(-margins, kind="stable")[:8])
+        return images[chosen, None]  # (8, 1, H, W)
 
     def onnx_translation_table(self) -> dict:
         from zoo.export import switch_translations
