@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,6 +246,27 @@ def test_publish_writes_card_and_manifest(trained, tmp_path):
     )
     result = CliRunner().invoke(cli, ["publish", str(out), "--name", "tiny", "--weights-dir", str(tmp_path)])
     assert result.exit_code == 1 and "already exists" in result.output
+
+
+def test_publish_takes_the_pictures_from_the_run_folder(trained, tmp_path):
+    # a run trained elsewhere stores its pictures' paths relative to where it was trained (runs/NAME/x.png):
+    # publishing from another directory still finds them in the run's folder, and they travel with the weights
+    import shutil
+
+    out, _ = trained
+    run = shutil.copytree(out, tmp_path / "elsewhere" / "runs" / "tiny")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["pictures"]
+    metrics["pictures"] = [f"runs/tiny/{Path(p).name}" for p in metrics["pictures"]]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    result = invoke("publish", run, "--name", "tiny", "--weights-dir", weights)
+    assert result.exit_code == 0, result.output
+    card = json.loads((weights / "tiny.card.json").read_text())
+    assert card["pictures"] == [f"tiny.{Path(p).name}" for p in metrics["pictures"]]
+    for p in metrics["pictures"]:
+        assert (weights / f"tiny.{Path(p).name}").read_bytes() == (run / Path(p).name).read_bytes()
 
 
 @pytest.mark.parametrize("model", ["dcgan-mnist", "cdcgan-mnist", "cgen-mnist"])

@@ -525,7 +525,9 @@ def publish(run_dir, name: str, weights_dir, *, overwrite: bool = False, license
     model, meta = load_checkpoint(ckpt)
     parts = list(model.export_parts()) or [None]
     onnx_names = {part: f"{name}.{part}.onnx" if part else f"{name}.onnx" for part in parts}
-    pictures = {f"{name}.{p.name}": p for p in map(Path, run.get("pictures", [])) if p.is_file()}
+    # the run's pictures, found in its folder: the paths it stored are relative to where it was trained
+    pictures = {f"{name}.{p.name}": run_dir / p.name for p in map(Path, run.get("pictures", []))}
+    pictures = {target: p for target, p in pictures.items() if p.is_file()}
     weights = [f"{name}.safetensors", *onnx_names.values()]
     documents = [*pictures, f"{name}.card.json", f"{name}.md"]
     files = [*weights, *documents]
