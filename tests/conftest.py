@@ -127,6 +127,33 @@ def near_tie_samples(model: str, feed: dict, rel: float = 1e-6) -> np.ndarray:
     return tied
 
 
+def switch_flips(model: str, feed: dict, backend: str = "cpu") -> tuple[np.ndarray, float]:
+    """Where this runtime's max-pool switches differ from onnxruntime's: ((batch,) bool, the largest gap, relative
+    to onnxruntime's maximum, between the two values picked in a sample's first such window). Every MaxPool's
+    ``Indices`` is read from both runtimes, and the values from onnxruntime's own activations: a flip is
+    legitimate only where those two values are a near tie, so that the summation order decides which wins."""
+    import onnxruntime as ort
+
+    proto = onnx.load(model)
+    pools = [n for n in proto.graph.node if n.op_type == "MaxPool" and len(n.output) > 1]
+    for n in pools:
+        proto.graph.output.append(helper.make_tensor_value_info(n.output[1], TensorProto.INT64, None))
+        proto.graph.output.append(helper.make_tensor_value_info(n.input[0], TensorProto.FLOAT, None))
+    source, names = proto.SerializeToString(), [o.name for o in proto.graph.output]
+    theirs = dict(zip(names, ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(names, feed)))
+    ours = dict(zip(names, runtime_run(source, feed, backend)))
+    batch = len(next(iter(feed.values())))
+    flipped, widest = np.zeros(batch, bool), 0.0
+    for n in pools:  # in graph order: a sample is judged at its first flip (after it, its activations differ)
+        differ = (theirs[n.output[1]] != ours[n.output[1]]) & ~flipped[:, None, None, None]  # (N, C, h, w)
+        if differ.any():
+            x = theirs[n.input[0]].reshape(-1)  # ONNX's indices number the whole N x C x H x W tensor
+            a, b = x[theirs[n.output[1]][differ]], x[ours[n.output[1]][differ]]
+            widest = max(widest, float((np.abs(a - b) / np.maximum(np.abs(a), np.finfo(np.float32).tiny)).max()))
+            flipped |= differ.reshape(batch, -1).any(1)
+    return flipped, widest
+
+
 def case_rng(case_id: str) -> np.random.Generator:
     """One fixed generator per test case, seeded from its id."""
     return np.random.default_rng(zlib.crc32(case_id.encode()))
