@@ -15,6 +15,7 @@ from click.testing import CliRunner
 import zoo
 from cli.main import cli
 from tests.conftest import assert_close, ort_run, runtime_run
+from zoo.config import TrainConfig
 from zoo.data import SEG_CLASSES, SEG_DIGIT, SEG_STROKE, digit_canvases, load_dataset
 from zoo.evaluate import segmentation_scores
 from zoo.export import export_onnx
@@ -215,6 +216,46 @@ def test_fc_dropout_drops_while_training_and_leaves_the_exported_network_as_it_w
         assert abs(float(zeroed.sum() / (before != 0).sum()) - p) < 0.02  # ~18k live outputs: p within 2 points
 
 
+def test_the_soft_jaccard_term_is_one_minus_the_soft_iou_of_the_classes_present():
+    # against its definition written in numpy, summed over the whole batch; a class absent from the truth does
+    # not count; scores that put all the mass on the true class leave nothing to lose; autograd's gradient
+    # against central finite differences in float64
+    from zoo.models.deconvnet import soft_jaccard_loss
+
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((3, 5, 6, 7))  # (N, K, H, W)
+    truth = rng.choice([0, 1, 3, 4], size=(3, 6, 7))  # class 2 absent
+    p = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
+    t = np.stack([truth == k for k in range(5)], 1)  # (N, K, H, W)
+    iou = [(p[:, k] * t[:, k]).sum() / (p[:, k] + t[:, k] - p[:, k] * t[:, k]).sum() for k in (0, 1, 3, 4)]
+    got = soft_jaccard_loss(torch.tensor(scores), torch.tensor(truth))
+    assert abs(float(got) - (1 - np.mean(iou))) < 1e-12
+    sharp = torch.tensor(np.where(t, 50.0, -50.0))  # (N, K, H, W): the truth, all but certain
+    assert float(soft_jaccard_loss(sharp, torch.tensor(truth))) < 1e-12
+    x = torch.tensor(scores[:1, :, :2, :2].copy(), requires_grad=True)  # (1, 5, 2, 2)
+    assert torch.autograd.gradcheck(lambda s: soft_jaccard_loss(s, torch.tensor(truth[:1, :2, :2])), (x,))
+
+
+def test_the_jaccard_weight_adds_the_term_to_the_training_loss():
+    # one training step's reported loss: the cross-entropy alone, and with the term times its weight
+    from zoo.models.deconvnet import soft_jaccard_loss
+
+    x = torch.rand(4, 48, 48)
+    y = torch.randint(0, 11, (4, 48, 48))
+    losses = {}
+    for w in (0.0, 2.0):
+        torch.manual_seed(0)
+        model = zoo.create_model("deconvnet-digits", **SMALL, fc_window=3, jaccard_weight=w)
+        with torch.no_grad():
+            scores = model(x[:, None])  # (4, 11, 48, 48), before the step moves anything
+        expected = F.cross_entropy(scores, y) + w * soft_jaccard_loss(scores, y)
+        adam = model.configure_optimizers(TrainConfig())
+        losses[w] = (model.training_step(x, y, adam, 0)["loss"], float(expected))
+    for got, expected in losses.values():
+        assert abs(got - expected) < 1e-5 * expected
+    assert losses[2.0][0] > losses[0.0][0]
+
+
 def test_a_checkpoint_from_before_the_options_is_rebuilt_without_them():
     # a config stored before an option existed lacks its key: the run had the paper's network there, whatever
     # the factory's default is now, and the layers are rebuilt with the shapes that file holds
@@ -224,10 +265,11 @@ def test_a_checkpoint_from_before_the_options_is_rebuilt_without_them():
 
     with torch.device("meta"):
         stored = asdict(zoo.create_model("deconvnet-digits", **SMALL).config)
-    for key in ("input_skip", "skip_gain", "fc_window", "fc_dropout"):
+    for key in ("input_skip", "skip_gain", "fc_window", "fc_dropout", "jaccard_weight"):
         stored.pop(key)
     config, _ = upgrade_config("deconvnet-digits", stored)
-    assert (config["input_skip"], config["skip_gain"], config["fc_window"], config["fc_dropout"]) == (False, 1.0, 0, 0)
+    options = ("input_skip", "skip_gain", "fc_window", "fc_dropout", "jaccard_weight")
+    assert tuple(config[k] for k in options) == (False, 1.0, 0, 0, 0)
     with torch.device("meta"):
         model = build_model("deconvnet-digits", **config)
     assert model.score.in_channels == SMALL["encoder"][0][-1]  # (11, 4, 1, 1): the last decoder stage alone

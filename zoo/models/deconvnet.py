@@ -66,6 +66,10 @@ class DeconvNetConfig(Config):
     # VGG16's dropout after fc6 and fc7 (Simonyan & Zisserman; 0.5 there), off in the paper's BatchNorm network:
     # the probability of zeroing each of their outputs while training (the exported graph has none)
     fc_dropout: float = setting(0.0, lo=0, hi=0.9)
+    # not in Noh et al.: the weight of a soft Jaccard term added to the cross-entropy (1 - the mean over the
+    # batch's classes of sum(p * t) / sum(p + t - p * t), p the softmax and t the one-hot truth), which scores a
+    # batch as the mean IoU does and not pixel by pixel (Rahman & Wang 2016)
+    jaccard_weight: float = setting(0.0, lo=0, hi=100.0)
 
     def __post_init__(self):
         super().__post_init__()
@@ -120,6 +124,17 @@ def deconv_bn_relu(c_in: int, c_out: int, kernel=3, padding=1) -> nn.Sequential:
 def dropout(p: float) -> list[nn.Module]:
     """A dropout layer to append to a stage, or none at all when ``p`` is 0 (no module in the state either)."""
     return [nn.Dropout(p)] if p else []
+
+
+def soft_jaccard_loss(scores: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """1 - the soft IoU averaged over the classes present in the batch's truth: scores (N, K, H, W), truth
+    (N, H, W) class indices; the softmax stands in for the argmax, so the measure has a gradient."""
+    p = scores.softmax(1)  # (N, K, H, W)
+    t = F.one_hot(truth, scores.shape[1]).permute(0, 3, 1, 2).to(p.dtype)  # (N, K, H, W)
+    hits = (p * t).sum((0, 2, 3))  # (K,)
+    union = (p + t).sum((0, 2, 3)) - hits  # (K,)
+    present = t.sum((0, 2, 3)) > 0  # (K,)
+    return 1 - (hits[present] / union[present]).mean()
 
 
 def unpool_with_switches(x: torch.Tensor, switches: torch.Tensor, size: torch.Size) -> torch.Tensor:
@@ -220,6 +235,8 @@ class DeconvNet(ZooModel):
         weight = torch.ones(self.config.classes, device=scores.device)
         weight[0] = self.config.background_weight  # (classes,)
         loss = F.cross_entropy(scores, y.long(), weight=weight)
+        if self.config.jaccard_weight:
+            loss = loss + self.config.jaccard_weight * soft_jaccard_loss(scores, y.long())
         self.step(optimizers["model"], loss)
         return {"loss": loss.item()}
 
