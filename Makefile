@@ -37,19 +37,22 @@ test-cuda: $(STAMP)
 # instead of its card's 2 ends with other weights, and every figure measured with it moves). LeNet comes first,
 # alone: the generators' figures and DeconvNet's baseline use it. Every other training (train-NAME) waits for it;
 # its publishing (retrain-NAME) waits for its training, and dcgan-mnist's also for its ablation's, whose card
-# figures its card shows. The longest runs start first, so the small 2-thread runs come last, beside one 1-thread
-# run. Idle OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE; the sums are split as before, the
-# weights are the same): beside a 1-thread run, LeNet's training took 79 s spinning and 40 s so (32 s alone);
-# beside a 2-thread run, spinning, 163 s. tests/test_cards.py checks that each card's training settings and
-# thread count are what this trains. Each run's log: runs/NAME.log.
+# figures its card shows. DeconvNet (the longest, about 34 min) starts first, then dcgan-mnist-no-phases and
+# cdcgan-mnist (about 21 min each) one after the other beside it, and dcgan-mnist (19 min) after it: about 55 min on
+# 2 cores where the longest-first order (dcgan-mnist then its ablation beside DeconvNet, cdcgan-mnist after it) ends
+# at about 57. The small 2-thread runs come last, beside one 1-thread run. Idle OpenMP threads sleep instead of
+# spinning (OMP_WAIT_POLICY=PASSIVE; the sums are split as before, the weights are the same): beside a 1-thread run,
+# LeNet's training took 79 s spinning and 40 s so (32 s alone); beside a 2-thread run, spinning, 163 s.
+# tests/test_cards.py checks that each card's training settings and thread count are what this trains. Each run's
+# log: runs/NAME.log.
 SHIPPED := lenet-mnist:lenet-mnist sparse-ae:sparse-ae-mnist sparse-ae-digits8:sparse-ae-digits8 cgen-mnist:cgen-mnist dcgan-mnist-no-phases:dcgan-mnist-no-phases dcgan-mnist:dcgan-mnist cdcgan-mnist:cdcgan-mnist deconvnet-digits:deconvnet-digits
 SHIPPED_NAMES := $(foreach pair,$(SHIPPED),$(lastword $(subst :, ,$(pair))))
 model_of = $(firstword $(subst :, ,$(filter %:$(1),$(SHIPPED))))
 threads_of = $(shell $(BIN)/python -c "import json, sys; print(json.load(open(sys.argv[1])).get('threads', 1))" weights/$(1).card.json 2>/dev/null || echo 1)
-LONGEST_FIRST := deconvnet-digits dcgan-mnist dcgan-mnist-no-phases cdcgan-mnist cgen-mnist sparse-ae-digits8 sparse-ae-mnist
+IN_ORDER := deconvnet-digits dcgan-mnist-no-phases cdcgan-mnist dcgan-mnist cgen-mnist sparse-ae-digits8 sparse-ae-mnist
 
 weights: $(STAMP)
-	$(MAKE) --no-print-directory -j2 $(addprefix retrain-,$(LONGEST_FIRST))
+	$(MAKE) --no-print-directory -j2 $(addprefix retrain-,$(IN_ORDER))
 
 $(addprefix train-,$(SHIPPED_NAMES)): train-%: $(STAMP)
 	@mkdir -p runs

@@ -100,22 +100,39 @@ def assert_close(got, expected, atol: float = ATOL, switch_flips: float = 0.0, r
             np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, equal_nan=True)
 
 
+def _with_pool_outputs(model: str, indices: bool) -> tuple[list, bytes]:
+    """The file's MaxPool nodes (those with an ``Indices`` output when ``indices``) and the serialised graph
+    with each one's input, and its ``Indices`` when asked, added as graph outputs."""
+    proto = onnx.load(model)
+    pools = [n for n in proto.graph.node if n.op_type == "MaxPool" and (len(n.output) > 1 or not indices)]
+    for n in pools:
+        if indices:
+            proto.graph.output.append(helper.make_tensor_value_info(n.output[1], TensorProto.INT64, None))
+        proto.graph.output.append(helper.make_tensor_value_info(n.input[0], TensorProto.FLOAT, None))
+    return pools, proto.SerializeToString()
+
+
+def _ort_outputs(source: bytes, feed: dict) -> dict[str, np.ndarray]:
+    """Every graph output of ``source`` by name, as onnxruntime's CPU provider computes it."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feed)))
+
+
 def near_tie_samples(model: str, feed: dict, rel: float = 1e-6) -> np.ndarray:
     """(batch,) bool: the samples in which some MaxPool window's two largest values (positive, as onnxruntime
     computes them) are apart by less than ``rel`` of the largest but not equal: a few ulps, so that a summation
     order other than onnxruntime's (another runtime's, or onnxruntime's own on another instruction set) may
     pick the other one as the maximum, and DeconvNet's unpooling then sends it to a neighbouring pixel. Exact
     ties (ReLU's zeros) are not near ties: every implementation resolves them to the first index."""
-    import onnxruntime as ort
-
-    proto = onnx.load(model)
-    pools = [n for n in proto.graph.node if n.op_type == "MaxPool"]
-    for n in pools:
-        proto.graph.output.append(helper.make_tensor_value_info(n.input[0], TensorProto.FLOAT, None))
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    pools, source = _with_pool_outputs(model, indices=False)
+    theirs = _ort_outputs(source, feed)
     batch = len(next(iter(feed.values())))
     tied = np.zeros(batch, bool)
-    for n, x in zip(pools, sess.run([n.input[0] for n in pools], feed)):
+    for n in pools:
+        x = theirs[n.input[0]]  # (N, C, H, W): what the pool takes
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         kernel, strides = attrs["kernel_shape"], attrs.get("strides", [1] * len(attrs["kernel_shape"]))
         assert not any(attrs.get("pads", [])) and len(kernel) == 2, f"{n.name}: only unpadded 2-d pools here"
@@ -132,16 +149,9 @@ def switch_flips(model: str, feed: dict, backend: str = "cpu") -> tuple[np.ndarr
     to onnxruntime's maximum, between the two values picked in a sample's first such window). Every MaxPool's
     ``Indices`` is read from both runtimes, and the values from onnxruntime's own activations: a flip is
     legitimate only where those two values are a near tie, so that the summation order decides which wins."""
-    import onnxruntime as ort
-
-    proto = onnx.load(model)
-    pools = [n for n in proto.graph.node if n.op_type == "MaxPool" and len(n.output) > 1]
-    for n in pools:
-        proto.graph.output.append(helper.make_tensor_value_info(n.output[1], TensorProto.INT64, None))
-        proto.graph.output.append(helper.make_tensor_value_info(n.input[0], TensorProto.FLOAT, None))
-    source, names = proto.SerializeToString(), [o.name for o in proto.graph.output]
-    theirs = dict(zip(names, ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(names, feed)))
-    ours = dict(zip(names, runtime_run(source, feed, backend)))
+    pools, source = _with_pool_outputs(model, indices=True)
+    theirs = _ort_outputs(source, feed)
+    ours = dict(zip(theirs, runtime_run(source, feed, backend)))
     batch = len(next(iter(feed.values())))
     flipped, widest = np.zeros(batch, bool), 0.0
     for n in pools:  # in graph order: a sample is judged at its first flip (after it, its activations differ)
