@@ -6,13 +6,13 @@ elsewhere) and densifies the sparse maps with 3x3 transposed convolutions, down 
     deconvnet-vgg16:  3x224x224 -> conv 64,64 | 128,128 | 256x3 | 512x3 | 512x3 (pool after each: 7x7x512)
                       -> fc6 7x7 conv 4096 (1x1) -> fc7 1x1 4096 -> fc6-deconv 7x7 (7x7x512)
                       -> unpool + deconv 512,512,512 | 512,512,256 | 256,256,128 | 128,64 | 64,64 -> score 21
-    deconvnet-digits: 1x48x48 -> conv 16,16 | 32,32 | 64,64 | 128,128 (3x3x128) -> fc 512 -> the mirror -> 11
+    deconvnet-digits: 1x48x48 -> conv 16,16 | 32,32 | 64,64 (6x6x64) -> fc 512 (3x3 window) -> the mirror -> 11
 
 Every convolution and deconvolution is followed by BatchNorm and ReLU, as in the paper. Two options are not in
 the paper, and deconvnet-digits uses both (the README and its factory give the measurements): ``input_skip``
 gives the 1x1 score layer the input pixels, times ``skip_gain``, beside the last decoder stage's features (an
 ONNX ``Mul`` and ``Concat``), so where a stroke ends, which the image's own intensities say, need not survive
-four pools and unpools; ``fc_window`` makes fc6 a k x k convolution that keeps the last map, so that each of
+the pools and unpools; ``fc_window`` makes fc6 a k x k convolution that keeps the last map, so that each of
 several objects in one image keeps a code of its own (the paper ran on one object proposal at a time).
 The ONNX export keeps the switches visible: each pool is an ONNX ``MaxPool`` with its ``Indices`` output and
 each unpooling a ``MaxUnpool`` fed by them (``zoo.export.switch_translations``).
@@ -364,20 +364,19 @@ def deconvnet_digits(**cfg) -> DeconvNet:
         channels=1,
         classes=11,
         image_size=[48, 48],
-        encoder=[[16, 16], [32, 32], [64, 64], [128, 128]],
+        encoder=[[16, 16], [32, 32], [64, 64]],
         fc_width=512,
-        # measured on the held-out canvases, the same 12 epochs (mIoU): 0.857 as in the paper; 0.875 with
-        # input_skip and background weighed 0.3 (a halo of false digit pixels around the strokes, 5.7 % of the
-        # digit pixels: the pixels' weights had grown to only ~4, too small for a sharp edge at the stroke
-        # level); 0.956 with skip_gain 16, background weighed 1 and fc_window 3 (a code per place: the
-        # digits of one canvas no longer share one 512-wide code); binary IoU 0.936 -> 0.996. The same 7,500
-        # steps over more distinct canvases did worse: 40,000 canvases for 6 epochs 0.951, 60,000 for 4 epochs
-        # 0.934 (digit pixels given another class: 2.1 % with 20,000 x 12, 2.4 % with 40,000 x 6). Not taken
-        # either: weight_decay 1e-4, 0.930; 16 epochs (the cosine over 16), 0.956 (digit 9 at 0.911); the
-        # training digits also bent by elastic distortion (Simard et al.'s gain 34, sigma 4), 0.947 (digit 2 at
-        # 0.853); fc_window 5, 0.936 (digit 9 at 0.865). The shipped net's errors, by ink blob of the held-out
-        # canvases: of 1,034, 11 are misnamed whole and 44 split between two classes. make weights trains other
-        # weights from these settings and seed today (0.958, digit 9 at 0.908; which change since is not known)
+        # measured on the held-out canvases, the same 12 epochs (mIoU): 0.857 as in the paper (four stages, to
+        # 3x3x128); 0.875 with input_skip and background weighed 0.3 (a halo of false digit pixels around the
+        # strokes, 5.7 % of the digit pixels: the pixels' weights had grown to only ~4, too small for a sharp edge
+        # at the stroke level); 0.956 with skip_gain 16, background weighed 1 and fc_window 3 (a code per place:
+        # the digits of one canvas no longer share one 512-wide code); binary IoU 0.936 -> 0.996; 0.967 (every
+        # class >= 0.925) with these three stages instead of four: a code per 8-pixel place of a 6x6 map, not
+        # per 16-pixel place of a 3x3 one (fc6/fc7 on 36 places, no 128-wide stage: 79 M multiply-adds a canvas
+        # against 77 M, 1.0 M parameters against 2.0 M). On four stages the same 7,500 steps over more distinct canvases did worse: 40,000 canvases for
+        # 6 epochs 0.951, 60,000 for 4 epochs 0.934. Not taken either (four stages): weight_decay 1e-4, 0.930;
+        # 16 epochs (the cosine over 16), 0.956; the training digits also bent by elastic distortion (Simard et
+        # al.'s gain 34, sigma 4), 0.947; fc_window 5, 0.936; jaccard_weight 1, 0.946 (digit 3 at 0.891)
         input_skip=True,
         skip_gain=16.0,
         background_weight=1.0,
