@@ -277,8 +277,10 @@ def test_a_checkpoint_from_before_the_options_is_rebuilt_without_them():
 
 
 def test_bad_configs_are_refused():
-    with pytest.raises(zoo.ZooError, match="multiples of 16"):
-        zoo.create_model("deconvnet-digits", image_size=[40, 40])
+    with pytest.raises(zoo.ZooError, match="multiples of 8"):  # three 2x2 pools
+        zoo.create_model("deconvnet-digits", image_size=[44, 44])
+    with pytest.raises(zoo.ZooError, match="multiples of 16"):  # four
+        zoo.create_model("deconvnet-digits", image_size=[40, 40], encoder=[[4], [4], [4], [4]])
     with pytest.raises(zoo.ZooError, match="non-empty"):
         zoo.create_model("deconvnet-digits", encoder=[[4], []])
 

@@ -214,8 +214,12 @@ def test_shipped_onnx_matches_onnxruntime(file, backend, batch):
         assert widest < TIE_MARGIN, f"a switch flipped between values {widest:.2g} apart (relative): not a near tie"
     assert excused.mean() <= 0.05, f"{excused.sum()} of {batch} random samples flipped a switch"
     # rtol: a deep model's float32 sums, taken in another order than onnxruntime's, drift by a few ulps of the
-    # output (DeconvNet-digits after 26 convolutions: 1.0e-5 on a logit of ~16, 5 ulps)
-    assert_close([g[~excused] for g in got], [e[~excused] for e in expected], rtol=1e-6)
+    # output (DeconvNet-digits after 26 convolutions: 1.0e-5 on a logit of ~16, 5 ulps); atol: the same few ulps
+    # of the output's scale, where a score near 0 is the difference of sums that size (deconvnet-digits: 1.2e-5
+    # on a score of 0.33 among scores up to 29)
+    kept = [e[~excused] for e in expected]
+    scale = max((float(np.abs(e).max()) for e in kept if e.size and np.issubdtype(e.dtype, np.floating)), default=0)
+    assert_close([g[~excused] for g in got], kept, rtol=1e-6, atol=max(1e-5, 1e-6 * scale))
     if excused.any():
         # a flipped switch moves one value, and everything downstream of it moves a little: from the first pool
         # a few pixels, from the deepest one the whole image (fc6 sees every place). The answer stays: the

@@ -366,17 +366,17 @@ def deconvnet_digits(**cfg) -> DeconvNet:
         image_size=[48, 48],
         encoder=[[16, 16], [32, 32], [64, 64]],
         fc_width=512,
-        # measured on the held-out canvases, the same 12 epochs (mIoU): 0.857 as in the paper (four stages, to
-        # 3x3x128); 0.875 with input_skip and background weighed 0.3 (a halo of false digit pixels around the
-        # strokes, 5.7 % of the digit pixels: the pixels' weights had grown to only ~4, too small for a sharp edge
-        # at the stroke level); 0.956 with skip_gain 16, background weighed 1 and fc_window 3 (a code per place:
-        # the digits of one canvas no longer share one 512-wide code); binary IoU 0.936 -> 0.996; 0.967 (every
-        # class >= 0.925) with these three stages instead of four: a code per 8-pixel place of a 6x6 map, not
-        # per 16-pixel place of a 3x3 one (fc6/fc7 on 36 places, no 128-wide stage: 79 M multiply-adds a canvas
-        # against 77 M, 1.0 M parameters against 2.0 M). On four stages the same 7,500 steps over more distinct canvases did worse: 40,000 canvases for
-        # 6 epochs 0.951, 60,000 for 4 epochs 0.934. Not taken either (four stages): weight_decay 1e-4, 0.930;
-        # 16 epochs (the cosine over 16), 0.956; the training digits also bent by elastic distortion (Simard et
-        # al.'s gain 34, sigma 4), 0.947; fc_window 5, 0.936; jaccard_weight 1, 0.946 (digit 3 at 0.891)
+        # measured on the held-out canvases, the same 12 epochs (mIoU): 0.857 as in the paper (four stages, to 3x3x128);
+        # 0.875 with input_skip and background weighed 0.3 (a halo of false digit pixels around the strokes, 5.7 % of
+        # the digit pixels: the pixels' weights had grown to only ~4, too small for a sharp edge at the stroke level);
+        # 0.956 with skip_gain 16, background weighed 1 and fc_window 3 (a code per place: the digits of one canvas no
+        # longer share one 512-wide code); binary IoU 0.936 -> 0.996; 0.967 (every class >= 0.925) with these three
+        # stages instead of four: a code per 8-pixel place of a 6x6 map, not per 16-pixel place of a 3x3 one (fc6/fc7 on
+        # 36 places, no 128-wide stage: 79 M multiply-adds a canvas against 77 M, 1.0 M parameters against 2.0 M). On
+        # four stages the same 7,500 steps over more distinct canvases did worse: 40,000 canvases for 6 epochs 0.951,
+        # 60,000 for 4 epochs 0.934. Not taken either (four stages): weight_decay 1e-4, 0.930; 16 epochs (the cosine
+        # over 16), 0.956; the training digits also bent by elastic distortion (Simard et al.'s gain 34, sigma 4),
+        # 0.947; fc_window 5, 0.936; jaccard_weight 1, 0.946 (digit 3 at 0.891)
         input_skip=True,
         skip_gain=16.0,
         background_weight=1.0,
