@@ -121,6 +121,15 @@ def _ort_outputs(source: bytes, feed: dict) -> dict[str, np.ndarray]:
     return dict(zip(names, sess.run(names, feed)))
 
 
+def pool_window_gaps(x: np.ndarray, kernel=(2, 2), strides=(2, 2)) -> np.ndarray:
+    """(N, C, h, w) for (N, C, H, W) activations: each unpadded pool window's gap between its two largest values,
+    relative to the largest; inf for exact ties and for windows whose largest value is not positive."""
+    windows = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(2, 3))[:, :, :: strides[0], :: strides[1]]
+    top = np.sort(windows.reshape(*windows.shape[:4], -1), axis=-1)[..., -2:]  # (N, C, h, w, 2)
+    gap = (top[..., 1] - top[..., 0]) / np.where(top[..., 1] > 0, top[..., 1], 1)
+    return np.where((top[..., 1] > 0) & (gap > 0), gap, np.inf)
+
+
 def near_tie_samples(model: str, feed: dict, rel: float = 1e-6) -> np.ndarray:
     """(batch,) bool: the samples in which some MaxPool window's two largest values (positive, as onnxruntime
     computes them) are apart by less than ``rel`` of the largest but not equal: a few ulps, so that a summation
@@ -136,11 +145,7 @@ def near_tie_samples(model: str, feed: dict, rel: float = 1e-6) -> np.ndarray:
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         kernel, strides = attrs["kernel_shape"], attrs.get("strides", [1] * len(attrs["kernel_shape"]))
         assert not any(attrs.get("pads", [])) and len(kernel) == 2, f"{n.name}: only unpadded 2-d pools here"
-        windows = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(2, 3))[:, :, :: strides[0], :: strides[1]]
-        top = np.sort(windows.reshape(*windows.shape[:4], -1), axis=-1)[..., -2:]  # (N, C, h, w, 2)
-        gap = top[..., 1] - top[..., 0]
-        near = (top[..., 1] > 0) & (gap > 0) & (gap < rel * top[..., 1])  # (N, C, h, w)
-        tied |= near.reshape(batch, -1).any(1)
+        tied |= (pool_window_gaps(x, kernel, strides) < rel).reshape(batch, -1).any(1)
     return tied
 
 

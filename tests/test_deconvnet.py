@@ -322,9 +322,7 @@ def test_the_onnx_sample_keeps_away_from_pool_ties(small_export):
     # largest values apart by at least TIE_MARGIN (relative; exact ties and windows of zeros do not count):
     # pool_margins against its definition written in numpy over the encoder's activations, and onnxruntime's
     # own activations find no near tie in the chosen canvases
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    from tests.conftest import near_tie_samples
+    from tests.conftest import near_tie_samples, pool_window_gaps
     from zoo.models.deconvnet import TIE_MARGIN
 
     model, path, _ = small_export
@@ -335,11 +333,7 @@ def test_the_onnx_sample_keeps_away_from_pool_ties(small_export):
     with torch.no_grad():
         for stage in model.encoder:
             h = stage(h)  # (64, c, s, s)
-            a = h.numpy()
-            windows = sliding_window_view(a, (2, 2), axis=(2, 3))[:, :, ::2, ::2]  # (64, c, s/2, s/2, 2, 2)
-            top = np.sort(windows.reshape(*windows.shape[:4], 4), axis=-1)[..., -2:]  # (64, c, s/2, s/2, 2)
-            gap = (top[..., 1] - top[..., 0]) / np.where(top[..., 1] > 0, top[..., 1], 1)
-            gap = np.where((top[..., 1] > 0) & (gap > 0), gap, np.inf)
+            gap = pool_window_gaps(h.numpy())  # (64, c, s/2, s/2)
             expected = np.minimum(expected, gap.reshape(len(x), -1).min(1))
             h = F.max_pool2d(h, 2, 2)
     assert np.allclose(model.pool_margins(x), expected, rtol=1e-6, atol=0)
